@@ -1,0 +1,46 @@
+# statlane developer commands. Every target creates .venv on first use (idempotent).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.statlane-installed
+# The CPU build of torch 2.13 lies on the developer and CI machines; asking for it by version
+# keeps pip from pulling a multi-gigabyte CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: venv demo test lint typecheck pytest bench bench-smoke clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/statlane demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check serving models preprocessing router benchmarks tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# pytest exit code 5 means no test was collected: the suite always has tests, so that is a failure.
+pytest: $(STAMP)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; exit 1; fi; \
+	exit $$rc
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.preprocess
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks.preprocess --smoke
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

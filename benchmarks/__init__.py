@@ -1,0 +1,1 @@
+"""Reproducible benchmarks; each writes JSON, markdown and a PNG under benchmarks/results/."""

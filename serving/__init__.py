@@ -1,0 +1,1 @@
+"""statlane runtime: gateway, spool, job store, scheduler, executor, backends and the CLI."""

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``statlane`` CLI; each module exposes ``add_parser`` and ``run``."""
