@@ -7,6 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import pydicom.config
+
 from serving.commands import demo, inspect, synth
 
 _COMMANDS = (synth, inspect, demo)
@@ -34,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # pydicom's validation warnings quote the offending value, which may be patient identity:
+    # values are still parsed, but never echoed into logs.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
