@@ -54,7 +54,7 @@ PIPELINES: dict[str, list[dict[str, Any]]] = {
 }
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``statlane demo``."""
     parser = subparsers.add_parser("demo", help="generate synthetic studies and preprocess them")
     parser.add_argument("--out", type=Path, default=Path("var/demo"), help="working folder")

@@ -39,7 +39,7 @@ class SeriesReport:
     error: str | None = None
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``statlane inspect``."""
     parser = subparsers.add_parser(
         "inspect", help="load the DICOM studies under a folder and report their volumes"
