@@ -1,0 +1,89 @@
+"""The ``statlane`` CLI: sub-commands wired, bad input gives one clear line and a status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving.cli import main
+
+
+def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("synth", "inspect", "demo"):
+        assert command in out
+
+
+def test_no_command_is_a_usage_error() -> None:
+    assert main([]) == 2
+
+
+def test_inspect_missing_folder_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["inspect", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"statlane inspect: not a folder: {tmp_path / 'absent'}"]
+
+
+def test_synth_then_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "studies"
+    status = main(
+        ["synth", "--out", str(out), "--kind", "ct-head", "--count", "2", "--matrix", "64"]
+    )
+    assert status == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 2
+    assert all(" CT " in line and "64x64x32" in line for line in lines)
+
+
+def test_inspect_reports_a_rejected_series(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "studies"
+    args = ["synth", "--out", str(out), "--kind", "ct-head", "--matrix", "64"]
+    assert main([*args, "--fault", "missing-slice"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 1
+    out_text = capsys.readouterr().out
+    assert "REJECTED  MissingSliceError" in out_text
+    assert "gap of" in out_text
+
+
+def test_inspect_applies_a_yaml_pipeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "studies"
+    assert main(["synth", "--out", str(out), "--kind", "ct-head", "--matrix", "64"]) == 0
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(
+        "- {transform: Orientation, axcodes: RAS}\n"
+        "- {transform: Window, center: 40, width: 80}\n"
+        "- {transform: Resize, spatial_size: [32, 32, 16]}\n"
+    )
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--pipeline", str(pipeline)]) == 0
+    assert "tensor 1x32x32x16" in capsys.readouterr().out
+
+
+def test_inspect_refuses_a_bad_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text("- {transform: Lambda, func: '$print(1)'}\n")
+    assert main(["inspect", str(tmp_path), "--pipeline", str(pipeline)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Lambda" in err[0]
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "REJECTED  MissingSliceError" in out
+    assert "sheared" in out
+    assert out.count("-> tensor") == 7
