@@ -36,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # The JPEG 2000 encoder logs one INFO line per tile; keep progress output readable.
+    logging.getLogger("openjpeg").setLevel(logging.WARNING)
     # pydicom's validation warnings quote the offending value, which may be patient identity:
     # values are still parsed, but never echoed into logs.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE

@@ -122,7 +122,8 @@ def format_report(report: SeriesReport) -> str:
     line = (
         f"{report.study:<14} {report.modality:<3} {shape:<12} {spacing:<18} mm "
         f"{report.orientation}{' sheared' if report.sheared else '':<8} "
-        f"HU [{report.hu_min:7.0f}, {report.hu_max:6.0f}]  load {report.load_s * 1000:6.0f} ms"
+        f"{'HU' if report.modality == 'CT' else 'px'} "
+        f"[{report.hu_min:7.0f}, {report.hu_max:6.0f}]  load {report.load_s * 1000:6.0f} ms"
     )
     if report.tensor_shape is not None and report.pipeline_s is not None:
         tensor = "x".join(str(n) for n in report.tensor_shape)
