@@ -22,8 +22,11 @@ Two ways to run a pipeline, which the differential tests hold equal:
   from MONAI's own lazy geometry into one voxel map applied in one resampling
   (:mod:`preprocessing.resample`): flips and permutations cost nothing, an axis-aligned Spacing is
   three separable 1-D passes in float32, a sheared (gantry-tilt) map goes through ``grid_sample``
-  with the full affine. Windowing and thresholding run in place; every other step is the MONAI
-  transform itself on the working tensor, on the requested device.
+  with the full affine. Windowing and thresholding run in place; ``Resize`` in ``area`` mode
+  (adaptive average pooling, MONAI's default) is one separable 1-D pass per axis; every other step
+  is the MONAI transform itself on the working tensor, on the requested device.
+  :meth:`Pipeline.leading_map` and :meth:`Pipeline.run_from` split a run in two, so
+  :mod:`preprocessing.streaming_pipeline` can resample slices while they arrive.
 
 Guaranteed tolerance (``tests/test_pipeline.py``): on a [0, 1]-windowed output the fast path is
 within ``FAST_PATH_ATOL`` (max absolute difference) of the reference, with identical shape and
@@ -34,7 +37,6 @@ resamples in float64).
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,53 +47,51 @@ import torch
 import yaml
 from monai import transforms as mt
 from monai.data import MetaTensor
-from monai.transforms import Transform
 
 from preprocessing.errors import PipelineSpecError
-from preprocessing.resample import resample
+from preprocessing.pipeline_spec import (
+    ALLOWED_TRANSFORMS,
+    WINDOW_DEFAULTS,
+    Step,
+    parse_step,
+    step_error,
+)
+from preprocessing.resample import area_resize, resample
 from preprocessing.volume import Volume
 
 FAST_PATH_ATOL = 1e-4
 """Max absolute difference, fast path vs reference, on a [0, 1]-windowed output."""
 
-ALLOWED_TRANSFORMS: dict[str, type[Transform]] = {
-    "Orientation": mt.Orientation,
-    "Spacing": mt.Spacing,
-    "ScaleIntensityRange": mt.ScaleIntensityRange,
-    "ThresholdIntensity": mt.ThresholdIntensity,
-    "NormalizeIntensity": mt.NormalizeIntensity,
-    "ScaleIntensity": mt.ScaleIntensity,
-    "Resize": mt.Resize,
-    "ResizeWithPadOrCrop": mt.ResizeWithPadOrCrop,
-    "SpatialPad": mt.SpatialPad,
-    "CenterSpatialCrop": mt.CenterSpatialCrop,
-}
-"""Transform names a spec may use, besides the ``Window`` alias."""
-
-WINDOW_DEFAULTS: dict[str, Any] = {"b_min": 0.0, "b_max": 1.0, "clip": True}
-# Arguments that are ours to set (output is always float32, geometry always eager or fused) or that
-# take objects rather than plain data.
-_REFUSED_ARGS = frozenset({"lazy", "dtype", "labels"})
 _FUSABLE = frozenset({"Orientation", "Spacing"})
-_EXPRESSION_PREFIXES = ("$", "@", "%")
-_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+__all__ = [
+    "ALLOWED_TRANSFORMS",
+    "FAST_PATH_ATOL",
+    "WINDOW_DEFAULTS",
+    "FusedMap",
+    "Pipeline",
+    "Step",
+]
 
 
 @dataclass(frozen=True)
-class Step:
-    """One validated pipeline step.
+class FusedMap:
+    """The leading Orientation/Spacing steps of a pipeline as one voxel map (geometry only).
 
     Attributes:
-        index: Position in the spec, 0-based (used in error messages).
-        name: The name as written in the spec (``Window`` stays ``Window``).
-        args: The arguments as written in the spec.
-        transform: The configured MONAI transform that implements the step.
+        xform: 4x4 map from output voxel index to input voxel index, or ``None`` when the steps
+            change nothing.
+        shape: Output voxel counts ``(X', Y', Z')``.
+        affine: Output 4x4 voxel index → RAS millimetres (float64).
+        kwargs: ``mode``, ``padding_mode`` (and ``align_corners``) for :func:`resample`.
+        next_step: Index of the first step the map does not cover.
     """
 
-    index: int
-    name: str
-    args: dict[str, Any]
-    transform: Transform
+    xform: np.ndarray | None
+    shape: tuple[int, ...]
+    affine: torch.Tensor
+    kwargs: dict[str, Any]
+    next_step: int
 
 
 class Pipeline:
@@ -115,7 +115,7 @@ class Pipeline:
                 raise PipelineSpecError(f"pipeline spec is not valid YAML: {exc}") from None
         if not isinstance(spec, list) or not spec:
             raise PipelineSpecError("pipeline spec must be a non-empty list of steps")
-        pipeline = cls([_parse_step(i, raw) for i, raw in enumerate(spec)])
+        pipeline = cls([parse_step(i, raw) for i, raw in enumerate(spec)])
         pipeline._dry_run()
         return pipeline
 
@@ -167,7 +167,49 @@ class Pipeline:
             Channel-first float32 ``MetaTensor`` ``(1, X, Y, Z)`` on ``device``, RAS affine in mm,
             within ``FAST_PATH_ATOL`` of :meth:`reference` on a [0, 1]-windowed output.
         """
-        return _FastRun(volume, torch.device(device)).run(self.steps)
+        return _FastRun.of_volume(volume, torch.device(device)).run(self.steps)
+
+    def leading_map(self, shape: Sequence[int], affine_ras: np.ndarray) -> FusedMap:
+        """The voxel map the fast path would apply first, for a volume of this geometry.
+
+        The leading Orientation/Spacing steps composed exactly as :meth:`__call__` composes them
+        (the same code, so the same matrix), without touching any voxel. Streaming uses it to
+        resample slices as they arrive (:mod:`preprocessing.streaming_pipeline`).
+
+        Args:
+            shape: Input voxel counts ``(X, Y, Z)``.
+            affine_ras: Input 4x4 voxel index → RAS millimetres (``Volume.affine_ras``).
+        """
+        affine = torch.as_tensor(np.asarray(affine_ras), dtype=torch.float64)
+        run = _FastRun(None, affine, tuple(int(s) for s in shape), owned=True)
+        index = 0
+        while index < len(self.steps) and self.steps[index].name in _FUSABLE:
+            if not run._fuse(self.steps[index], geometry_only=True):
+                break  # a second interpolation: the fast path materialises before it
+            index += 1
+        kwargs = run.pending_kwargs or dict(_NO_INTERPOLATION)
+        return FusedMap(run.pending, run.shape, run.affine, kwargs, index)
+
+    def run_from(
+        self,
+        tensor: torch.Tensor,
+        affine_ras: torch.Tensor,
+        start: int,
+        device: str | torch.device = "cpu",
+    ) -> MetaTensor:
+        """Run ``steps[start:]`` on the fast path from an already resampled working tensor.
+
+        Args:
+            tensor: ``(1, X, Y, Z)`` float32 voxels, owned by the pipeline from now on (intensity
+                steps modify it in place).
+            affine_ras: Its 4x4 voxel index → RAS millimetres.
+            start: Index of the first step still to apply (``FusedMap.next_step``).
+            device: Where to compute.
+        """
+        dev = torch.device(device)
+        shape = tuple(int(s) for s in tensor.shape[1:])
+        run = _FastRun(tensor.to(dev), torch.as_tensor(affine_ras, dtype=torch.float64), shape)
+        return run.run(self.steps[start:])
 
     def _dry_run(self) -> None:
         """Run every step on a tiny LPS volume so values MONAI rejects fail now, by step."""
@@ -177,10 +219,11 @@ class Pipeline:
             try:
                 img = step.transform(img)
             except Exception as exc:  # MONAI raises ValueError, TypeError, RuntimeError, ...
-                raise _step_error(step.index, step.name, f"rejected by MONAI: {exc}") from None
+                raise step_error(step.index, step.name, f"rejected by MONAI: {exc}") from None
 
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_NO_INTERPOLATION: dict[str, Any] = {"mode": "nearest", "padding_mode": "zeros"}
 
 
 class _FastRun:
@@ -190,16 +233,31 @@ class _FastRun:
     it holds at most one interpolating step so the fused result equals stepwise MONAI.
     """
 
-    def __init__(self, volume: Volume, device: torch.device) -> None:
+    def __init__(
+        self,
+        tensor: torch.Tensor | None,
+        affine: torch.Tensor,
+        shape: tuple[int, ...],
+        *,
+        owned: bool = True,
+    ) -> None:
+        self.tensor: torch.Tensor = tensor if tensor is not None else torch.empty(0)
+        self.owned = owned
+        self.affine = affine
+        self.shape = shape
+        self.pending: np.ndarray | None = None
+        self.pending_kwargs: dict[str, Any] = {}
+
+    @classmethod
+    def of_volume(cls, volume: Volume, device: torch.device) -> _FastRun:
+        """A run starting from ``volume``'s voxels (shared, not copied, when already float32)."""
         array = np.asarray(volume.array)
         if array.dtype != np.float32:
             array = array.astype(np.float32)
-        self.tensor = torch.from_numpy(array)[None].to(device)
-        self.owned = self.tensor.device.type != "cpu" or array is not volume.array
-        self.affine = torch.as_tensor(volume.affine_ras, dtype=torch.float64)
-        self.shape: tuple[int, ...] = tuple(int(s) for s in array.shape)
-        self.pending: np.ndarray | None = None
-        self.pending_kwargs: dict[str, Any] = {}
+        tensor = torch.from_numpy(array)[None].to(device)
+        owned = tensor.device.type != "cpu" or array is not volume.array
+        affine = torch.as_tensor(volume.affine_ras, dtype=torch.float64)
+        return cls(tensor, affine, tuple(int(s) for s in array.shape), owned=owned)
 
     def run(self, steps: Sequence[Step]) -> MetaTensor:
         for step in steps:
@@ -209,21 +267,29 @@ class _FastRun:
             self._materialize()
             if step.name in ("Window", "ScaleIntensityRange", "ThresholdIntensity"):
                 self._intensity_in_place(step)
+            elif _is_area_resize(step):
+                self._area_resize(step)
             else:
                 self._delegate(step)
         self._materialize()
         return MetaTensor(self.tensor.to(torch.float32), affine=self.affine)
 
-    def _fuse(self, step: Step) -> None:
-        """Compose the step's voxel map (from MONAI's lazy geometry) into ``pending``."""
+    def _fuse(self, step: Step, *, geometry_only: bool = False) -> bool:
+        """Compose the step's voxel map (from MONAI's lazy geometry) into ``pending``.
+
+        Returns False, changing nothing, when ``geometry_only`` and the step would have to
+        materialise ``pending`` first (two interpolations in a row).
+        """
         probe = MetaTensor(torch.zeros(1).expand(1, *self.shape), affine=self.affine)
         out = step.transform(probe, lazy=True)  # type: ignore[call-arg]
         if not out.pending_operations:
-            return  # MONAI found nothing to do (already RAS, already at pixdim)
+            return True  # MONAI found nothing to do (already RAS, already at pixdim)
         op = out.pending_operations[-1]
         xform = np.asarray(op["lazy_affine"], dtype=np.float64)
         interpolates = step.name == "Spacing"
         if interpolates and self.pending_kwargs:
+            if geometry_only:
+                return False
             self._materialize()  # two interpolations in a row: keep them two, as MONAI does
         self.pending = xform if self.pending is None else self.pending @ xform
         if interpolates:
@@ -236,11 +302,12 @@ class _FastRun:
             }
         self.shape = tuple(int(s) for s in out.peek_pending_shape())
         self.affine = torch.as_tensor(out.peek_pending_affine(), dtype=torch.float64)
+        return True
 
     def _materialize(self) -> None:
         if self.pending is None:
             return
-        kwargs = self.pending_kwargs or {"mode": "nearest", "padding_mode": "zeros"}
+        kwargs = self.pending_kwargs or _NO_INTERPOLATION
         self.tensor = resample(self.tensor, self.pending, self.shape, **kwargs)
         self.owned = True
         self.pending, self.pending_kwargs = None, {}
@@ -265,6 +332,15 @@ class _FastRun:
         if tr.clip and (tr.b_min is not None or tr.b_max is not None):
             t.clamp_(min=tr.b_min, max=tr.b_max)
 
+    def _area_resize(self, step: Step) -> None:
+        """``Resize(mode="area")`` as separable passes; shape and affine from MONAI's lazy call."""
+        probe = MetaTensor(torch.zeros(1).expand(1, *self.shape), affine=self.affine)
+        out = step.transform(probe, lazy=True)  # type: ignore[call-arg]
+        shape = tuple(int(s) for s in out.peek_pending_shape())
+        self.affine = torch.as_tensor(out.peek_pending_affine(), dtype=torch.float64)
+        if shape != self.shape:
+            self.tensor, self.owned, self.shape = area_resize(self.tensor, shape), True, shape
+
     def _delegate(self, step: Step) -> None:
         """Any other step: the MONAI transform itself, on the working tensor's device."""
         out = step.transform(MetaTensor(self.tensor, affine=self.affine))
@@ -274,108 +350,12 @@ class _FastRun:
         self.shape = tuple(int(s) for s in self.tensor.shape[1:])
 
 
+def _is_area_resize(step: Step) -> bool:
+    tr = step.transform
+    return isinstance(tr, mt.Resize) and tr.mode == "area" and not tr.anti_aliasing
+
+
 def _as_output(img: Any) -> MetaTensor:
     if not isinstance(img, MetaTensor):
         img = MetaTensor(torch.as_tensor(img))
     return img.to(torch.float32) if img.dtype != torch.float32 else img
-
-
-def _step_error(index: int, name: object, what: str) -> PipelineSpecError:
-    return PipelineSpecError(f"pipeline step {index} ({name}): {what}")
-
-
-def _parse_step(index: int, raw: object) -> Step:
-    """Check one step against the allow-list and build its MONAI transform."""
-    if not isinstance(raw, Mapping):
-        raise _step_error(index, "?", f"must be a mapping, got {type(raw).__name__}")
-    if "transform" not in raw or not isinstance(raw["transform"], str):
-        raise _step_error(index, "?", "needs a 'transform' name")
-    name = raw["transform"]
-    args = {k: v for k, v in raw.items() if k != "transform"}
-    for key, value in args.items():
-        if not isinstance(key, str):
-            raise _step_error(index, name, f"argument name {key!r} is not a string")
-        _check_plain(index, name, key, value)
-    if name == "Window":
-        return Step(index, name, dict(args), _build_window(index, args))
-    cls = ALLOWED_TRANSFORMS.get(name)
-    if cls is None:
-        allowed = ", ".join([*ALLOWED_TRANSFORMS, "Window"])
-        raise _step_error(index, name, f"unknown transform; allowed: {allowed}")
-    params = {
-        p.name: p
-        for p in inspect.signature(cls).parameters.values()
-        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in _REFUSED_ARGS
-    }
-    for key in args:
-        if key not in params:
-            raise _step_error(
-                index, name, f"unknown argument {key!r}; allowed: {', '.join(params)}"
-            )
-    missing = [p for p, v in params.items() if v.default is v.empty and p not in args]
-    if missing:
-        raise _step_error(index, name, f"missing argument(s) {', '.join(missing)}")
-    _check_values(index, name, args)
-    kwargs = dict(args)
-    if name == "Orientation":
-        kwargs["labels"] = _RAS_LABELS  # explicit, so MONAI does not warn about its default
-    try:
-        transform = cls(**kwargs)
-    except Exception as exc:  # MONAI validates some values in __init__
-        raise _step_error(index, name, f"bad value: {exc}") from None
-    return Step(index, name, dict(args), transform)
-
-
-def _check_plain(index: int, name: str, key: str, value: object, depth: int = 0) -> None:
-    """Values are plain data: numbers, booleans, strings (not expressions), None, lists thereof."""
-    if value is None or isinstance(value, bool | int | float):
-        return
-    if isinstance(value, str):
-        if value.startswith(_EXPRESSION_PREFIXES):
-            raise _step_error(index, name, f"{key}={value!r}: expressions are never evaluated")
-        return
-    if isinstance(value, list | tuple) and depth < 2:
-        for item in value:
-            _check_plain(index, name, key, item, depth + 1)
-        return
-    raise _step_error(index, name, f"{key}: {type(value).__name__} is not plain data")
-
-
-def _numbers(value: object) -> list[float]:
-    items = value if isinstance(value, list | tuple) else [value]
-    return [float(v) for v in items if isinstance(v, int | float) and not isinstance(v, bool)]
-
-
-def _check_values(index: int, name: str, args: Mapping[str, Any]) -> None:
-    """Domain checks MONAI would only catch (or silently accept) at run time."""
-    for key in ("pixdim", "min_pixdim", "max_pixdim"):
-        if key in args and args[key] is not None and any(v <= 0 for v in _numbers(args[key])):
-            raise _step_error(index, name, f"{key} must be positive millimetres, got {args[key]}")
-    for key in ("spatial_size", "roi_size"):
-        if key not in args:
-            continue
-        value = args[key]
-        items = value if isinstance(value, list | tuple) else [value]
-        counts = [v for v in items if isinstance(v, int) and not isinstance(v, bool)]
-        if len(counts) != len(items):
-            raise _step_error(index, name, f"{key} must be whole voxel counts, got {value}")
-        if any(v == 0 or v < -1 for v in counts):
-            raise _step_error(index, name, f"{key} must be positive (or -1 = keep), got {value}")
-    if name == "ScaleIntensityRange" and _numbers(args.get("a_min")) == _numbers(args.get("a_max")):
-        raise _step_error(index, name, "a_min equals a_max")
-
-
-def _build_window(index: int, args: Mapping[str, Any]) -> Transform:
-    """``Window(center, width)`` in HU is ``ScaleIntensityRange(center -+ width / 2)``."""
-    allowed = {"center", "width", *WINDOW_DEFAULTS}
-    for key in args:
-        if key not in allowed:
-            raise _step_error(index, "Window", f"unknown argument {key!r}; allowed: {allowed}")
-    center, width = args.get("center"), args.get("width")
-    if not _numbers(center) or not _numbers(width) or isinstance(center, list | tuple):
-        raise _step_error(index, "Window", "needs numeric 'center' and 'width' (HU)")
-    if isinstance(width, list | tuple) or float(width) <= 0:  # type: ignore[arg-type]
-        raise _step_error(index, "Window", f"width must be positive HU, got {width}")
-    opts = {**WINDOW_DEFAULTS, **{k: v for k, v in args.items() if k in WINDOW_DEFAULTS}}
-    c, w = float(center), float(width)  # type: ignore[arg-type]
-    return mt.ScaleIntensityRange(a_min=c - w / 2.0, a_max=c + w / 2.0, **opts)

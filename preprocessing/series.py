@@ -23,7 +23,7 @@ from preprocessing.errors import (
     UnreadableInstanceError,
     UnsupportedSeriesError,
 )
-from preprocessing.geometry import plan_frames
+from preprocessing.geometry import StackPlan, plan_frames
 from preprocessing.instance import Frame, frames_of, read_dataset
 from preprocessing.volume import Volume
 
@@ -48,7 +48,22 @@ def build_volume(frames: Sequence[Frame], series_uid: str, tolerance_mm: float) 
     """
     if not frames:
         raise UnsupportedSeriesError("no image instances", series_uid=series_uid)
-    plan = plan_frames(frames, series_uid, tolerance_mm)
+    return stack_frames(
+        frames, plan_frames(frames, series_uid, tolerance_mm), series_uid, tolerance_mm
+    )
+
+
+def stack_frames(
+    frames: Sequence[Frame], plan: StackPlan, series_uid: str, tolerance_mm: float
+) -> Volume:
+    """Decode ``frames`` in ``plan.order`` into one float32 volume (the copy; no checks).
+
+    Args:
+        frames: The frames ``plan`` was made from (:func:`preprocessing.geometry.plan_frames`).
+        plan: Their order and affine.
+        series_uid: Series Instance UID of the volume.
+        tolerance_mm: Recorded in the volume's metadata, millimetres.
+    """
     first = frames[plan.order[0]]
     buffer = np.empty((len(frames), first.rows, first.columns), dtype=np.float32)
     for k, index in enumerate(plan.order):

@@ -9,7 +9,9 @@ and affine equal :func:`preprocessing.series.load_series` on the same instances.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pydicom
 
@@ -20,9 +22,12 @@ from preprocessing.errors import (
     UnreadableInstanceError,
     UnsupportedSeriesError,
 )
+from preprocessing.geometry import StackPlan, plan_frames
 from preprocessing.instance import Frame, frames_of, read_dataset
-from preprocessing.series import build_volume, check_identity, identity_of
+from preprocessing.series import check_identity, identity_of, stack_frames
 from preprocessing.volume import Volume
+
+_T = TypeVar("_T")
 
 
 class SeriesAssembler:
@@ -32,6 +37,10 @@ class SeriesAssembler:
         series_uid: The series to accept; ``None`` adopts the series of the first instance.
         expected_count: Number of instances that make the series complete, if known.
         tolerance_mm: Allowed deviation of slice positions from a regular grid, millimetres.
+        on_frames: Called with the decoded frames of each newly accepted instance (not for a
+            repeated one), after the assembler has stored them; lets a caller start per-slice
+            work while the rest of the series is still arriving. It should not raise: an
+            exception reaches the caller of :meth:`add` although the instance was kept.
     """
 
     def __init__(
@@ -40,10 +49,12 @@ class SeriesAssembler:
         *,
         expected_count: int | None = None,
         tolerance_mm: float = 0.05,
+        on_frames: Callable[[Sequence[Frame]], None] | None = None,
     ) -> None:
         self.series_uid = series_uid
         self.expected_count = expected_count
         self.tolerance_mm = tolerance_mm
+        self.on_frames = on_frames
         self._frames: dict[str, list[Frame]] = {}
         self._first: tuple[str, pydicom.Dataset] | None = None
         self._identity: tuple[str | None, ...] | None = None
@@ -114,9 +125,19 @@ class SeriesAssembler:
                     setattr(header, keyword, ds.get(keyword))
             self._first = (where, header)
             self._identity = identity
+        if self.on_frames is not None:
+            self.on_frames(frames)
 
-    def volume(self) -> Volume:
-        """Sort the decoded frames, check the geometry and stack them (no file is re-read).
+    def frames(self) -> list[Frame]:
+        """The decoded frames received so far: instances in arrival order, frames in order."""
+        return [frame for group in self._frames.values() for frame in group]
+
+    def plan(self) -> tuple[list[Frame], StackPlan]:
+        """Check the geometry of the complete series without stacking it (no voxel is copied).
+
+        Returns:
+            :meth:`frames` and their :class:`~preprocessing.geometry.StackPlan` (slice order and
+            affine), exactly as :meth:`volume` and :func:`load_series` compute them.
 
         Raises:
             IncompleteSeriesError: ``expected_count`` is known and not yet reached.
@@ -129,12 +150,31 @@ class SeriesAssembler:
             )
         if self.series_uid is None or not self._frames:
             raise UnsupportedSeriesError("no instances received", series_uid=self.series_uid)
-        frames = [frame for group in self._frames.values() for frame in group]
+        frames = self.frames()
+        return frames, self._guarded(lambda: plan_frames(frames, self._uid, self.tolerance_mm))
+
+    def volume(self) -> Volume:
+        """Sort the decoded frames, check the geometry and stack them (no file is re-read).
+
+        Raises:
+            IncompleteSeriesError: ``expected_count`` is known and not yet reached.
+            PreprocessingError: Geometric defects, as in :func:`load_series`.
+        """
+        frames, plan = self.plan()
+        return self._guarded(lambda: stack_frames(frames, plan, self._uid, self.tolerance_mm))
+
+    @property
+    def _uid(self) -> str:
+        assert self.series_uid is not None
+        return self.series_uid
+
+    def _guarded(self, work: Callable[[], _T]) -> _T:
+        """Run ``work``; callers only ever see typed errors (a last line of defence)."""
         try:
-            return build_volume(frames, self.series_uid, self.tolerance_mm)
+            return work()
         except PreprocessingError:
             raise
-        except Exception as exc:  # a last line of defence: callers only ever see typed errors
+        except Exception as exc:
             raise UnreadableInstanceError(
                 f"unexpected {type(exc).__name__} while stacking", series_uid=self.series_uid
             ) from exc
