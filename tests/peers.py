@@ -31,3 +31,16 @@ def require_executable(name: str, install_hint: str) -> Path:
     if peers_required():
         pytest.fail(message + " (STATLANE_REQUIRE_PEERS=1)")
     pytest.skip(message)
+
+
+def require_testdata(name: str) -> Path:
+    """Path of a file from pydicom's test data or the ``pydicom-data`` package, or skip/fail."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    if path is not None:
+        return Path(path)
+    message = f"test file {name!r} not found; install pydicom-data"
+    if peers_required():
+        pytest.fail(message + " (STATLANE_REQUIRE_PEERS=1)")
+    pytest.skip(message)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import JPEG2000Lossless, RLELossless
@@ -27,6 +26,7 @@ from preprocessing import (
     load_study,
     scan_folder,
 )
+from tests.peers import require_testdata
 from tests.series_factory import make_series, to_bytes, write_series
 
 
@@ -197,9 +197,7 @@ def _unavailable(monkeypatch: pytest.MonkeyPatch, transfer_syntax: str) -> None:
 
 
 def test_missing_j2k_decoder_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    path = get_testdata_file("693_J2KR.dcm")
-    if path is None:
-        pytest.skip("693_J2KR.dcm not available (install pydicom-data)")
+    path = require_testdata("693_J2KR.dcm")
     _unavailable(monkeypatch, JPEG2000Lossless)
     with pytest.raises(MissingDecoderError) as info:
         load_series([str(path)])

@@ -12,16 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
 
 from preprocessing import SeriesAssembler, load_series
+from tests.peers import require_testdata
 
 
 def _testdata(name: str) -> list[Path]:
-    path = get_testdata_file(name)
-    if path is None:
-        pytest.skip(f"{name} not available (install pydicom-data)")
-    return [Path(str(path))]
+    path = require_testdata(name)
+    return [path]
 
 
 def _ct5n() -> list[Path]:
