@@ -1,0 +1,208 @@
+"""The scheduler: a pure state machine with an injected clock.
+
+It receives plain :class:`TaskRecord` s (``submit``), answers ``next_batch(now)`` with a
+:class:`BatchPlan` or a :class:`Wait`, and is told ``complete(batch_id, now)``. It never touches
+a tensor, a file or a thread, so every policy is tested deterministically with a fake clock and
+the same code drives the discrete-event simulator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from itertools import count
+
+from serving.scheduler.latency import LatencyTable
+from serving.scheduler.policies import Candidate, QueuePolicy, batch_seconds, make_policy
+from serving.scheduler.records import (
+    Admission,
+    BatchPlan,
+    Completion,
+    SchedulerConfig,
+    TaskRecord,
+    Wait,
+    WorkItem,
+)
+
+
+class SchedulerError(ValueError):
+    """A caller broke the protocol: unknown model, duplicate task id, unknown batch."""
+
+
+@dataclass
+class _TaskState:
+    record: TaskRecord
+    key: tuple[float | int | str, ...]
+    pending: list[WorkItem]
+    ready_s: float
+    in_flight: int = 0
+    failed: bool = False
+    done_items: set[int] = field(default_factory=set)
+
+
+class Scheduler:
+    """Deadline-aware batching scheduler for several models sharing ``config.devices`` devices.
+
+    Args:
+        latency: Latency profile of every model tasks may name.
+        policy: A policy object or its name (``fifo``, ``strict-priority``, ``edf``).
+        config: Deadlines, aging caps, devices, batching delay.
+    """
+
+    def __init__(
+        self,
+        latency: LatencyTable,
+        policy: QueuePolicy | str = "edf",
+        config: SchedulerConfig | None = None,
+    ) -> None:
+        self.latency = latency
+        self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.config = config or SchedulerConfig()
+        self._tasks: dict[str, _TaskState] = {}
+        self._in_flight: dict[int, BatchPlan] = {}
+        self._batch_ids = count(1)
+        self.at_risk_count = 0
+
+    # ---- inputs --------------------------------------------------------------------------------
+
+    def submit(self, task: TaskRecord, now: float) -> Admission:
+        """Queue ``task``; the answer predicts its finish and flags a deadline at risk."""
+        if task.task_id in self._tasks:
+            raise SchedulerError(f"task {task.task_id} submitted twice")
+        if task.model not in self.latency:
+            raise SchedulerError(f"task {task.task_id}: no latency profile for {task.model}")
+        chunked = self.policy.chunking and self.config.chunking
+        items = (
+            [WorkItem(task.task_id, i) for i in range(task.chunks)]
+            if chunked
+            else [WorkItem(task.task_id, 0, cost_chunks=task.chunks)]
+        )
+        state = _TaskState(task, self.policy.key(task, self.config), items, ready_s=now)
+        self._tasks[task.task_id] = state
+        finish = self._predict_finish(state, now)
+        at_risk = finish > task.deadline_s
+        self.at_risk_count += at_risk
+        return Admission(task.task_id, finish, at_risk)
+
+    def next_batch(self, now: float) -> BatchPlan | Wait:
+        """The batch a free device should run now, or how long to wait before asking again."""
+        if len(self._in_flight) >= self.config.devices:
+            return Wait(None)
+        order = self._pending_in_order()
+        if not order:
+            return Wait(None)
+        head = order[0]
+        group_key = (head.record.model, head.record.shape)
+        group = [
+            self._candidate(s, item)
+            for s in order
+            if self._group(s) == group_key
+            for item in s.pending
+        ]
+        others = self._heads_of_other_groups(order, group_key)
+        model_latency = self.latency.model(head.record.model)
+        decision = self.policy.decide(group, others, model_latency, now, self.config)
+        if decision.size == 0:
+            return Wait(decision.wait_until_s)
+        chosen = group[: decision.size]
+        items = tuple(self._take(c) for c in chosen)
+        plan = BatchPlan(
+            batch_id=next(self._batch_ids),
+            model=head.record.model,
+            shape=head.record.shape,
+            items=items,
+            started_s=now,
+            predicted_s=batch_seconds(model_latency, chosen, len(chosen)),
+        )
+        self._in_flight[plan.batch_id] = plan
+        return plan
+
+    def complete(self, batch_id: int, now: float, *, failed: bool = False) -> list[Completion]:
+        """Record that batch ``batch_id`` finished (or failed) at ``now``; finished tasks out."""
+        plan = self._in_flight.pop(batch_id, None)
+        if plan is None:
+            raise SchedulerError(f"batch {batch_id} is not in flight")
+        finished: list[Completion] = []
+        for item in plan.items:
+            state = self._tasks[item.task_id]
+            state.in_flight -= 1
+            state.done_items.add(item.index)
+            if failed and not state.failed:
+                state.failed = True
+                state.pending.clear()
+            if not state.pending and state.in_flight == 0:
+                record = state.record
+                finished.append(
+                    Completion(record.task_id, now, now > record.deadline_s, failed=state.failed)
+                )
+                del self._tasks[item.task_id]
+        return finished
+
+    # ---- observation ---------------------------------------------------------------------------
+
+    @property
+    def queued_tasks(self) -> int:
+        """Tasks with at least one item not yet handed out."""
+        return sum(1 for s in self._tasks.values() if s.pending)
+
+    @property
+    def in_flight(self) -> tuple[BatchPlan, ...]:
+        """Batches handed out and not yet completed."""
+        return tuple(self._in_flight.values())
+
+    def queued_by_class(self) -> dict[str, int]:
+        """Queue depth per priority class (tasks), for metrics."""
+        depth: dict[str, int] = {}
+        for state in self._tasks.values():
+            if state.pending:
+                name = state.record.priority.value
+                depth[name] = depth.get(name, 0) + 1
+        return depth
+
+    # ---- internals -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _group(state: _TaskState) -> tuple[str, tuple[int, ...]]:
+        return (state.record.model, state.record.shape)
+
+    def _pending_in_order(self) -> list[_TaskState]:
+        return sorted((s for s in self._tasks.values() if s.pending), key=lambda s: s.key)
+
+    def _candidate(self, state: _TaskState, item: WorkItem) -> Candidate:
+        service = self.latency.seconds(state.record.model, item.cost_chunks)
+        return Candidate(state.record, item.cost_chunks, state.ready_s, service)
+
+    def _heads_of_other_groups(
+        self, order: Iterable[_TaskState], group_key: tuple[str, tuple[int, ...]]
+    ) -> list[Candidate]:
+        seen = {group_key}
+        heads = []
+        for state in order:
+            key = self._group(state)
+            if key not in seen:
+                seen.add(key)
+                heads.append(self._candidate(state, state.pending[0]))
+        return heads
+
+    def _take(self, candidate: Candidate) -> WorkItem:
+        state = self._tasks[candidate.task.task_id]
+        item = state.pending.pop(0)
+        state.in_flight += 1
+        return item
+
+    def _predict_finish(self, state: _TaskState, now: float) -> float:
+        """Finish estimate: work queued ahead (amortized at full batches) spread over devices,
+        plus the earliest in-flight completion, plus the task's own chunks at batch size 1."""
+        ahead_s = 0.0
+        for other in self._tasks.values():
+            if other is state or not other.pending or other.key > state.key:
+                continue
+            model = self.latency.model(other.record.model)
+            per_chunk = model.seconds(model.max_batch) / model.max_batch
+            ahead_s += per_chunk * sum(item.cost_chunks for item in other.pending)
+        busy_until = [p.started_s + p.predicted_s for p in self._in_flight.values()]
+        free_at = max(now, min(busy_until)) if len(busy_until) >= self.config.devices else now
+        own_s = sum(
+            self.latency.seconds(state.record.model, item.cost_chunks) for item in state.pending
+        )
+        return free_at + ahead_s / self.config.devices + own_s
