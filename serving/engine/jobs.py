@@ -1,0 +1,101 @@
+"""Records of the executor: a job in, a result with per-stage timestamps out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serving.backends.base import BackendModel
+from serving.scheduler.records import PriorityClass
+
+
+class EngineBusy(RuntimeError):
+    """The engine's bounded queues are full: the caller should hold the job and retry."""
+
+
+class EngineStopped(RuntimeError):
+    """The engine was stopped; no job is accepted or will complete."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """What the engine needs to run one model version.
+
+    Attributes:
+        backend_model: Paths and tensor names for the backends (weights already verified).
+        input_shape: One item's input shape without the batch axis, e.g. ``(1, 64, 64, 32)``.
+        prepare: Volume → model input ``(C, *spatial)`` float32 and its RAS affine; runs in a
+            preprocessing worker.
+        postprocess: Raw outputs of one item (batch axis removed) and the affine → findings.
+    """
+
+    backend_model: BackendModel
+    input_shape: tuple[int, ...]
+    prepare: Any
+    postprocess: Any = None
+
+
+@dataclass(frozen=True)
+class InferenceJob:
+    """One study's inference request (no patient data: an opaque id and a volume).
+
+    Attributes:
+        job_id: Opaque unique id.
+        model: ``name@version``.
+        priority: Inference priority class.
+        deadline_s: Absolute deadline on the engine's clock; None → the class default.
+        volume: The assembled volume to preprocess, or None when ``prepared`` is given.
+        prepared: A model-ready input ``(C, *spatial)``: skips preprocessing.
+        affine_ras: Affine of ``prepared`` (RAS mm), for postprocessing measurements.
+    """
+
+    job_id: str
+    model: str
+    priority: PriorityClass
+    deadline_s: float | None = None
+    volume: Any = None
+    prepared: np.ndarray | None = None
+    affine_ras: np.ndarray | None = None
+
+
+@dataclass
+class StageTimes:
+    """When a job passed each stage, seconds on the engine's clock.
+
+    ``ready_s`` (preprocessing done, task handed to the scheduler) → ``done_s`` is the latency
+    the scheduling benchmark reports; ``received_s`` → ``done_s`` includes preprocessing.
+    """
+
+    received_s: float = 0.0
+    preprocess_started_s: float | None = None
+    ready_s: float | None = None
+    batch_started_s: float | None = None
+    inferred_s: float | None = None
+    done_s: float | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """The outcome of a job.
+
+    Attributes:
+        job_id: The job.
+        model: ``name@version`` that ran.
+        outputs: Raw outputs of this item by name (batch axis removed); None on error.
+        findings: Postprocessed findings (empty when the entry has no postprocess).
+        error: One-line reason when the job failed (preprocessing, backend), else None.
+        deadline_missed: Finished after its deadline.
+        batch_size: Size of the batch it ran in.
+        times: Per-stage timestamps.
+    """
+
+    job_id: str
+    model: str
+    outputs: dict[str, np.ndarray] | None
+    findings: list[Any] = field(default_factory=list)
+    error: str | None = None
+    deadline_missed: bool = False
+    batch_size: int = 0
+    times: StageTimes = field(default_factory=StageTimes)
