@@ -8,7 +8,8 @@ the same code drives the discrete-event simulator.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from bisect import bisect_left, insort
+from collections import Counter
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -59,6 +60,11 @@ class Scheduler:
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.config = config or SchedulerConfig()
         self._tasks: dict[str, _TaskState] = {}
+        # Tasks with pending items, sorted by the policy's key (keys end in the task id, so
+        # they are unique); kept incrementally so no call sorts the whole queue.
+        self._order: list[tuple[tuple[float | int | str, ...], str]] = []
+        self._groups: Counter[tuple[str, tuple[int, ...]]] = Counter()
+        self._pending_work_s = 0.0
         self._in_flight: dict[int, BatchPlan] = {}
         self._batch_ids = count(1)
         self.at_risk_count = 0
@@ -78,8 +84,11 @@ class Scheduler:
             else [WorkItem(task.task_id, 0, cost_chunks=task.chunks)]
         )
         state = _TaskState(task, self.policy.key(task, self.config), items, ready_s=now)
-        self._tasks[task.task_id] = state
         finish = self._predict_finish(state, now)
+        self._tasks[task.task_id] = state
+        insort(self._order, (state.key, task.task_id))
+        self._groups[self._group(state)] += 1
+        self._pending_work_s += self._work_s(state)
         at_risk = finish > task.deadline_s
         self.at_risk_count += at_risk
         return Admission(task.task_id, finish, at_risk)
@@ -88,19 +97,12 @@ class Scheduler:
         """The batch a free device should run now, or how long to wait before asking again."""
         if len(self._in_flight) >= self.config.devices:
             return Wait(None)
-        order = self._pending_in_order()
-        if not order:
+        if not self._order:
             return Wait(None)
-        head = order[0]
-        group_key = (head.record.model, head.record.shape)
-        group = [
-            self._candidate(s, item)
-            for s in order
-            if self._group(s) == group_key
-            for item in s.pending
-        ]
-        others = self._heads_of_other_groups(order, group_key)
+        head = self._tasks[self._order[0][1]]
+        group_key = self._group(head)
         model_latency = self.latency.model(head.record.model)
+        group, others = self._scan(group_key, model_latency.max_batch)
         decision = self.policy.decide(group, others, model_latency, now, self.config)
         if decision.size == 0:
             return Wait(decision.wait_until_s)
@@ -129,7 +131,10 @@ class Scheduler:
             state.done_items.add(item.index)
             if failed and not state.failed:
                 state.failed = True
-                state.pending.clear()
+                if state.pending:
+                    self._pending_work_s -= self._work_s(state)
+                    self._dequeue(state)
+                    state.pending.clear()
             if not state.pending and state.in_flight == 0:
                 record = state.record
                 finished.append(
@@ -143,7 +148,7 @@ class Scheduler:
     @property
     def queued_tasks(self) -> int:
         """Tasks with at least one item not yet handed out."""
-        return sum(1 for s in self._tasks.values() if s.pending)
+        return len(self._order)
 
     @property
     def in_flight(self) -> tuple[BatchPlan, ...]:
@@ -165,41 +170,67 @@ class Scheduler:
     def _group(state: _TaskState) -> tuple[str, tuple[int, ...]]:
         return (state.record.model, state.record.shape)
 
-    def _pending_in_order(self) -> list[_TaskState]:
-        return sorted((s for s in self._tasks.values() if s.pending), key=lambda s: s.key)
+    def _scan(
+        self, group_key: tuple[str, tuple[int, ...]], max_items: int
+    ) -> tuple[list[Candidate], list[Candidate]]:
+        """Walk the queue in order: the head group's first ``max_items`` items, and the most
+        urgent item of every other group; stop as soon as both are known."""
+        group: list[Candidate] = []
+        others: dict[tuple[str, tuple[int, ...]], Candidate] = {}
+        other_groups = sum(1 for key, n in self._groups.items() if n and key != group_key)
+        for _, task_id in self._order:
+            state = self._tasks[task_id]
+            key = self._group(state)
+            if key == group_key:
+                for item in state.pending:
+                    if len(group) < max_items:
+                        group.append(self._candidate(state, item))
+            elif key not in others:
+                others[key] = self._candidate(state, state.pending[0])
+            if len(group) >= max_items and len(others) >= other_groups:
+                break
+        return group, list(others.values())
 
     def _candidate(self, state: _TaskState, item: WorkItem) -> Candidate:
         service = self.latency.seconds(state.record.model, item.cost_chunks)
         return Candidate(state.record, item.cost_chunks, state.ready_s, service)
 
-    def _heads_of_other_groups(
-        self, order: Iterable[_TaskState], group_key: tuple[str, tuple[int, ...]]
-    ) -> list[Candidate]:
-        seen = {group_key}
-        heads = []
-        for state in order:
-            key = self._group(state)
-            if key not in seen:
-                seen.add(key)
-                heads.append(self._candidate(state, state.pending[0]))
-        return heads
+    def _per_chunk_s(self, model: str) -> float:
+        """Amortized seconds per chunk at full batches."""
+        profile = self.latency.model(model)
+        return profile.seconds(profile.max_batch) / profile.max_batch
+
+    def _work_s(self, state: _TaskState) -> float:
+        """Amortized seconds of the task's pending items."""
+        chunks = sum(item.cost_chunks for item in state.pending)
+        return self._per_chunk_s(state.record.model) * chunks
+
+    def _dequeue(self, state: _TaskState) -> None:
+        """Drop a task whose items are all handed out from the ordered queue."""
+        index = bisect_left(self._order, (state.key, state.record.task_id))
+        del self._order[index]
+        self._groups[self._group(state)] -= 1
 
     def _take(self, candidate: Candidate) -> WorkItem:
         state = self._tasks[candidate.task.task_id]
         item = state.pending.pop(0)
         state.in_flight += 1
+        self._pending_work_s -= self._per_chunk_s(state.record.model) * item.cost_chunks
+        if not state.pending:
+            self._dequeue(state)
         return item
 
     def _predict_finish(self, state: _TaskState, now: float) -> float:
         """Finish estimate: work queued ahead (amortized at full batches) spread over devices,
         plus the earliest in-flight completion, plus the task's own chunks at batch size 1."""
-        ahead_s = 0.0
-        for other in self._tasks.values():
-            if other is state or not other.pending or other.key > state.key:
-                continue
-            model = self.latency.model(other.record.model)
-            per_chunk = model.seconds(model.max_batch) / model.max_batch
-            ahead_s += per_chunk * sum(item.cost_chunks for item in other.pending)
+        # Sum the shorter side of the ordered queue: urgent newcomers sit near the front,
+        # routine ones near the back.
+        position = bisect_left(self._order, (state.key, state.record.task_id))
+        if position <= len(self._order) - position:
+            ahead_s = sum(self._work_s(self._tasks[t]) for _, t in self._order[:position])
+        else:
+            behind_s = sum(self._work_s(self._tasks[t]) for _, t in self._order[position:])
+            ahead_s = self._pending_work_s - behind_s
         busy_until = [p.started_s + p.predicted_s for p in self._in_flight.values()]
         free_at = max(now, min(busy_until)) if len(busy_until) >= self.config.devices else now
         own_s = sum(
