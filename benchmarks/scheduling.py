@@ -39,8 +39,7 @@ from benchmarks.report import Report, markdown_table, progress, targets_markdown
 from benchmarks.triton_peer import triton_server
 from models.profile import measure
 from models.registry import Registry
-from serving.backends import BackendModel, RequestContext
-from serving.backends.onnxruntime import OnnxRuntimeBackend
+from serving.backends import Backend, BackendModel, RequestContext, create_backend
 from serving.engine import Engine, InferenceJob, JobResult, ModelEntry
 from serving.scheduler import (
     LatencyTable,
@@ -61,6 +60,8 @@ MIX = (
 )
 FULL: dict[str, Any] = {"loads": [0.5, 0.8, 0.95, 1.2], "duration_s": 40.0, "runs": 15}
 SMOKE: dict[str, Any] = {"loads": [0.5], "duration_s": 3.0, "runs": 3}
+BACKEND = {"name": "onnxruntime", "device": "cpu"}
+"""The statlane systems' backend (``--backend``, ``--device``)."""
 MAX_BLOCKING_S: float | None = None
 """EDF's bound on a non-stat batch's duration (None: only deadlines limit batch sizes)."""
 DEADLINES_S = {PriorityClass.STAT: 2.0, PriorityClass.URGENT: 6.0, PriorityClass.ROUTINE: 60.0}
@@ -80,7 +81,7 @@ def _load_models(registry: Registry) -> dict[str, tuple[BackendModel, tuple[int,
 
 
 def _profiles(
-    models: dict[str, tuple[BackendModel, tuple[int, ...]]], backend: OnnxRuntimeBackend, runs: int
+    models: dict[str, tuple[BackendModel, tuple[int, ...]]], backend: Backend, runs: int
 ) -> LatencyTable:
     table = {}
     for model, shape in models.values():
@@ -122,7 +123,7 @@ def _run_statlane(
         if policy == "statlane-edf"
         else make_policy(policy)
     )
-    backend = OnnxRuntimeBackend(device="cpu")
+    backend = create_backend(BACKEND["name"], device=BACKEND["device"])
     engine = Engine(
         entries,
         [backend],
@@ -242,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float)
     parser.add_argument("--no-triton", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torchscript"])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     # One "deadline at risk" line per task would drown the progress lines under overload.
@@ -250,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     duration = float(args.duration or settings["duration_s"])
     registry = Registry.default()
     models = _load_models(registry)
-    probe = OnnxRuntimeBackend(device="cpu")
+    BACKEND.update(name=args.backend, device=args.device)
+    probe = create_backend(args.backend, device=args.device)
     latency = _profiles(models, probe, int(settings["runs"]))
     inputs = {
         m.ident: np.random.default_rng(1).normal(size=shape).astype(np.float32)
@@ -272,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "deadlines_s": {k.value: v for k, v in config.deadlines_s.items()},
             "routine_max_wait_s": ROUTINE_MAX_WAIT_S,
             "devices": 1,
-            "backend": "onnxruntime-cpu",
+            "backend": f"{args.backend}-{args.device}",
             "profiles_s": {
                 m: {str(b): s for b, s in latency.model(m).points} for m in (e.model for e in mix)
             },
