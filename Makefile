@@ -36,11 +36,14 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+bench: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m benchmarks.preprocess
+	$(BIN)/python -m benchmarks.scheduling
+	$(BIN)/statlane models evaluate
 
-bench-smoke: $(STAMP)
+bench-smoke: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m benchmarks.preprocess --smoke
+	$(BIN)/python -m benchmarks.scheduling --smoke
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
