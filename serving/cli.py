@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import pydicom.config
 
-from serving.commands import demo, inspect, synth
+from serving.commands import demo, infer, inspect, models, simulate, synth
 
-_COMMANDS = (synth, inspect, demo)
+_COMMANDS = (synth, inspect, demo, models, infer, simulate)
 
 
 def build_parser() -> argparse.ArgumentParser:

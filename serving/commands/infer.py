@@ -1,0 +1,223 @@
+"""``statlane infer``: run one model package on one study folder, on this machine's CPU.
+
+The study is loaded with the preprocessing loader, the series whose modality the model accepts
+is chosen, and the findings are printed as a table or JSON. Output names UIDs, never patient
+identity. Exit status: 0 done, 1 the study could not be used, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from models.manifest import ManifestError, load_manifest
+from models.postprocess import Finding, postprocess
+from models.runner import ModelRunner, RunnerError
+from preprocessing import PreprocessingError, Volume, load_study, scan_folder
+
+PACKAGES_ROOT = Path(__file__).resolve().parents[2] / "models" / "packages"
+STATES_FILE = "states.yaml"
+
+
+class PackageNotFoundError(LookupError):
+    """No such model, version, or no active version; the message says which."""
+
+
+class NoMatchingSeriesError(LookupError):
+    """The study has no series of a modality the model accepts."""
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """Findings of one model on one series, with the UIDs that identify them (no PHI)."""
+
+    model: str
+    backend: str
+    study_uid: str
+    series_uid: str
+    findings: list[Finding]
+    key_instance_uids: list[str | None]
+    preprocess_s: float
+    inference_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``--json``."""
+        findings = []
+        for finding, uid in zip(self.findings, self.key_instance_uids, strict=True):
+            findings.append({**finding.to_dict(), "key_instance_uid": uid})
+        return {
+            "model": self.model,
+            "backend": self.backend,
+            "study_instance_uid": self.study_uid,
+            "series_instance_uid": self.series_uid,
+            "preprocess_s": round(self.preprocess_s, 4),
+            "inference_s": round(self.inference_s, 4),
+            "findings": findings,
+        }
+
+
+def locate_package(name: str, version: int | None = None, root: Path = PACKAGES_ROOT) -> Path:
+    """The version folder of ``name`` (the active version when ``version`` is None).
+
+    Reads ``<root>/<name>/states.yaml`` (``versions: {1: shadow, 2: active}``). Kept in one
+    function so the model registry can replace it.
+
+    Raises:
+        PackageNotFoundError: Unknown model or version, or no active version.
+    """
+    package = root / name
+    if not package.is_dir():
+        known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        raise PackageNotFoundError(f"unknown model {name!r}; known: {', '.join(known) or 'none'}")
+    if version is None:
+        try:
+            states = yaml.safe_load((package / STATES_FILE).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise PackageNotFoundError(f"{name}: cannot read {STATES_FILE} ({error})") from None
+        active = [int(v) for v, s in (states.get("versions") or {}).items() if s == "active"]
+        if len(active) != 1:
+            raise PackageNotFoundError(f"{name}: {len(active)} active versions in {STATES_FILE}")
+        version = active[0]
+    folder = package / str(version)
+    if not (folder / "manifest.yaml").is_file():
+        raise PackageNotFoundError(f"{name}: no version {version}")
+    return folder
+
+
+def parse_model_ref(ref: str) -> tuple[str, int | None]:
+    """``name`` or ``name@version`` → (name, version or None)."""
+    name, _, version = ref.partition("@")
+    if version and not version.isdigit():
+        raise ValueError(f"model version must be an integer, got {version!r}")
+    return name, int(version) if version else None
+
+
+def choose_series(volumes: dict[str, Volume], modalities: list[str]) -> Volume:
+    """The series of an accepted modality with the most slices.
+
+    Raises:
+        NoMatchingSeriesError: None of the study's series has an accepted modality.
+    """
+    matching = [v for v in volumes.values() if v.modality in modalities]
+    if not matching:
+        found = sorted({v.modality for v in volumes.values()}) or ["no image series"]
+        raise NoMatchingSeriesError(
+            f"no {'/'.join(modalities)} series in the study (found {', '.join(found)})"
+        )
+    return max(matching, key=lambda v: (v.shape[2], v.series_uid))
+
+
+def infer_study(
+    study_dir: Path, model_ref: str, backend: str = "onnxruntime", root: Path = PACKAGES_ROOT
+) -> InferenceResult:
+    """Load the study in ``study_dir``, run model ``NAME[@VERSION]`` on its matching series.
+
+    Raises:
+        PackageNotFoundError, NoMatchingSeriesError, PreprocessingError, ManifestError,
+        RunnerError.
+    """
+    name, version = parse_model_ref(model_ref)
+    return infer_with_package(study_dir, locate_package(name, version, root), backend)
+
+
+def infer_with_package(
+    study_dir: Path, folder: Path, backend: str = "onnxruntime"
+) -> InferenceResult:
+    """Run the package version in ``folder`` on the matching series of ``study_dir``."""
+    manifest = load_manifest(folder)
+    runner = ModelRunner(manifest, folder, backend=backend)
+    volume = choose_series(load_study(scan_folder(study_dir)), manifest.modality)
+    started = time.perf_counter()
+    prepared = runner.preprocess(volume)
+    middle = time.perf_counter()
+    outputs = runner.run(prepared.array)
+    ended = time.perf_counter()
+    findings = postprocess(outputs, manifest, prepared.affine_ras)
+    return InferenceResult(
+        model=manifest.ident,
+        backend=runner.backend.value,
+        study_uid=volume.study_uid,
+        series_uid=volume.series_uid,
+        findings=findings,
+        key_instance_uids=[key_instance_uid(f, prepared.affine_ras, volume) for f in findings],
+        preprocess_s=middle - started,
+        inference_s=ended - middle,
+    )
+
+
+def key_instance_uid(finding: Finding, affine_ras: np.ndarray, volume: Volume) -> str | None:
+    """SOP Instance UID of the source slice nearest the centre of the finding's key slice."""
+    box = finding.key_slice_bbox_voxel
+    if box is None or finding.key_slice is None or not volume.sop_instance_uids:
+        return None
+    centre = np.array([(box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0, finding.key_slice, 1.0])
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_ras @ centre
+    k = round(float((np.linalg.inv(volume.affine) @ lps)[2]))
+    k = min(max(k, 0), len(volume.sop_instance_uids) - 1)
+    return volume.sop_instance_uids[k]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``statlane infer``."""
+    parser = subparsers.add_parser("infer", help="run a model package on one study folder (CPU)")
+    parser.add_argument("study", type=Path, help="folder holding the study's DICOM files")
+    parser.add_argument("--model", required=True, help="NAME or NAME@VERSION, e.g. ich-ct-head@2")
+    parser.add_argument("--backend", choices=["onnxruntime", "torchscript"], default="onnxruntime")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``statlane infer``; one line on stderr for any failure."""
+    if not Path(args.study).is_dir():
+        print(f"statlane infer: not a folder: {args.study}", file=sys.stderr)
+        return 2
+    try:
+        name, version = parse_model_ref(args.model)
+        folder = locate_package(name, version)
+    except (ValueError, PackageNotFoundError) as error:
+        print(f"statlane infer: {error}", file=sys.stderr)
+        return 2
+    try:
+        result = infer_with_package(Path(args.study), folder, backend=args.backend)
+    except (PreprocessingError, NoMatchingSeriesError, RunnerError, ManifestError) as error:
+        print(f"statlane infer: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(format_table(result))
+    return 0
+
+
+def format_table(result: InferenceResult) -> str:
+    """A human-readable summary: one line per finding."""
+    lines = [
+        f"model {result.model} ({result.backend})  study {result.study_uid}",
+        f"series {result.series_uid}  preprocess {result.preprocess_s:.2f} s  "
+        f"inference {result.inference_s:.2f} s",
+        f"{'finding':<26}{'present':<9}{'prob':>6}{'volume mL':>11}{'key slice':>11}  box LPS mm",
+    ]
+    for finding in result.findings:
+        volume = "" if finding.volume_ml is None else f"{finding.volume_ml:.2f}"
+        key = "" if finding.key_slice is None else str(finding.key_slice)
+        box = (
+            ""
+            if finding.bbox_mm_lps is None
+            else "[" + ", ".join(f"{v:.0f}" for v in finding.bbox_mm_lps) + "]"
+        )
+        flag = "YES" if finding.present else "no"
+        if finding.present and finding.critical:
+            flag += " !"
+        lines.append(
+            f"{finding.name:<26}{flag:<9}{finding.probability:>6.3f}{volume:>11}{key:>11}  {box}"
+        )
+    return "\n".join(lines)
