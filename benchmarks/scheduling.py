@@ -58,8 +58,8 @@ MIX = (
     ("cxr-pneumothorax", PriorityClass.URGENT, 0.30),
     ("ct-chest-nodule", PriorityClass.ROUTINE, 0.60),
 )
-FULL: dict[str, Any] = {"loads": [0.5, 0.8, 0.95, 1.2], "duration_s": 40.0, "runs": 15}
-SMOKE: dict[str, Any] = {"loads": [0.5], "duration_s": 3.0, "runs": 3}
+FULL: dict[str, Any] = {"loads": [0.5, 0.8, 0.95, 1.2], "duration_s": 60.0, "runs": 5}
+SMOKE: dict[str, Any] = {"loads": [0.5], "duration_s": 4.0, "runs": 1}
 BACKEND = {"name": "onnxruntime", "device": "cpu"}
 """The statlane systems' backend (``--backend``, ``--device``)."""
 MAX_BLOCKING_S: float | None = None
@@ -86,11 +86,13 @@ def _profiles(
     table = {}
     for model, shape in models.values():
         sizes = sorted({1, 2, max(1, model.max_batch // 2), model.max_batch})
+        if runs < 2:  # smoke: the two ends of the profile are enough
+            sizes = sorted({1, model.max_batch})
         points = measure(
             lambda batch, m=model: backend.infer(m, batch, RequestContext("profile")),
             (-1, *shape),
             sizes,
-            warmup=2,
+            warmup=1 if runs < 2 else 2,
             runs=runs,
         )
         table[model.ident] = ModelLatency.from_mapping(
