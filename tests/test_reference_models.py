@@ -101,3 +101,6 @@ def test_smoke_training_writes_a_valid_package(tmp_path: Path) -> None:
     out = runner.run(batch)["logits"]
     out_again = ModelRunner(same, again).run(batch)["logits"]
     np.testing.assert_allclose(out, out_again, atol=1e-5)  # deterministic for a seed
+    # Training flushes denormals for speed; the process-wide setting must be restored.
+    subnormal = np.array([1e-40], dtype=np.float32)
+    assert float((subnormal * np.float32(1.0))[0]) != 0.0

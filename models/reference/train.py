@@ -64,7 +64,9 @@ def train_model(
     started = time.perf_counter()
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
-    torch.set_flush_denormal(True)  # denormal activations make CPU convolutions crawl
+    # Denormal activations make CPU convolutions crawl; the setting is process-wide, so it is
+    # switched off again below (other code, e.g. hypothesis, relies on IEEE subnormals).
+    torch.set_flush_denormal(True)
     try:
         torch.manual_seed(seed)
         seeds = training_seeds(variant.pool, seed)
@@ -83,6 +85,7 @@ def train_model(
         export_torchscript(network, example, folder / TORCHSCRIPT_FILE)
     finally:
         torch.use_deterministic_algorithms(previous)
+        torch.set_flush_denormal(False)
     elapsed = time.perf_counter() - started
     manifest = build_manifest(recipe, version, folder, variant, seeds, seed, network, elapsed)
     dump_manifest(manifest, folder)
