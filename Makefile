@@ -39,7 +39,7 @@ test: lint typecheck pytest
 bench: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m benchmarks.preprocess
 	$(BIN)/python -m benchmarks.scheduling
-	$(BIN)/statlane models evaluate
+	$(BIN)/python -m models.evaluate
 
 bench-smoke: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m benchmarks.preprocess --smoke
