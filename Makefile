@@ -6,8 +6,12 @@ STAMP := $(VENV)/.statlane-installed
 # The CPU build of torch 2.13 lies on the developer and CI machines; asking for it by version
 # keeps pip from pulling a multi-gigabyte CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# A real Triton server for the integration tests: nvidia-pytriton needs numpy<2, so it lives in
+# a virtual environment of its own.
+TRITON_VENV := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.statlane-installed
 
-.PHONY: venv demo test lint typecheck pytest bench bench-smoke clean
+.PHONY: venv triton-venv demo test lint typecheck pytest bench bench-smoke clean
 
 venv: $(STAMP)
 
@@ -17,6 +21,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[test]"
 	@touch $(STAMP)
+
+triton-venv: $(TRITON_STAMP)
+
+$(TRITON_STAMP):
+	@test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q "nvidia-pytriton>=0.5" "numpy<2" onnxruntime
+	@touch $(TRITON_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/statlane demo
@@ -29,7 +41,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # pytest exit code 5 means no test was collected: the suite always has tests, so that is a failure.
-pytest: $(STAMP)
+pytest: $(STAMP) $(TRITON_STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; exit 1; fi; \
 	exit $$rc
@@ -46,4 +58,4 @@ bench-smoke: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m benchmarks.scheduling --smoke
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TRITON_VENV) var .mypy_cache .ruff_cache .pytest_cache
