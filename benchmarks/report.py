@@ -8,17 +8,16 @@ and calls :func:`write_report`, which writes ``<name>.json``, ``<name>.md`` and 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shlex
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+
+from models.machine import machine_info
 
 REQUIRED_KEYS = (
     "benchmark",
@@ -31,49 +30,11 @@ REQUIRED_KEYS = (
     "ratios",
     "targets",
 )
-_PACKAGES = ("torch", "monai", "numpy", "pydicom", "onnxruntime")
 
 
 def progress(message: str) -> None:
     """One progress line on stderr (stdout stays free for machine-readable output)."""
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, usable cores, GPU (``None`` for a CPU run), Python and package versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 0
-    packages: dict[str, str | None] = {}
-    for name in _PACKAGES:
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            packages[name] = None
-    return {
-        "cpu": cpu,
-        "cores": cores,
-        "gpu": _gpu_name(),
-        "python": platform.python_version(),
-        "packages": packages,
-    }
-
-
-def _gpu_name() -> str | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
 def utc_now() -> str:

@@ -36,7 +36,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from benchmarks.report import Report, markdown_table, progress, targets_markdown, write_report
-from benchmarks.triton_peer import triton_server
+from benchmarks.triton_peer import TritonPeerUnavailable, triton_server
 from models.profile import measure
 from models.registry import Registry
 from serving.backends import Backend, BackendModel, RequestContext, create_backend
@@ -301,7 +301,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for system in systems:
             progress(f"load {load:.2f}: {system}, {len(tasks)} tasks over {duration:.0f} s")
             if system == "triton":
-                records = _triton_records(models, tasks, inputs, config)
+                try:
+                    records = _triton_records(models, tasks, inputs, config)
+                except TritonPeerUnavailable as error:
+                    progress(f"triton skipped: {str(error).splitlines()[0]}")
+                    continue
             else:
                 records = _run_statlane(system, models, latency, tasks, inputs)
             report.runs.append(

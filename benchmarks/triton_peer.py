@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import subprocess
 import time
@@ -80,10 +81,13 @@ def triton_server(
             deadline = time.monotonic() + timeout_s
             assert process.stdout is not None
             while True:
-                line = process.stdout.readline()
+                # Never block past the deadline on a server that neither prints nor exits.
+                ready, _, _ = select.select([process.stdout], [], [], 1.0)
+                line = process.stdout.readline() if ready else ""
                 if line.strip() == "READY":
                     break
-                if (not line and process.poll() is not None) or time.monotonic() > deadline:
+                exited = not line and process.poll() is not None
+                if exited or time.monotonic() > deadline:
                     log.flush()
                     tail = log_path.read_text()[-3000:]
                     raise TritonPeerUnavailable(

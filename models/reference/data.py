@@ -103,19 +103,7 @@ def phantom_case(
         volume = _volume(film.pixels.T[:, :, None].astype(np.float32), np.diag([s, s, 1.0, 1.0]))
         mask = None if film.mask is None else film.mask.T[:, :, None]
         return PhantomCase(spec.kind, seed, spec.finding, _with(volume, spec.kind), mask, None)
-    if spec.kind is StudyKind.CT_HEAD:
-        geometry = phantom.head_geometry(
-            matrix=spec.matrix,
-            slices=spec.slices,
-            slice_thickness_mm=spec.slice_thickness_mm,
-            gantry_tilt_deg=spec.gantry_tilt_deg,
-        )
-        ct = phantom.ct_head(geometry, rng, spec.finding)
-    else:
-        geometry = phantom.chest_geometry(
-            matrix=spec.matrix, slices=spec.slices, slice_thickness_mm=spec.slice_thickness_mm
-        )
-        ct = phantom.ct_chest(geometry, rng, spec.finding)
+    geometry, ct = phantom.ct_series(spec)
     hu = phantom.stored_values(ct.hu).astype(np.float32) - np.float32(1024.0)
     volume = _volume(hu.transpose(2, 1, 0), affine_lps(geometry))
     truth = None

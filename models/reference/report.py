@@ -8,43 +8,16 @@ are the headline metrics derived from them, next to their ``targets``.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
+from models.machine import machine_info
+
 BENCHMARK = "models_eval"
-_PACKAGES = ("torch", "monai", "numpy", "onnxruntime", "onnx")
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, usable cores, GPU (None on a CPU run), Python and package versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    packages: dict[str, str | None] = {}
-    for name in _PACKAGES:
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            packages[name] = None
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
-        "gpu": None,
-        "python": platform.python_version(),
-        "packages": packages,
-    }
 
 
 def build_report(
@@ -94,7 +67,7 @@ def build_report(
     return {
         "benchmark": BENCHMARK,
         "when": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
-        "machine": machine(),
+        "machine": machine_info(),
         "command": command or " ".join(["python", "-m", "models.evaluate", *sys.argv[1:]]),
         "smoke": smoke,
         "workload": {

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.synthetic.geometry import FloatArray, SeriesGeometry
+from models.synthetic.spec import StudyKind, StudySpec, seeded_int
 
 HU_AIR = -1000.0
 HU_FAT = -100.0
@@ -271,3 +272,23 @@ def stored_values(hu: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]:
 def sphere_equivalent_diameter_mm(volume_ml: float) -> float:
     """Diameter (mm) of the sphere with the given volume (mL)."""
     return float((6.0 * volume_ml * 1000.0 / math.pi) ** (1.0 / 3.0))
+
+
+def ct_series(spec: StudySpec) -> tuple[SeriesGeometry, CtPhantom]:
+    """The geometry and phantom of a CT study spec, from the spec's own seeded generator.
+
+    ``generate_study`` writes exactly this; training builds the same series in memory.
+    """
+    rng = np.random.default_rng(seeded_int("phantom", spec.kind.value, spec.seed))
+    if spec.kind is StudyKind.CT_HEAD:
+        geometry = head_geometry(
+            matrix=spec.matrix,
+            slices=spec.slices,
+            slice_thickness_mm=spec.slice_thickness_mm,
+            gantry_tilt_deg=spec.gantry_tilt_deg,
+        )
+        return geometry, ct_head(geometry, rng, spec.finding)
+    geometry = chest_geometry(
+        matrix=spec.matrix, slices=spec.slices, slice_thickness_mm=spec.slice_thickness_mm
+    )
+    return geometry, ct_chest(geometry, rng, spec.finding)

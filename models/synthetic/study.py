@@ -100,20 +100,7 @@ def _file_name(instance_number: int) -> str:
 def _write_ct(
     spec: StudySpec, patient: Patient, order: Order, study_dir: Path
 ) -> tuple[list[Path], dict[str, Any], npt.NDArray[np.uint8] | None]:
-    rng = np.random.default_rng(seeded_int("phantom", spec.kind.value, spec.seed))
-    if spec.kind is StudyKind.CT_HEAD:
-        geometry = phantom.head_geometry(
-            matrix=spec.matrix,
-            slices=spec.slices,
-            slice_thickness_mm=spec.slice_thickness_mm,
-            gantry_tilt_deg=spec.gantry_tilt_deg,
-        )
-        volume = phantom.ct_head(geometry, rng, spec.finding)
-    else:
-        geometry = phantom.chest_geometry(
-            matrix=spec.matrix, slices=spec.slices, slice_thickness_mm=spec.slice_thickness_mm
-        )
-        volume = phantom.ct_chest(geometry, rng, spec.finding)
+    geometry, volume = phantom.ct_series(spec)
     stored = phantom.stored_values(volume.hu)
     sop_class, modality = writer.sop_class_for(spec.kind)
     base = writer.base_dataset(spec, patient, order, modality=modality, sop_class_uid=sop_class)
