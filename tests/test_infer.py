@@ -69,20 +69,10 @@ def test_failures_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
     err = capsys.readouterr().err
     assert "no CT series" in err and err.count("\n") == 1
     assert infer.run(_args(study.study_dir, "no-such-model")) == 2
-    assert "unknown model" in capsys.readouterr().err
+    assert "no such model" in capsys.readouterr().err
     assert infer.run(_args(study.study_dir, "ich-ct-head@9")) == 2
-    assert "no version 9" in capsys.readouterr().err
+    assert "no such version" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert infer.run(_args(empty, "ich-ct-head")) == 1
     assert capsys.readouterr().err.startswith("statlane infer:")
-
-
-def test_locate_package_reads_states(tmp_path: Path) -> None:
-    (tmp_path / "m" / "3").mkdir(parents=True)
-    (tmp_path / "m" / "3" / "manifest.yaml").write_text("{}")
-    (tmp_path / "m" / "states.yaml").write_text("versions: {1: retired, 3: active}\n")
-    assert infer.locate_package("m", root=tmp_path) == tmp_path / "m" / "3"
-    (tmp_path / "m" / "states.yaml").write_text("versions: {1: active, 3: active}\n")
-    with pytest.raises(infer.PackageNotFoundError, match="2 active"):
-        infer.locate_package("m", root=tmp_path)

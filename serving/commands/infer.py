@@ -16,19 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from models.manifest import ManifestError, load_manifest
 from models.postprocess import Finding, postprocess
+from models.registry import Registry, RegistryError
 from models.runner import ModelRunner, RunnerError
 from preprocessing import PreprocessingError, Volume, load_study, scan_folder
-
-PACKAGES_ROOT = Path(__file__).resolve().parents[2] / "models" / "packages"
-STATES_FILE = "states.yaml"
-
-
-class PackageNotFoundError(LookupError):
-    """No such model, version, or no active version; the message says which."""
 
 
 class NoMatchingSeriesError(LookupError):
@@ -64,42 +57,6 @@ class InferenceResult:
         }
 
 
-def locate_package(name: str, version: int | None = None, root: Path = PACKAGES_ROOT) -> Path:
-    """The version folder of ``name`` (the active version when ``version`` is None).
-
-    Reads ``<root>/<name>/states.yaml`` (``versions: {1: shadow, 2: active}``). Kept in one
-    function so the model registry can replace it.
-
-    Raises:
-        PackageNotFoundError: Unknown model or version, or no active version.
-    """
-    package = root / name
-    if not package.is_dir():
-        known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        raise PackageNotFoundError(f"unknown model {name!r}; known: {', '.join(known) or 'none'}")
-    if version is None:
-        try:
-            states = yaml.safe_load((package / STATES_FILE).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise PackageNotFoundError(f"{name}: cannot read {STATES_FILE} ({error})") from None
-        active = [int(v) for v, s in (states.get("versions") or {}).items() if s == "active"]
-        if len(active) != 1:
-            raise PackageNotFoundError(f"{name}: {len(active)} active versions in {STATES_FILE}")
-        version = active[0]
-    folder = package / str(version)
-    if not (folder / "manifest.yaml").is_file():
-        raise PackageNotFoundError(f"{name}: no version {version}")
-    return folder
-
-
-def parse_model_ref(ref: str) -> tuple[str, int | None]:
-    """``name`` or ``name@version`` → (name, version or None)."""
-    name, _, version = ref.partition("@")
-    if version and not version.isdigit():
-        raise ValueError(f"model version must be an integer, got {version!r}")
-    return name, int(version) if version else None
-
-
 def choose_series(volumes: dict[str, Volume], modalities: list[str]) -> Volume:
     """The series of an accepted modality with the most slices.
 
@@ -116,16 +73,16 @@ def choose_series(volumes: dict[str, Volume], modalities: list[str]) -> Volume:
 
 
 def infer_study(
-    study_dir: Path, model_ref: str, backend: str = "onnxruntime", root: Path = PACKAGES_ROOT
+    study_dir: Path, model_ref: str, backend: str = "onnxruntime", registry: Registry | None = None
 ) -> InferenceResult:
     """Load the study in ``study_dir``, run model ``NAME[@VERSION]`` on its matching series.
 
     Raises:
-        PackageNotFoundError, NoMatchingSeriesError, PreprocessingError, ManifestError,
-        RunnerError.
+        PackageNotFoundError, RegistryError, NoMatchingSeriesError, PreprocessingError,
+        ManifestError, RunnerError.
     """
-    name, version = parse_model_ref(model_ref)
-    return infer_with_package(study_dir, locate_package(name, version, root), backend)
+    folder = (registry or Registry.default()).get(model_ref).folder
+    return infer_with_package(study_dir, folder, backend)
 
 
 def infer_with_package(
@@ -181,9 +138,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"statlane infer: not a folder: {args.study}", file=sys.stderr)
         return 2
     try:
-        name, version = parse_model_ref(args.model)
-        folder = locate_package(name, version)
-    except (ValueError, PackageNotFoundError) as error:
+        folder = Registry.default().get(args.model).folder
+    except (RegistryError, ManifestError) as error:
         print(f"statlane infer: {error}", file=sys.stderr)
         return 2
     try:
