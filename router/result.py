@@ -1,0 +1,141 @@
+"""The contract between the runtime and the router: one postprocessed AI result of one study.
+
+Result objects (SR, GSPS, SC, SEG) and messages (HL7 ORU, FHIR) are built from an ``AIResult``
+only: the findings as the model reported them, the source study's identity and the geometry of
+the source instances. No tensor crosses this boundary except the optional binary mask, already
+resampled onto the source series' grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+import numpy as np
+
+from models.postprocess import Finding
+
+
+class Mode(StrEnum):
+    """What a task's result is allowed to touch."""
+
+    SHADOW = "shadow"  # kept and audited; nothing reaches clinical destinations
+    TRIAGE = "triage"  # worklist signals only
+    ASSISTANT = "assistant"  # worklist signals plus result objects and messages
+
+
+@dataclass(frozen=True)
+class StudyIdentity:
+    """Identity of the source study, copied verbatim into every result object.
+
+    Dates are DICOM ``YYYYMMDD`` strings, times ``HHMMSS``; empty strings where the source had none.
+    """
+
+    patient_id: str
+    patient_name: str
+    study_instance_uid: str
+    accession_number: str
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    study_id: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    referring_physician_name: str = ""
+    study_description: str = ""
+    issuer_of_patient_id: str = ""
+
+
+@dataclass(frozen=True)
+class SourceInstance:
+    """One instance of the source series, with the geometry needed to place findings on it.
+
+    Attributes:
+        sop_instance_uid: SOP Instance UID.
+        sop_class_uid: SOP Class UID.
+        series_instance_uid: Series Instance UID.
+        rows: Rows.
+        columns: Columns.
+        position_lps: ImagePositionPatient, LPS mm (None for projection radiographs).
+        orientation: ImageOrientationPatient (row cosines then column cosines).
+        pixel_spacing_mm: PixelSpacing ``(row spacing, column spacing)``, mm.
+        path: The instance's file in the spool (pixel data for SC, source images for SEG).
+    """
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    rows: int
+    columns: int
+    position_lps: tuple[float, float, float] | None = None
+    orientation: tuple[float, float, float, float, float, float] | None = None
+    pixel_spacing_mm: tuple[float, float] | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """The model that produced the result (IHE AI Results algorithm identification).
+
+    Attributes:
+        name: Model name, e.g. ``ich-ct-head``.
+        version: Model version as a string, e.g. ``"2"``.
+        manufacturer: Who made the model.
+        device_uid: A UID that identifies this model version as a device (deterministic).
+    """
+
+    name: str
+    version: str
+    manufacturer: str
+    device_uid: str
+
+
+@dataclass(frozen=True)
+class KeyImage:
+    """Where the largest region of a finding lies on one source instance.
+
+    Attributes:
+        finding: Name of the finding (``Finding.name``).
+        sop_instance_uid: The source instance (key slice).
+        frame: 1-based frame number (1 for single-frame instances).
+        box_px: ``(column0, row0, column1, row1)`` in the instance's pixel coordinates, 0-based,
+            inclusive bounds, as floats (sub-pixel corners).
+    """
+
+    finding: str
+    sop_instance_uid: str
+    frame: int
+    box_px: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class AIResult:
+    """One task's postprocessed result for one study.
+
+    Attributes:
+        task_id: The task that produced it (opaque).
+        study: Identity of the source study.
+        source_instances: The series the model read, in slice order (first = lowest index).
+        algorithm: Model identification.
+        findings: Findings as postprocessed (presence, probability, measurements).
+        key_images: Key slices with boxes on the source instances, one per located finding.
+        mask: Optional binary mask on the source grid, ``(len(source_instances), rows, columns)``
+            bool, for SEG; None for classifiers.
+        mode: What the result may touch.
+        completed_at: When inference finished (timezone-aware).
+    """
+
+    task_id: str
+    study: StudyIdentity
+    source_instances: tuple[SourceInstance, ...]
+    algorithm: Algorithm
+    findings: tuple[Finding, ...]
+    completed_at: datetime
+    key_images: tuple[KeyImage, ...] = ()
+    mask: np.ndarray | None = field(default=None, compare=False)
+    mode: Mode = Mode.ASSISTANT
+
+    @property
+    def critical_positive(self) -> bool:
+        """A critical finding is present (moves the study to the top of the worklist)."""
+        return any(f.critical and f.present for f in self.findings)
