@@ -1,0 +1,1 @@
+"""statlane serve: the service in one process (gateway, assembly, routing, runtime, delivery)."""

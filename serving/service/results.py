@@ -1,0 +1,187 @@
+"""From an engine result to the router's ``AIResult``: findings placed on the source images.
+
+The model sees a resampled grid; radiologists see the source instances. Boxes are projected
+from LPS millimetres onto the source slice nearest to the finding's centre, and the binary mask
+is resampled (nearest neighbour) from the model grid onto the source grid, so GSPS, secondary
+capture and SEG refer to the images in the PACS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+import numpy as np
+import pydicom
+from scipy import ndimage
+
+from models.manifest import Manifest
+from models.postprocess import Finding, activate
+from router.result import AIResult, Algorithm, KeyImage, Mode, SourceInstance, StudyIdentity
+
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def study_identity(ds: pydicom.Dataset) -> StudyIdentity:
+    """The identity of the study ``ds`` belongs to (copied verbatim into result objects)."""
+    return StudyIdentity(
+        patient_id=str(ds.get("PatientID", "")),
+        patient_name=str(ds.get("PatientName", "")),
+        study_instance_uid=str(ds.StudyInstanceUID),
+        accession_number=str(ds.get("AccessionNumber", "")),
+        patient_birth_date=str(ds.get("PatientBirthDate", "")),
+        patient_sex=str(ds.get("PatientSex", "")),
+        study_id=str(ds.get("StudyID", "")),
+        study_date=str(ds.get("StudyDate", "")),
+        study_time=str(ds.get("StudyTime", "")),
+        referring_physician_name=str(ds.get("ReferringPhysicianName", "")),
+        study_description=str(ds.get("StudyDescription", "")),
+        issuer_of_patient_id=str(ds.get("IssuerOfPatientID", "")),
+    )
+
+
+def source_instance(ds: pydicom.Dataset, path: str) -> SourceInstance:
+    """Geometry of one source instance (header only)."""
+    ipp = ds.get("ImagePositionPatient")
+    iop = ds.get("ImageOrientationPatient")
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    return SourceInstance(
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        position_lps=(float(ipp[0]), float(ipp[1]), float(ipp[2])) if ipp else None,
+        orientation=tuple(float(v) for v in iop) if iop else None,  # type: ignore[arg-type]
+        pixel_spacing_mm=(float(spacing[0]), float(spacing[1])) if spacing else None,
+        path=path,
+    )
+
+
+def algorithm_of(manifest: Manifest) -> Algorithm:
+    """Algorithm identification of a model version; the device UID is derived from its ident."""
+    digest = hashlib.sha256(f"statlane-model-device:{manifest.ident}".encode()).hexdigest()
+    return Algorithm(
+        name=manifest.name,
+        version=str(manifest.version),
+        manufacturer=manifest.manufacturer,
+        device_uid=f"2.25.{int(digest[:30], 16)}",
+    )
+
+
+def _plane(instance: SourceInstance) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    assert instance.position_lps is not None and instance.orientation is not None
+    origin = np.asarray(instance.position_lps, dtype=np.float64)
+    row_dir = np.asarray(instance.orientation[:3], dtype=np.float64)
+    col_dir = np.asarray(instance.orientation[3:], dtype=np.float64)
+    return origin, row_dir, col_dir, np.cross(row_dir, col_dir)
+
+
+def key_image(finding: Finding, instances: Sequence[SourceInstance]) -> KeyImage | None:
+    """The source slice nearest the centre of ``finding``'s box and the box on it (pixels).
+
+    Returns None for findings without a box (classifiers, absent findings) or sources without
+    patient geometry (projection radiographs without a box).
+    """
+    if finding.bbox_mm_lps is None or not finding.present:
+        return None
+    placed = [i for i in instances if i.position_lps is not None and i.orientation is not None]
+    if not placed:
+        return None
+    lo = np.asarray(finding.bbox_mm_lps[:3], dtype=np.float64)
+    hi = np.asarray(finding.bbox_mm_lps[3:], dtype=np.float64)
+    centre = (lo + hi) / 2.0
+    _, _, _, normal = _plane(placed[0])
+    nearest = min(placed, key=lambda i: abs(float(np.dot(centre - _plane(i)[0], normal))))
+    origin, row_dir, col_dir, _ = _plane(nearest)
+    assert nearest.pixel_spacing_mm is not None
+    row_mm, col_mm = nearest.pixel_spacing_mm
+    corners = np.array(
+        [[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+    )
+    cols = (corners - origin) @ row_dir / col_mm
+    rows = (corners - origin) @ col_dir / row_mm
+    clip_c = (0.0, float(nearest.columns - 1))
+    clip_r = (0.0, float(nearest.rows - 1))
+    return KeyImage(
+        finding=finding.name,
+        sop_instance_uid=nearest.sop_instance_uid,
+        frame=1,
+        box_px=(
+            float(np.clip(cols.min(), *clip_c)),
+            float(np.clip(rows.min(), *clip_r)),
+            float(np.clip(cols.max(), *clip_c)),
+            float(np.clip(rows.max(), *clip_r)),
+        ),
+    )
+
+
+def mask_on_source(
+    outputs: Mapping[str, np.ndarray],
+    manifest: Manifest,
+    model_affine_ras: np.ndarray,
+    source_affine_lps: np.ndarray,
+    source_shape: tuple[int, int, int],
+) -> np.ndarray | None:
+    """The union of the manifest's map findings, resampled onto the source grid.
+
+    Args:
+        outputs: Raw outputs of one item (batch axis removed), ``(C, X, Y, Z)`` maps.
+        manifest: Supplies activation, voxel threshold and which output/channel each finding is.
+        model_affine_ras: Model grid voxel → RAS mm.
+        source_affine_lps: Source volume voxel ``[column, row, slice]`` → LPS mm.
+        source_shape: Source volume shape ``(columns, rows, slices)``.
+
+    Returns:
+        ``(slices, rows, columns)`` bool, or None when the model has no spatial map.
+    """
+    union: np.ndarray | None = None
+    for spec in manifest.findings:
+        raw = np.asarray(outputs[spec.output])
+        if raw.ndim < 4:
+            return None
+        prob = activate(raw, manifest.postprocessing.activation)[spec.channel]
+        mask = prob > manifest.postprocessing.voxel_threshold
+        union = mask if union is None else union | mask
+    if union is None or not union.any():
+        return np.zeros((source_shape[2], source_shape[1], source_shape[0]), dtype=bool)
+    # source voxel → LPS → RAS → model voxel
+    matrix = np.linalg.inv(np.asarray(model_affine_ras, np.float64)) @ _RAS_TO_LPS
+    matrix = matrix @ np.asarray(source_affine_lps, np.float64)
+    resampled = ndimage.affine_transform(
+        union.astype(np.uint8),
+        matrix[:3, :3],
+        offset=matrix[:3, 3],
+        output_shape=source_shape,
+        order=0,
+        mode="constant",
+        cval=0,
+    )
+    return np.ascontiguousarray(resampled.astype(bool).transpose(2, 1, 0))
+
+
+def build_result(
+    *,
+    task_id: str,
+    study: StudyIdentity,
+    instances: Sequence[SourceInstance],
+    manifest: Manifest,
+    findings: Sequence[Finding],
+    completed_at: datetime,
+    mode: Mode,
+    mask: np.ndarray | None = None,
+) -> AIResult:
+    """Assemble the router's view of one task's result."""
+    keys = tuple(k for k in (key_image(f, instances) for f in findings) if k is not None)
+    return AIResult(
+        task_id=task_id,
+        study=study,
+        source_instances=tuple(instances),
+        algorithm=algorithm_of(manifest),
+        findings=tuple(findings),
+        completed_at=completed_at,
+        key_images=keys,
+        mask=mask if mask is not None and mask.any() else None,
+        mode=mode,
+    )
