@@ -1,0 +1,48 @@
+"""``statlane config check FILE``: validate a service configuration and say where it is wrong."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from serving.config import ConfigError, load_config
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``statlane config``."""
+    parser = subparsers.add_parser("config", help="check a statlane.yaml configuration")
+    verbs = parser.add_subparsers(dest="config_command", metavar="VERB", required=True)
+    check = verbs.add_parser("check", help="validate FILE; errors name file:line: key")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate ``args.file``; 0 when valid, 1 with the located errors on stderr."""
+    try:
+        config = load_config(args.file)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 1
+    problems = destination_problems(config.destinations)
+    if problems:
+        for problem in problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: ok ({len(config.destinations)} destinations, job store {config.db_url})")
+    return 0
+
+
+def destination_problems(destinations: dict[str, dict[str, Any]]) -> list[str]:
+    """Destinations that cannot be built (unknown type, missing key), one line each."""
+    from router.delivery import build_destination
+
+    problems = []
+    for name, spec in destinations.items():
+        try:
+            build_destination(spec)
+        except (ValueError, TypeError) as error:
+            problems.append(f"destinations.{name}: {error}")
+    return problems

@@ -1,0 +1,191 @@
+"""``statlane.yaml``: the service configuration (pydantic, unknown keys rejected).
+
+Every field has an embedded default, so ``statlane serve`` with no file runs the whole service:
+SQLite job store and spool under ``./var``, DICOM on 11112, REST (and STOW-RS) on 8080, HL7 MLLP
+on 2575, ONNX Runtime with the bundled reference models, results in a local folder.
+Errors name their location as ``file:line: key.path: message``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from serving.scheduler.records import PriorityClass
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names file, line and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DicomConfig(_Strict):
+    """DIMSE C-STORE / C-ECHO SCP.
+
+    ``allowed_callers`` maps calling AE titles to allowed IP addresses (null: any address);
+    null for the whole map accepts any caller (the demo default; set it in production).
+    """
+
+    ae_title: str = Field(default="STATLANE", min_length=1, max_length=16)
+    host: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=0, le=65535)
+    allowed_callers: dict[str, list[str] | None] | None = None
+
+
+class HttpConfig(_Strict):
+    """REST API (health, worklist, metrics, studies) and DICOMweb STOW-RS."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class Hl7Config(_Strict):
+    """HL7 v2 orders over MLLP."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(default=2575, ge=0, le=65535)
+
+
+class AssemblyConfig(_Strict):
+    """When a study is complete; seconds."""
+
+    quiet_period_s: dict[PriorityClass, float] = Field(
+        default_factory=lambda: {
+            PriorityClass.STAT: 1.0,
+            PriorityClass.URGENT: 3.0,
+            PriorityClass.ROUTINE: 10.0,
+        }
+    )
+    idle_timeout_s: float = Field(default=120.0, gt=0)
+    late_instances: Literal["rerun", "ignore"] = "rerun"
+
+
+class RuntimeConfig(_Strict):
+    """Inference runtime."""
+
+    backend: Literal["onnxruntime", "torchscript", "triton"] = "onnxruntime"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    triton_url: str | None = None
+    policy: Literal["fifo", "strict-priority", "edf"] = "edf"
+    preprocess_workers: int = Field(default=2, ge=1, le=64)
+    max_pending: int = Field(default=256, ge=1)
+
+
+class OutboxConfig(_Strict):
+    """Delivery retries: exponential backoff, then the dead-letter state."""
+
+    max_attempts: int = Field(default=8, ge=1)
+    base_delay_s: float = Field(default=2.0, gt=0)
+    max_delay_s: float = Field(default=300.0, gt=0)
+    workers: int = Field(default=2, ge=1, le=32)
+
+
+class WorklistConfig(_Strict):
+    """Worklist ranking; seconds."""
+
+    max_wait_s: float = Field(default=3600.0, gt=0)
+    ai_late_s: float = Field(default=300.0, gt=0)
+
+
+class ServiceConfig(_Strict):
+    """The whole service."""
+
+    var_dir: Path = Path("var")
+    database_url: str | None = None
+    rules: Path | None = None
+    models: Path | None = None
+    dicom: DicomConfig = DicomConfig()
+    http: HttpConfig = HttpConfig()
+    hl7: Hl7Config = Hl7Config()
+    assembly: AssemblyConfig = AssemblyConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    deadlines_s: dict[PriorityClass, float] = Field(
+        default_factory=lambda: {
+            PriorityClass.STAT: 60.0,
+            PriorityClass.URGENT: 300.0,
+            PriorityClass.ROUTINE: 3600.0,
+        }
+    )
+    destinations: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"local-folder": {"type": "folder", "path": "var/results"}}
+    )
+    outbox: OutboxConfig = OutboxConfig()
+    worklist: WorklistConfig = WorklistConfig()
+
+    @field_validator("destinations")
+    @classmethod
+    def _typed(cls, destinations: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, spec in destinations.items():
+            if "type" not in spec:
+                raise ValueError(f"destination {name!r} has no 'type'")
+        return destinations
+
+    @property
+    def db_url(self) -> str:
+        """The job store URL (SQLite under ``var_dir`` unless configured)."""
+        return self.database_url or f"sqlite:///{self.var_dir / 'statlane.db'}"
+
+
+def load_config(path: Path | None) -> ServiceConfig:
+    """Read and validate ``path`` (None: the embedded defaults).
+
+    Raises:
+        ConfigError: Unreadable file, invalid YAML, unknown key or bad value — with location.
+    """
+    if path is None:
+        return ServiceConfig()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from error
+    try:
+        raw = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML ({getattr(error, 'problem', error)})") from error
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}:1: the top level must be a mapping")
+    try:
+        return ServiceConfig.model_validate(raw)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            loc = tuple(item["loc"])
+            line = _line_of(root, loc)
+            key = ".".join(str(p) for p in loc) or "(top)"
+            message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+            problems.append(f"{path}:{line}: {key}: {message}")
+        raise ConfigError("\n".join(problems)) from error
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int:
+    """1-based line of the deepest YAML node along ``loc`` (1 when unknown)."""
+    line = 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if str(key.value) == str(part):
+                    line = key.start_mark.line + 1
+                    node = value
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
