@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import pydicom.config
 
-from serving.commands import demo, infer, inspect, models, simulate, synth
+from serving.commands import config, demo, infer, inspect, models, rules, simulate, synth
 
-_COMMANDS = (synth, inspect, demo, models, infer, simulate)
+_COMMANDS = (synth, inspect, demo, models, infer, simulate, rules, config)
 
 
 def build_parser() -> argparse.ArgumentParser:
