@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from models.postprocess import Finding
+if TYPE_CHECKING:  # the finding record lives with postprocessing; importing it costs seconds
+    from models.postprocess import Finding
 
 
 class Mode(StrEnum):

@@ -1,0 +1,193 @@
+"""DICOM C-STORE to a PACS (pynetdicom storage SCU), one association per payload.
+
+The association proposes the result object classes statlane produces (SR, GSPS, secondary
+capture, SEG) with Explicit and Implicit VR Little Endian, plus the payload file's own SOP class
+and transfer syntax, so a compressed instance is sent as it is and never transcoded.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+
+from router.delivery.destinations import Payload
+from router.delivery.errors import DeliveryError, storage_status_ok, storage_status_retryable
+
+log = logging.getLogger(__name__)
+
+RESULT_SOP_CLASSES: tuple[str, ...] = (
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
+    "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation
+)
+UNCOMPRESSED: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+class DicomStoreDestination:
+    """C-STORE SCU to one remote AE.
+
+    Args:
+        ae_title: The PACS's AE title (called AE).
+        host: Its host name or address.
+        port: Its DICOM port.
+        calling_ae: Our AE title.
+        timeout_s: Limit for connecting, association negotiation, each DIMSE reply and network
+            inactivity, seconds.
+        name: Destination name for the outbox and audit; ``dicom:AE@host:port`` by default.
+    """
+
+    def __init__(
+        self,
+        ae_title: str,
+        host: str,
+        port: int,
+        calling_ae: str = "STATLANE",
+        timeout_s: float = 30.0,
+        name: str = "",
+    ) -> None:
+        for label, title in (("ae_title", ae_title), ("calling_ae", calling_ae)):
+            if not title or len(title) > 16 or "\\" in title:
+                raise ValueError(f"{label} {title!r} is not a valid AE title (1-16 characters)")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"port {port} is out of range")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self.ae_title = ae_title
+        self.host = host
+        self.port = int(port)
+        self.calling_ae = calling_ae
+        self.timeout_s = float(timeout_s)
+        self.name = name or f"dicom:{ae_title}@{host}:{self.port}"
+
+    def deliver(self, payload: Payload) -> None:
+        """C-STORE the payload's instance; raise ``DeliveryError`` unless the peer stored it."""
+        source = self._read(payload)
+        sop_class = UID(source.dataset.SOPClassUID)
+        sop_instance = str(source.dataset.SOPInstanceUID)
+        ae = self._application_entity(sop_class, source.dataset.file_meta.TransferSyntaxUID)
+        events = _AssociationEvents()
+        assoc = ae.associate(
+            self.host, self.port, ae_title=self.ae_title, evt_handlers=events.handlers()
+        )
+        if not assoc.is_established:
+            # Always retryable, even a permanent rejection: it is a configuration problem at
+            # one end, and the outbox's retry limit bounds the attempts until someone fixes it.
+            raise DeliveryError(True, f"{self.name}: {events.why_not_established(assoc)}")
+        try:
+            try:
+                status = assoc.send_c_store(source.path or source.dataset)
+            except ValueError as exc:  # no accepted presentation context for this class/syntax
+                raise DeliveryError(
+                    False, f"{self.name}: peer accepted no context for {sop_class} ({exc})"
+                ) from exc
+            self._check(status.get("Status"), sop_instance)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def _read(self, payload: Payload) -> _Source:
+        """The instance to send: a file is streamed from disk, bytes are parsed in memory."""
+        if payload.kind != "dicom":
+            raise DeliveryError(
+                False, f"{self.name}: C-STORE takes dicom payloads, not {payload.kind}"
+            )
+        try:
+            if payload.path is not None:
+                source = _Source(dcmread(payload.path, stop_before_pixels=True), payload.path)
+            else:
+                source = _Source(dcmread(io.BytesIO(payload.data())), None)
+        except (OSError, InvalidDicomError) as exc:
+            raise DeliveryError(
+                False, f"{self.name}: payload is not a readable DICOM Part 10 instance ({exc})"
+            ) from exc
+        meta = source.dataset.get("file_meta") or {}
+        if "SOPClassUID" not in source.dataset or "SOPInstanceUID" not in source.dataset:
+            raise DeliveryError(False, f"{self.name}: instance has no SOP Class/Instance UID")
+        if "TransferSyntaxUID" not in meta:
+            raise DeliveryError(False, f"{self.name}: instance has no Transfer Syntax UID")
+        return source
+
+    def _application_entity(self, sop_class: UID, syntax: UID) -> AE:
+        ae = AE(ae_title=self.calling_ae)
+        ae.connection_timeout = self.timeout_s
+        ae.acse_timeout = self.timeout_s
+        ae.dimse_timeout = self.timeout_s
+        ae.network_timeout = self.timeout_s
+        for abstract in RESULT_SOP_CLASSES:
+            ae.add_requested_context(abstract, list(UNCOMPRESSED))
+        if sop_class not in RESULT_SOP_CLASSES:
+            ae.add_requested_context(sop_class, list(UNCOMPRESSED))
+        if syntax not in UNCOMPRESSED:
+            # A separate context so the peer cannot pick an uncompressed syntax we would have to
+            # transcode to.
+            ae.add_requested_context(sop_class, syntax)
+        return ae
+
+    def _check(self, status: int | None, sop_instance: str) -> None:
+        if status is None:
+            raise DeliveryError(
+                True, f"{self.name}: no C-STORE response for {sop_instance} (timeout or abort)"
+            )
+        if storage_status_ok(status):
+            if status != 0x0000:
+                log.warning("%s: stored %s with warning 0x%04X", self.name, sop_instance, status)
+            return
+        raise DeliveryError(
+            storage_status_retryable(status),
+            f"{self.name}: C-STORE of {sop_instance} failed with status 0x{status:04X}",
+        )
+
+
+@dataclass(frozen=True)
+class _Source:
+    dataset: Dataset  # the whole instance, or only its header when ``path`` is set
+    path: Path | None
+
+
+class _AssociationEvents:
+    """What happened while associating, to say in one line why no association was made."""
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.primitives: list[Any] = []  # ACSE primitives received from the peer
+
+    def handlers(self) -> list[Any]:
+        return [
+            (evt.EVT_CONN_OPEN, self._on_open),
+            (evt.EVT_ACSE_RECV, self._on_acse),
+        ]
+
+    def _on_open(self, event: Any) -> None:
+        self.connected = True
+
+    def _on_acse(self, event: Any) -> None:
+        self.primitives.append(event.primitive)
+
+    def why_not_established(self, assoc: Any) -> str:
+        if not self.connected:
+            return "cannot connect (connection refused, unreachable or timed out)"
+        for primitive in self.primitives:
+            if getattr(primitive, "result", None) in (0x01, 0x02):
+                return (
+                    f"association rejected ({primitive.result_str}; {primitive.source_str}; "
+                    f"{primitive.reason_str})"
+                )
+            if getattr(primitive, "result", None) == 0x00:
+                return "association accepted with no presentation context we proposed"
+        if assoc.is_rejected:
+            return "association rejected"
+        if self.primitives:
+            return "association aborted by the peer"
+        return "no answer to the association request (timed out)"
