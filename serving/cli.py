@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import pydicom.config
 
-from serving.commands import config, demo, infer, inspect, models, rules, simulate, synth
+from serving.commands import config, demo, infer, inspect, models, outbox, rules, simulate, synth
 
-_COMMANDS = (synth, inspect, demo, models, infer, simulate, rules, config)
+_COMMANDS = (synth, inspect, demo, models, infer, simulate, rules, config, outbox)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,58 @@
+"""The durable job store: studies, orders, tasks, routing decisions, audit, and the outbox.
+
+Public API: :class:`JobStore` (SQLite by default, PostgreSQL by URL), :class:`Outbox` with its
+:class:`RetryPolicy`, the frozen rows they return, the state enums and the typed errors.
+"""
+
+from serving.jobstore.outbox import DeliveryKind, Outbox, OutboxItem, RetryPolicy
+from serving.jobstore.schema import (
+    AuditRow,
+    InstanceRecordResult,
+    InstanceRow,
+    OrderRow,
+    RoutingRow,
+    SeriesRow,
+    StudyRow,
+    TaskRow,
+    TransitionRow,
+)
+from serving.jobstore.states import (
+    EntityKind,
+    JobStoreError,
+    OrderState,
+    OutboxState,
+    SeriesState,
+    StudyState,
+    TaskState,
+    TransitionError,
+    UnknownEntityError,
+)
+from serving.jobstore.store import DEFAULT_URL, JobStore, hash_patient_id
+
+__all__ = [
+    "DEFAULT_URL",
+    "AuditRow",
+    "DeliveryKind",
+    "EntityKind",
+    "InstanceRecordResult",
+    "InstanceRow",
+    "JobStore",
+    "JobStoreError",
+    "OrderRow",
+    "OrderState",
+    "Outbox",
+    "OutboxItem",
+    "OutboxState",
+    "RetryPolicy",
+    "RoutingRow",
+    "SeriesRow",
+    "SeriesState",
+    "StudyRow",
+    "StudyState",
+    "TaskRow",
+    "TaskState",
+    "TransitionError",
+    "TransitionRow",
+    "UnknownEntityError",
+    "hash_patient_id",
+]
