@@ -1,0 +1,341 @@
+"""FHIR R4B transaction Bundle for one AI result: a preliminary DiagnosticReport and its parts.
+
+Entries (all POST, conditional on their identifier so a re-delivery creates nothing twice):
+
+- ``Device``: the algorithm (name, version, manufacturer, device UID as ``urn:oid``);
+- one ``Observation`` per finding: code = the finding's concept, value = Present / Absent
+  (SNOMED), components probability (UCUM ``1``), volume (``mL``) and area (``mm2``),
+  ``device`` → the Device, ``derivedFrom`` → the ImagingStudy;
+- one ``Flag`` per critical finding that is present;
+- the ``DiagnosticReport`` (status preliminary, category RAD, LOINC 18748-4) → Observations.
+
+Patient, ImagingStudy and ServiceRequest live in the EHR / PACS already, so they are referenced
+by identifier (Patient ID, ``urn:oid:`` Study Instance UID, accession number), never copied in.
+The patient's name is never written. Every id is a UUID derived from (study, device, part), so
+building twice gives identical JSON and a re-run of the same model version matches the first.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from datetime import datetime
+from typing import Any
+
+import pydantic
+from fhir.resources.R4B.bundle import Bundle
+
+from models.postprocess import Finding
+from router.context import OrderContext
+from router.messages.codes import (
+    ABSENT,
+    DICOM_UID,
+    FHIR_SYSTEM_BY_SCHEME,
+    FLAG_CATEGORY,
+    IMAGING_REPORT,
+    OBSERVATION_CATEGORY,
+    OBSERVATION_INTERPRETATION,
+    PRELIMINARY_NOTICE,
+    PRESENT,
+    RFC3986,
+    UCUM,
+    V2_0074,
+    V2_0203,
+    Code,
+    MessageInvalid,
+    check_bindings,
+    check_order,
+    measurements,
+)
+from router.result import AIResult, StudyIdentity
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+# Fixed namespace of statlane's FHIR ids; changing it would re-create every resource.
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_OID, "statlane.router.messages.fhir")
+
+
+def build_fhir_bundle(result: AIResult, order: OrderContext | None, *, now: datetime) -> Json:
+    """The transaction Bundle of ``result`` as plain JSON data.
+
+    Args:
+        result: The postprocessed AI result.
+        order: The imaging order, if one arrived (only checked against the study and used for
+            the report's text; the ServiceRequest is referenced by accession number).
+        now: Bundle.timestamp, timezone-aware.
+
+    Raises:
+        MessageInvalid: The result cannot make a valid bundle (no Patient ID, a coding scheme
+            without a FHIR system, an order of another study, a naive datetime ...); the
+            bundle is checked with ``validate_bundle`` before it is returned.
+    """
+    study = result.study
+    uid = study.study_instance_uid
+    check_order(study, order)
+    if not study.patient_id:
+        raise MessageInvalid(f"study {uid}: no Patient ID; DiagnosticReport.subject needs one")
+    device = _device(result)
+    observations = [_observation(result, f, i, device) for i, f in enumerate(result.findings)]
+    flags = [
+        _flag(result, f, device)
+        for f in result.findings
+        if f.critical and f.present  # a Flag pages someone: critical positives only
+    ]
+    report = _report(result, order, observations)
+    entries = [_entry(device), *(_entry(o) for o in observations), *map(_entry, flags)]
+    bundle: Json = {
+        "resourceType": "Bundle",
+        "id": _uuid(result, "bundle"),
+        "type": "transaction",
+        "timestamp": _instant(now),
+        "entry": [*entries, _entry(report)],
+    }
+    try:  # eager: a bundle that leaves here has passed the models and the bindings
+        validate_bundle(bundle)
+    except MessageInvalid as exc:
+        raise MessageInvalid(f"study {uid}: built an invalid bundle: {exc}") from None
+    log.debug(
+        "built FHIR bundle for study %s: %d observations, %d flags",
+        uid,
+        len(observations),
+        len(flags),
+    )
+    return bundle
+
+
+def validate_bundle(bundle: Json) -> None:
+    """Validate ``bundle`` with ``fhir.resources`` (R4B models) and ``codes.check_bindings``.
+
+    Raises:
+        MessageInvalid: The first problems, by path (input values are left out: PHI).
+    """
+    try:
+        Bundle.model_validate(bundle)
+    except pydantic.ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]
+        raise MessageInvalid(f"FHIR bundle invalid: {'; '.join(problems[:3])}") from None
+    violations = check_bindings(bundle)
+    if violations:
+        raise MessageInvalid(f"FHIR bundle violates bindings: {'; '.join(violations[:3])}")
+
+
+def _entry(resource: Json) -> Json:
+    identifier = resource["identifier"][0]
+    return {
+        "fullUrl": f"urn:uuid:{resource['id']}",
+        "resource": resource,
+        "request": {
+            "method": "POST",
+            "url": resource["resourceType"],
+            "ifNoneExist": f"identifier={identifier['system']}|{identifier['value']}",
+        },
+    }
+
+
+def _device(result: AIResult) -> Json:
+    algorithm = result.algorithm
+    device_id = str(uuid.uuid5(_NAMESPACE, f"device|{algorithm.device_uid}"))
+    return {
+        "resourceType": "Device",
+        "id": device_id,
+        "identifier": [{"system": RFC3986, "value": f"urn:oid:{algorithm.device_uid}"}],
+        "status": "active",
+        "manufacturer": algorithm.manufacturer,
+        "deviceName": [{"name": algorithm.name, "type": "model-name"}],
+        "version": [{"value": algorithm.version}],
+    }
+
+
+def _observation(result: AIResult, finding: Finding, index: int, device: Json) -> Json:
+    value = PRESENT if finding.present else ABSENT
+    observation: Json = {
+        "resourceType": "Observation",
+        "id": _uuid(result, f"observation|{index}|{finding.name}"),
+        "status": "preliminary",
+        "category": [_concept(Code("imaging", "", "Imaging"), OBSERVATION_CATEGORY)],
+        "code": _finding_concept(result, finding),
+        "subject": _patient(result.study),
+        "issued": _instant(result.completed_at),
+        "valueCodeableConcept": _concept(value),
+        "device": _reference(device),
+        "derivedFrom": [_imaging_study(result.study)],
+    }
+    observation["identifier"] = [_identifier(observation)]
+    if result.study.accession_number:
+        observation["basedOn"] = [_service_request(result.study)]
+    effective = _study_date(result.study)
+    if effective:
+        observation["effectiveDateTime"] = effective
+    if finding.present:
+        code = (
+            Code("AA", "", "Critical abnormal") if finding.critical else Code("A", "", "Abnormal")
+        )
+        observation["interpretation"] = [_concept(code, OBSERVATION_INTERPRETATION)]
+    components = [
+        {
+            "code": _concept(m.code),
+            "valueQuantity": {
+                "value": m.value,
+                "unit": m.unit.meaning,
+                "system": UCUM,
+                "code": m.unit.value,
+            },
+        }
+        for m in measurements(finding)
+    ]
+    if components:
+        observation["component"] = components
+    return _ordered(observation)
+
+
+def _flag(result: AIResult, finding: Finding, device: Json) -> Json:
+    flag: Json = {
+        "resourceType": "Flag",
+        "id": _uuid(result, f"flag|{finding.name}"),
+        "status": "active",
+        "category": [_concept(Code("clinical", "", "Clinical"), FLAG_CATEGORY)],
+        "code": _finding_concept(result, finding),
+        "subject": _patient(result.study),
+        "period": {"start": _instant(result.completed_at)},
+        "author": _reference(device),
+    }
+    flag["identifier"] = [_identifier(flag)]
+    return _ordered(flag)
+
+
+def _report(result: AIResult, order: OrderContext | None, observations: list[Json]) -> Json:
+    study = result.study
+    code = _concept(IMAGING_REPORT)
+    described = (order.procedure_meaning if order is not None else "") or study.study_description
+    if described:
+        code["text"] = described
+    report: Json = {
+        "resourceType": "DiagnosticReport",
+        "id": _uuid(result, "report"),
+        "status": "preliminary",
+        "category": [_concept(Code("RAD", "", "Radiology"), V2_0074)],
+        "code": code,
+        "subject": _patient(study),
+        "issued": _instant(result.completed_at),
+        "imagingStudy": [_imaging_study(study)],
+        "result": [_reference(o) for o in observations],
+        "conclusion": _conclusion(result),
+    }
+    report["identifier"] = [_identifier(report)]
+    if study.accession_number:
+        report["basedOn"] = [_service_request(study)]
+    effective = _study_date(study)
+    if effective:
+        report["effectiveDateTime"] = effective
+    present = [_finding_concept(result, f) for f in result.findings if f.present]
+    if present:
+        report["conclusionCode"] = present
+    return _ordered(report)
+
+
+def _conclusion(result: AIResult) -> str:
+    """One line per finding, then who said so; the same numbers as the components."""
+    lines = [f"{PRELIMINARY_NOTICE}."]
+    for finding in result.findings:
+        values = ", ".join(
+            f"{m.code.meaning.lower()} {m.text}{'' if m.unit.value == '1' else ' ' + m.unit.value}"
+            for m in measurements(finding)
+        )
+        state = "present" if finding.present else "absent"
+        lines.append(f"{finding.concept_meaning}: {state} ({values}).")
+    algorithm = result.algorithm
+    lines.append(
+        f"Algorithm {algorithm.name} version {algorithm.version} ({algorithm.manufacturer})."
+    )
+    return " ".join(lines)
+
+
+def _finding_concept(result: AIResult, finding: Finding) -> Json:
+    code = Code(finding.concept_value, finding.concept_scheme, finding.concept_meaning)
+    if code.scheme not in FHIR_SYSTEM_BY_SCHEME:
+        raise MessageInvalid(
+            f"study {result.study.study_instance_uid}: finding {finding.name} is coded in "
+            f"{code.scheme!r}, which has no FHIR system here"
+        )
+    return _concept(code)
+
+
+def _concept(code: Code, system: str | None = None) -> Json:
+    coding = {
+        "system": system or FHIR_SYSTEM_BY_SCHEME[code.scheme],
+        "code": code.value,
+        "display": code.meaning,
+    }
+    return {"coding": [coding], "text": code.meaning}
+
+
+def _patient(study: StudyIdentity) -> Json:
+    """Logical reference by Patient ID (type MR); the patient resource lives in the EHR."""
+    identifier: Json = {
+        "type": {"coding": [{"system": V2_0203, "code": "MR"}]},
+        "value": study.patient_id,
+    }
+    if study.issuer_of_patient_id:
+        identifier["assigner"] = {"display": study.issuer_of_patient_id}
+    return {"type": "Patient", "identifier": identifier}
+
+
+def _imaging_study(study: StudyIdentity) -> Json:
+    return {
+        "type": "ImagingStudy",
+        "identifier": {"system": DICOM_UID, "value": f"urn:oid:{study.study_instance_uid}"},
+    }
+
+
+def _service_request(study: StudyIdentity) -> Json:
+    return {
+        "type": "ServiceRequest",
+        "identifier": {
+            "type": {"coding": [{"system": V2_0203, "code": "ACSN"}]},
+            "value": study.accession_number,
+        },
+    }
+
+
+def _reference(resource: Json) -> Json:
+    return {"reference": f"urn:uuid:{resource['id']}", "type": resource["resourceType"]}
+
+
+def _identifier(resource: Json) -> Json:
+    return {"system": RFC3986, "value": f"urn:uuid:{resource['id']}"}
+
+
+def _uuid(result: AIResult, part: str) -> str:
+    """Same study, same model version, same part → same UUID (re-runs do not duplicate)."""
+    key = f"{result.study.study_instance_uid}|{result.algorithm.device_uid}|{part}"
+    return str(uuid.uuid5(_NAMESPACE, key))
+
+
+def _instant(moment: datetime) -> str:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise MessageInvalid("datetimes in messages must be timezone-aware")
+    return moment.isoformat()
+
+
+def _study_date(study: StudyIdentity) -> str:
+    """FHIR date of the study. Only the date: DICOM times carry no zone, FHIR times need one."""
+    if not re.fullmatch(r"\d{8}", study.study_date):
+        return ""
+    d = study.study_date
+    return f"{d[:4]}-{d[4:6]}-{d[6:]}"
+
+
+_ORDER = ("resourceType", "id", "identifier")
+
+
+def _ordered(resource: Json) -> Json:
+    """resourceType, id and identifier first: easier to read, and stable JSON."""
+    return {
+        **{k: resource[k] for k in _ORDER if k in resource},
+        **{k: v for k, v in resource.items() if k not in _ORDER},
+    }
