@@ -1,0 +1,112 @@
+"""DICOM result objects of one AI result: SR, GSPS, Secondary Capture and SEG (highdicom).
+
+Every object joins the source study (same patient, study and accession) in a new series per
+kind, with SOP Instance UIDs derived from (study, model version, kind), so a re-run replaces
+its objects at the PACS rather than adding copies. Whether an object may be *delivered* (see
+``router.result.Mode``) is the outbox's decision; building one touches nothing clinical.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import Dataset
+
+from router.objects.common import ResultObjectError
+from router.objects.gsps import build_gsps
+from router.objects.sc import build_sc
+from router.objects.seg import build_seg
+from router.objects.sr import build_sr
+from router.objects.uids import KINDS, object_uid
+from router.result import AIResult
+
+__all__ = [
+    "KINDS",
+    "ResultObject",
+    "ResultObjectError",
+    "build_gsps",
+    "build_objects",
+    "build_sc",
+    "build_seg",
+    "build_sr",
+    "object_uid",
+    "write_objects",
+]
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    """One built result object.
+
+    Attributes:
+        kind: ``"sr"``, ``"gsps"``, ``"sc"`` or ``"seg"``.
+        dataset: The DICOM dataset, ready to be written or sent.
+    """
+
+    kind: str
+    dataset: Dataset
+
+    @property
+    def sop_instance_uid(self) -> str:
+        """The object's SOP Instance UID."""
+        return str(self.dataset.SOPInstanceUID)
+
+
+def build_objects(result: AIResult) -> list[ResultObject]:
+    """Every object that applies to ``result``, in :data:`KINDS` order.
+
+    The SR always; GSPS and SC when a present finding has a key image; SEG when there is a
+    non-empty mask for a located finding.
+
+    Raises:
+        ResultObjectError: The result cannot be turned into a valid object (message names the
+            study by UID and the problem).
+    """
+    built = [ResultObject("sr", build_sr(result))]
+    for kind, build in (("gsps", build_gsps), ("sc", build_sc), ("seg", build_seg)):
+        dataset = build(result)
+        if dataset is not None:
+            built.append(ResultObject(kind, dataset))
+    return built
+
+
+def write_objects(objects: Iterable[ResultObject], folder: Path | str) -> list[Path]:
+    """Write each object to ``folder/<SOP Instance UID>.dcm`` atomically; return the paths.
+
+    Each file is written under a temporary name in ``folder``, flushed to disk and renamed, so
+    a reader never sees half an object and a re-run replaces the file in place.
+    """
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for obj in objects:
+        path = target / f"{obj.sop_instance_uid}.dcm"
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=target)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                obj.dataset.save_as(stream, enforce_file_format=True)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        paths.append(path)
+    _sync_folder(target)
+    return paths
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the renames durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

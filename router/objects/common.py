@@ -1,0 +1,339 @@
+"""What every result object shares: identity, UIDs, equipment, timestamps, source headers.
+
+Each builder (SR, GSPS, SC, SEG) makes its object with highdicom and then calls :func:`finish`,
+which copies the source study's identity verbatim from the ``AIResult`` and stamps every date
+and time from ``completed_at``, so the same result always yields the same object.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, TypedDict
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from highdicom._standard_utils import is_attribute_in_iod  # no public equivalent
+from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.sr.codedict import codes
+
+from models.postprocess import Finding
+from router.objects.uids import model_ident, object_uid, tracking_uid
+from router.result import AIResult, KeyImage, SourceInstance, StudyIdentity
+
+logger = logging.getLogger(__name__)
+
+MANUFACTURER: Final = "statlane"
+CHARACTER_SET: Final = "ISO_IR 192"
+SERIES_NUMBERS: Final = {"sr": 9001, "gsps": 9002, "sc": 9003, "seg": 9004}
+_SERIES_LABELS: Final = {"sr": "result", "gsps": "marks", "sc": "key image", "seg": "mask"}
+_HEAD_PARTS: Final = frozenset({"HEAD", "BRAIN", "SKULL"})
+BRAIN_WINDOW_HU: Final = (40.0, 80.0)
+"""Window centre and width for a CT head, Hounsfield units (the blood/brain window)."""
+
+
+class ResultObjectError(ValueError):
+    """A result object cannot be built from this result (names the study by UID only)."""
+
+    def __init__(self, study_uid: str, problem: str) -> None:
+        super().__init__(f"study {study_uid}: {problem}")
+        self.study_uid = study_uid
+
+
+@dataclass(frozen=True)
+class ObjectIdentity:
+    """UIDs and numbers of one result object.
+
+    Attributes:
+        sop_instance_uid: Deterministic SOP Instance UID.
+        series_instance_uid: Deterministic Series Instance UID (one series per kind).
+        series_number: Series Number, distinct per kind.
+        series_description: Human-readable series label naming model and version.
+    """
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    series_number: int
+    series_description: str
+
+
+@dataclass(frozen=True)
+class Window:
+    """A VOI window in modality units (Hounsfield units for CT)."""
+
+    center: float
+    width: float
+    explanation: str
+
+    def to_uint8(self, values: npt.NDArray[np.float64]) -> npt.NDArray[np.uint8]:
+        """Map modality values linearly onto 0..255 (DICOM LINEAR window, clipped)."""
+        low = self.center - 0.5 - (self.width - 1.0) / 2.0
+        scaled = (values - low) / max(self.width - 1.0, 1.0) * 255.0
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def object_identity(result: AIResult, kind: str) -> ObjectIdentity:
+    """UIDs, series number and description of the ``kind`` object of ``result``."""
+    study = result.study.study_instance_uid
+    model = model_ident(result.algorithm.name, result.algorithm.version)
+    label = f"AI {_SERIES_LABELS[kind]} (preliminary) "
+    detail = f"{result.algorithm.name} {result.algorithm.version}"
+    return ObjectIdentity(
+        sop_instance_uid=object_uid(study, model, kind, "instance"),
+        series_instance_uid=object_uid(study, model, kind, "series"),
+        series_number=SERIES_NUMBERS[kind],
+        series_description=(label + detail)[:64],  # LO holds 64 characters
+    )
+
+
+def finding_tracking_uid(result: AIResult, finding: Finding) -> str:
+    """The finding's Tracking UID, shared by its SR group, GSPS graphic and SEG segment."""
+    model = model_ident(result.algorithm.name, result.algorithm.version)
+    return tracking_uid(result.study.study_instance_uid, model, finding.name)
+
+
+def finding_code(finding: Finding) -> hd.sr.CodedConcept:
+    """The finding's concept (e.g. SCT 1386000 Intracranial hemorrhage)."""
+    return hd.sr.CodedConcept(
+        value=finding.concept_value,
+        scheme_designator=finding.concept_scheme,
+        meaning=finding.concept_meaning,
+    )
+
+
+def located_findings(result: AIResult) -> list[tuple[Finding, KeyImage]]:
+    """Present findings that have a key image, in finding order.
+
+    Raises:
+        ResultObjectError: A key image names a finding the result does not have.
+    """
+    by_name = {f.name: f for f in result.findings}
+    located = []
+    for key in result.key_images:
+        finding = by_name.get(key.finding)
+        if finding is None:
+            raise ResultObjectError(
+                result.study.study_instance_uid,
+                f"key image on {key.sop_instance_uid} names unknown finding {key.finding!r}",
+            )
+        if finding.present:
+            located.append((finding, key))
+    order = {f.name: i for i, f in enumerate(result.findings)}
+    return sorted(located, key=lambda pair: order[pair[0].name])
+
+
+def source_instance(result: AIResult, sop_instance_uid: str) -> SourceInstance:
+    """The source instance with this SOP Instance UID.
+
+    Raises:
+        ResultObjectError: The result has no such source instance.
+    """
+    for instance in result.source_instances:
+        if instance.sop_instance_uid == sop_instance_uid:
+            return instance
+    raise ResultObjectError(
+        result.study.study_instance_uid,
+        f"key image {sop_instance_uid} is not one of the result's source instances",
+    )
+
+
+def box_outline(box_px: tuple[float, float, float, float]) -> npt.NDArray[np.float64]:
+    """Closed outline of a key-image box as DICOM pixel coordinates, shape ``(5, 2)``.
+
+    ``box_px`` holds inclusive 0-based pixel indices ``(column0, row0, column1, row1)``. DICOM
+    graphic coordinates put ``0.0\\0.0`` at the top left corner of the top left pixel, so the
+    outline that encloses pixels ``column0..column1`` runs from ``column0`` to
+    ``column1 + 1`` (likewise for rows). Points are ``(column, row)``; the first equals the last.
+    """
+    c0, r0, c1, r1 = (float(v) for v in box_px)
+    if c1 < c0 or r1 < r0:
+        raise ValueError(f"box {box_px} has its second corner before its first")
+    c1, r1 = c1 + 1.0, r1 + 1.0
+    return np.array([[c0, r0], [c1, r0], [c1, r1], [c0, r1], [c0, r0]], dtype=np.float64)
+
+
+def frame_numbers(sop_class_uid: str, frame: int) -> list[int] | None:
+    """Referenced Frame Number for a key image: only multi-frame instances carry one."""
+    try:
+        multiframe = is_attribute_in_iod("NumberOfFrames", sop_class_uid)
+    except KeyError:  # a SOP class highdicom does not know: trust the frame number
+        multiframe = frame > 1
+    return [frame] if multiframe else None
+
+
+def reference_header(result: AIResult, instance: SourceInstance) -> Dataset:
+    """A header of a source instance made from the result alone (no file read).
+
+    Carries the study identity and the instance's UIDs and geometry: enough for highdicom to
+    reference the instance as SR evidence.
+    """
+    ds = Dataset()
+    ds.SOPClassUID = instance.sop_class_uid
+    ds.SOPInstanceUID = instance.sop_instance_uid
+    ds.SeriesInstanceUID = instance.series_instance_uid
+    ds.Rows = instance.rows
+    ds.Columns = instance.columns
+    ds.SamplesPerPixel = 1
+    apply_identity(ds, result.study)
+    return ds
+
+
+def read_header(result: AIResult, instance: SourceInstance, *, pixels: bool = False) -> Dataset:
+    """The source instance's own header (with pixel data when ``pixels``).
+
+    Raises:
+        ResultObjectError: No path, an unreadable file, or a file of another instance.
+    """
+    study = result.study.study_instance_uid
+    uid = instance.sop_instance_uid
+    if instance.path is None:
+        raise ResultObjectError(study, f"source instance {uid} has no file to read")
+    try:
+        ds = pydicom.dcmread(instance.path, stop_before_pixels=not pixels)
+    except (OSError, InvalidDicomError) as exc:
+        raise ResultObjectError(study, f"source instance {uid} unreadable: {exc}") from exc
+    if str(ds.get("SOPInstanceUID", "")) != uid:
+        raise ResultObjectError(study, f"file of source instance {uid} holds another instance")
+    return ds
+
+
+def display_window(header: Dataset) -> Window | None:
+    """The window to show a source image with: brain window for a CT head, else the source's.
+
+    Returns None when the source names no window (callers then use the pixel range).
+    """
+    modality = str(header.get("Modality", "")).upper()
+    part = str(header.get("BodyPartExamined", "")).upper()
+    if modality == "CT" and part in _HEAD_PARTS:
+        return Window(*BRAIN_WINDOW_HU, "BRAIN")
+    centers, widths = header.get("WindowCenter"), header.get("WindowWidth")
+    if centers is None or widths is None:
+        return None
+    center = float(centers[0] if isinstance(centers, pydicom.multival.MultiValue) else centers)
+    width = float(widths[0] if isinstance(widths, pydicom.multival.MultiValue) else widths)
+    explanation = header.get("WindowCenterWidthExplanation", "SOURCE")
+    if isinstance(explanation, pydicom.multival.MultiValue):
+        explanation = explanation[0]
+    return Window(center, max(width, 1.0), str(explanation) or "SOURCE")
+
+
+def copy_anatomy(ds: Dataset, header: Dataset) -> None:
+    """Body Part Examined and Laterality of the source series, onto a new series.
+
+    General Series needs Laterality (Type 2C) for paired body parts; without the source's body
+    part it is unknown, which DICOM says to send empty.
+    """
+    for keyword in ("BodyPartExamined", "Laterality"):
+        if header.get(keyword):
+            setattr(ds, keyword, header.get(keyword))
+    if "BodyPartExamined" not in ds and "Laterality" not in ds:
+        ds.Laterality = ""
+
+
+def processing_equipment(result: AIResult) -> hd.ContributingEquipment:
+    """Contributing Equipment item for the model (Purpose of Reference DCM 109102)."""
+    algorithm = result.algorithm
+    item = hd.ContributingEquipment(
+        manufacturer=algorithm.manufacturer,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        contribution_datetime=dicom_datetime(result.completed_at),
+        contribution_description="AI inference (preliminary, unverified)",
+    )
+    item.DeviceUID = algorithm.device_uid
+    return item
+
+
+class Equipment(TypedDict):
+    """General Equipment arguments shared by every highdicom constructor."""
+
+    manufacturer: str
+    manufacturer_model_name: str
+    software_versions: str
+    device_serial_number: str
+
+
+def equipment_kwargs(result: AIResult) -> Equipment:
+    """General Equipment of a result object: statlane running this model version."""
+    return {
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": result.algorithm.name,
+        "software_versions": result.algorithm.version,
+        # The device is the model version; its UID is the most stable serial it has.
+        "device_serial_number": result.algorithm.device_uid,
+    }
+
+
+def apply_identity(ds: Dataset, study: StudyIdentity) -> None:
+    """Copy the source study's patient and study attributes verbatim onto ``ds``."""
+    ds.PatientID = study.patient_id
+    ds.PatientName = study.patient_name
+    ds.PatientBirthDate = study.patient_birth_date
+    ds.PatientSex = study.patient_sex
+    ds.StudyInstanceUID = study.study_instance_uid
+    ds.AccessionNumber = study.accession_number
+    ds.StudyID = study.study_id
+    ds.StudyDate = study.study_date
+    ds.StudyTime = study.study_time
+    ds.ReferringPhysicianName = study.referring_physician_name
+    if study.study_description:
+        ds.StudyDescription = study.study_description
+    if study.issuer_of_patient_id:
+        ds.IssuerOfPatientID = study.issuer_of_patient_id
+
+
+def dicom_date(moment: datetime) -> str:
+    """DICOM DA of ``moment`` (its own time zone)."""
+    return moment.strftime("%Y%m%d")
+
+
+def dicom_time(moment: datetime) -> str:
+    """DICOM TM of ``moment`` (its own time zone), whole seconds."""
+    return moment.strftime("%H%M%S")
+
+
+def dicom_datetime(moment: datetime) -> str:
+    """DICOM DT of ``moment``, whole seconds, without offset (Timezone Offset From UTC has it).
+
+    14 characters: an even length needs no padding, which dcmpschk rejects in a DT.
+    """
+    return moment.strftime("%Y%m%d%H%M%S")
+
+
+def finish(ds: Dataset, result: AIResult, identity: ObjectIdentity) -> None:
+    """Identity, character set, series and timestamps common to every result object.
+
+    Every date and time the object carries is ``result.completed_at``, so building the same
+    result twice yields the same object.
+    """
+    apply_identity(ds, result.study)
+    ds.SpecificCharacterSet = CHARACTER_SET
+    ds.SeriesDescription = identity.series_description
+    date, time = dicom_date(result.completed_at), dicom_time(result.completed_at)
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    ds.SeriesDate, ds.SeriesTime = date, time
+    for prefix in ("Content", "PresentationCreation"):
+        if f"{prefix}Date" in ds:
+            setattr(ds, f"{prefix}Date", date)
+            setattr(ds, f"{prefix}Time", time)
+    if "DateOfSecondaryCapture" in ds:
+        ds.DateOfSecondaryCapture, ds.TimeOfSecondaryCapture = date, time
+    zone = result.completed_at.strftime("%z")  # "+0000", or "" for a naive datetime
+    if zone:
+        ds.TimezoneOffsetFromUTC = zone
+    for item in ds.get("ContributingEquipmentSequence", []):
+        # highdicom stamps its own contribution with the wall clock; the build is part of
+        # the task, so it gets the task's time (acquisition equipment keeps its own).
+        if item.get("ManufacturerModelName") == "highdicom":
+            item.ContributionDateTime = dicom_datetime(result.completed_at)
+    logger.debug(
+        "built %s %s for study %s",
+        ds.get("Modality", "?"),
+        identity.sop_instance_uid,
+        result.study.study_instance_uid,
+    )

