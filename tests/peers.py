@@ -44,3 +44,18 @@ def require_testdata(name: str) -> Path:
     if peers_required():
         pytest.fail(message + " (STATLANE_REQUIRE_PEERS=1)")
     pytest.skip(message)
+
+
+def require_dcmtk(name: str) -> Path:
+    """Path of dcmtk tool ``name`` (storescu, findscu, ...), never pynetdicom's same-named app."""
+    for folder in ("/usr/bin", "/usr/local/bin", "/opt/homebrew/bin"):
+        candidate = Path(folder) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which(name)
+    if found and Path(found).parent != Path(sys.executable).parent:
+        return Path(found)
+    message = f"dcmtk {name!r} not found; install dcmtk (apt-get install dcmtk)"
+    if peers_required():
+        pytest.fail(message + " (STATLANE_REQUIRE_PEERS=1)")
+    pytest.skip(message)

@@ -1,0 +1,328 @@
+"""The DICOM C-STORE / C-ECHO SCP: modalities and PACS push instances into the spool.
+
+An instance is acknowledged (status 0x0000) only after :meth:`Spool.store` returned, i.e. after
+the file and its directory entry are fsynced. Every failure becomes a DIMSE status, never a
+crash of the association:
+
+====================  =======  ===============================================
+condition             status   meaning (PS3.4 Annex B)
+====================  =======  ===============================================
+stored                0x0000   success
+spool out of space    0xA700   refused: out of resources
+unreadable/invalid    0xC000   error: cannot understand (ErrorComment says why)
+unexpected exception  0xC211   error: unable to process (details in our log)
+====================  =======  ===============================================
+
+Callers are checked before negotiation: an unknown calling AE title, or a known one from an
+address it is not allowed to use, gets A-ASSOCIATE-RJ (permanent, "calling AE title not
+recognised"). Logs name AE titles, addresses and counts; SOP Instance UIDs only at debug level.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, cast
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from serving.gateway.errors import InvalidInstance, OutOfResources, UnknownCaller
+from serving.gateway.spool import InstanceSource, Spool, StoredInstance
+
+__all__ = [
+    "STATUS_CANNOT_UNDERSTAND",
+    "STATUS_OUT_OF_RESOURCES",
+    "STATUS_SUCCESS",
+    "STATUS_UNABLE_TO_PROCESS",
+    "TRANSFER_SYNTAXES",
+    "AssociationSummary",
+    "DicomGateway",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_UNABLE_TO_PROCESS = 0xC211
+_ERROR_COMMENT_MAX = 64  # (0000,0902) Error Comment is LO
+
+#: Transfer syntaxes accepted for every storage SOP class, most preferred first. Each one can be
+#: decoded downstream (pydicom plus pylibjpeg / pyjpegls / openjpeg).
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+
+
+@dataclass(frozen=True)
+class AssociationSummary:
+    """What one association delivered, reported once when it is released or aborted.
+
+    Attributes:
+        instances: Instances durably stored, in arrival order (duplicates included).
+        aborted: The association ended with an A-ABORT instead of a release.
+        failed: C-STORE requests answered with a failure status.
+    """
+
+    association_id: str
+    calling_ae: str
+    address: str
+    instances: list[StoredInstance]
+    aborted: bool
+    failed: int = 0
+
+
+@dataclass
+class _OpenAssociation:
+    source: InstanceSource
+    instances: list[StoredInstance] = field(default_factory=list)
+    failed: int = 0
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:_ERROR_COMMENT_MAX]
+    return status
+
+
+def _ignore(_: Any) -> None:
+    return None
+
+
+class DicomGateway:
+    """A non-blocking C-STORE / C-ECHO SCP that writes every instance to the spool.
+
+    Args:
+        spool: Where instances are stored durably before they are acknowledged.
+        ae_title: Our AE title (called AE title is not enforced: routers often rewrite it).
+        port: TCP port; 0 picks a free one (read it back from :attr:`port` after start).
+        host: Interface to listen on.
+        allowed_callers: Calling AE title -> allowed peer IP addresses (None: any address).
+            None for the whole map accepts every caller.
+        on_stored: Called in the association's thread after each durable store; it should be
+            quick (enqueue). Its exceptions are logged, never returned as a failure status.
+        on_released: Called once per accepted association when it is released or aborted.
+        maximum_associations: Concurrent associations before new ones are rejected (transient).
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        *,
+        ae_title: str = "STATLANE",
+        port: int = 11112,
+        host: str = "0.0.0.0",
+        allowed_callers: Mapping[str, list[str] | None] | None = None,
+        on_stored: Callable[[StoredInstance], None] = _ignore,
+        on_released: Callable[[AssociationSummary], None] = _ignore,
+        maximum_associations: int = 16,
+    ) -> None:
+        self.spool = spool
+        self.ae_title = ae_title
+        self.host = host
+        self._requested_port = port
+        self._allowed_callers = (
+            None
+            if allowed_callers is None
+            else {ae.strip(): addresses for ae, addresses in allowed_callers.items()}
+        )
+        self._on_stored = on_stored
+        self._on_released = on_released
+        self._maximum_associations = maximum_associations
+        self._open: dict[Association, _OpenAssociation] = {}
+        self._lock = threading.Lock()
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def port(self) -> int:
+        """The TCP port we listen on (the bound one once started, also when 0 was asked)."""
+        if self._server is None:
+            return self._requested_port
+        return int(self._server.server_address[1])
+
+    @property
+    def is_running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._server is not None
+
+    def check_caller(self, calling_ae: str, address: str) -> None:
+        """Raise :class:`UnknownCaller` unless ``calling_ae`` may connect from ``address``."""
+        if self._allowed_callers is None:
+            return
+        if calling_ae not in self._allowed_callers:
+            raise UnknownCaller(calling_ae, address)
+        addresses = self._allowed_callers[calling_ae]
+        if addresses is not None and address not in addresses:
+            raise UnknownCaller(calling_ae, address)
+
+    def start(self) -> None:
+        """Start listening in background threads; returns at once."""
+        if self._server is not None:
+            raise RuntimeError("the DICOM gateway is already running")
+        ae = AE(ae_title=self.ae_title)
+        ae.maximum_associations = self._maximum_associations
+        ae.add_supported_context(Verification)
+        # An SCP may support any number of contexts: the 128 limit is on what a requestor
+        # proposes, so every storage SOP class gets every transfer syntax we can decode.
+        for context in AllStoragePresentationContexts:
+            if context.abstract_syntax is not None:
+                ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+        handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._handle_requested),
+            (evt.EVT_ESTABLISHED, self._handle_established),
+            (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_RELEASED, self._handle_released),
+            (evt.EVT_ABORTED, self._handle_aborted),
+        ]
+        self._server = ae.start_server(
+            (self.host, self._requested_port),
+            block=False,
+            evt_handlers=cast(list[EventHandlerType], handlers),
+        )
+        LOGGER.info("DICOM gateway %s listening on %s:%d", self.ae_title, self.host, self.port)
+
+    def stop(self) -> None:
+        """Stop accepting associations and close the listening socket.
+
+        Associations in flight finish on their own threads; their instances are already safe.
+        """
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            LOGGER.info("DICOM gateway %s stopped", self.ae_title)
+
+    def __enter__(self) -> DicomGateway:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- event handlers (run on pynetdicom's association threads) -----------------------------
+
+    def _handle_requested(self, event: Event) -> None:
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        calling_ae = "" if request is None else str(request.calling_ae_title).strip()
+        address = assoc.requestor.address
+        try:
+            self.check_caller(calling_ae, address)
+        except UnknownCaller as exc:
+            LOGGER.warning("association rejected: %s", exc)
+            # Permanent, by the service user, "calling AE title not recognised" (PS3.8 9.3.4).
+            assoc.acse.send_reject(0x01, 0x01, 0x03)
+            # The same clean-up pynetdicom does after its own rejections: wait for the peer
+            # to close (or the ARTIM timer), then stop the association's DUL thread.
+            assoc.kill()
+
+    def _handle_established(self, event: Event) -> None:
+        assoc = event.assoc
+        source = InstanceSource(
+            calling_ae=str(assoc.requestor.ae_title).strip(),
+            address=assoc.requestor.address,
+            channel="dimse",
+            association_id=uuid.uuid4().hex,
+        )
+        with self._lock:
+            self._open[assoc] = _OpenAssociation(source)
+        LOGGER.debug("association %s accepted from %s", source.association_id, source.calling_ae)
+
+    def _handle_store(self, event: Event) -> Dataset | int:
+        with self._lock:
+            state = self._open.get(event.assoc)
+        if state is None:  # cannot happen after EVT_ESTABLISHED; refuse rather than guess
+            return _status(STATUS_UNABLE_TO_PROCESS, "association state unknown")
+        try:
+            stored = self.spool.store(event.encoded_dataset(include_meta=True), state.source)
+        except OutOfResources as exc:
+            state.failed += 1
+            LOGGER.error("association %s: %s", state.source.association_id, exc)
+            return _status(STATUS_OUT_OF_RESOURCES, "spool out of space")
+        except InvalidInstance as exc:
+            state.failed += 1
+            LOGGER.warning(
+                "association %s refused an instance: %s", state.source.association_id, exc.reason
+            )
+            LOGGER.debug("refused SOP instance %s", exc.sop_instance_uid)
+            return _status(STATUS_CANNOT_UNDERSTAND, exc.reason)
+        except Exception:
+            state.failed += 1
+            LOGGER.exception("association %s: storing failed", state.source.association_id)
+            return _status(STATUS_UNABLE_TO_PROCESS, "internal error storing the instance")
+        state.instances.append(stored)
+        try:
+            self._on_stored(stored)
+        except Exception:  # the instance is safe on disk: report, don't fail the C-STORE
+            LOGGER.exception("on_stored failed on association %s", state.source.association_id)
+            LOGGER.debug("on_stored failed for SOP instance %s", stored.sop_instance_uid)
+        return STATUS_SUCCESS
+
+    def _handle_released(self, event: Event) -> None:
+        self._finish(event.assoc, aborted=False)
+
+    def _handle_aborted(self, event: Event) -> None:
+        self._finish(event.assoc, aborted=True)
+
+    def _finish(self, assoc: Association, *, aborted: bool) -> None:
+        with self._lock:
+            state = self._open.pop(assoc, None)
+        if state is None:  # rejected, or already reported (release and abort both fired)
+            return
+        source = state.source
+        summary = AssociationSummary(
+            association_id=source.association_id,
+            calling_ae=source.calling_ae or "",
+            address=source.address or "",
+            instances=list(state.instances),
+            aborted=aborted,
+            failed=state.failed,
+        )
+        LOGGER.info(
+            "association %s from %s at %s %s: %d instances stored, %d refused",
+            summary.association_id,
+            summary.calling_ae,
+            summary.address,
+            "aborted" if aborted else "released",
+            len(summary.instances),
+            summary.failed,
+        )
+        try:
+            self._on_released(summary)
+        except Exception:
+            LOGGER.exception("on_released failed for association %s", summary.association_id)

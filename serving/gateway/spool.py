@@ -1,0 +1,499 @@
+"""The durable spool: every received instance is on disk, fsynced, before anyone acknowledges it.
+
+Layout (file names never come from network data, only from hashes of validated UIDs)::
+
+    root/instances/<sha256(StudyUID)[:16]>/<sha256(SeriesUID)[:16]>/<sha256(SOPInstanceUID)>.dcm
+
+A write goes to a temporary file in the target directory, is flushed and fsynced, renamed over
+the final name, and the directory is fsynced, so after a crash a file is either complete or
+absent (a leftover ``.tmp`` file is ignored by :meth:`Spool.iter_instances`).
+
+A repeated SOP Instance UID is idempotent: identical bytes are not rewritten
+(``duplicate=True``). Different bytes under the same UID replace the stored copy
+(``replaced=True``): a modality resends an instance after correcting it, and the newest copy is
+the one a radiologist would see at the PACS, so the spool keeps the same one.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from io import BytesIO
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_fragments
+from pydicom.filewriter import dcmwrite
+from pydicom.pixels.utils import get_expected_length
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from serving.gateway.errors import InvalidInstance, OutOfResources, StudyMismatch
+
+__all__ = [
+    "DEFAULT_MIN_FREE_BYTES",
+    "Channel",
+    "InstanceIdentity",
+    "InstanceSource",
+    "Spool",
+    "StoredInstance",
+    "disk_free_bytes",
+    "is_valid_uid",
+    "read_identity",
+    "utc_now",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+DEFAULT_MIN_FREE_BYTES = 512 * MIB
+_LOCK_STRIPES = 64
+_TEMP_SUFFIX = ".tmp"
+
+Channel = Literal["dimse", "stow", "rescan"]
+
+
+@dataclass(frozen=True)
+class InstanceSource:
+    """Where an instance came from.
+
+    Attributes:
+        calling_ae: Calling AE title (DIMSE); None for STOW-RS and rescans.
+        address: Peer IP address; None for rescans.
+        channel: ``"dimse"``, ``"stow"``, or ``"rescan"`` (found on disk at start-up).
+        association_id: Opaque id of the association or HTTP request (empty for rescans).
+    """
+
+    calling_ae: str | None
+    address: str | None
+    channel: Channel
+    association_id: str
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """An instance that is durably in the spool.
+
+    Attributes:
+        size_bytes: Size of the Part-10 file in bytes.
+        received_at: When the spool accepted it (injected clock; file mtime for rescans).
+        duplicate: The same bytes were already stored; nothing was written.
+        replaced: Different bytes were stored under this SOP Instance UID and were replaced.
+    """
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    path: Path
+    size_bytes: int
+    transfer_syntax_uid: str
+    received_at: datetime
+    source: InstanceSource
+    duplicate: bool = False
+    replaced: bool = False
+
+
+def disk_free_bytes(path: Path) -> int:
+    """Bytes available to this process on the file system holding ``path``."""
+    return shutil.disk_usage(path).free
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def _digest(uid: str) -> str:
+    return hashlib.sha256(uid.encode("ascii")).hexdigest()
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename or a new entry in ``directory`` durable (POSIX)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _encode(instance: bytes | Dataset) -> bytes:
+    if isinstance(instance, bytes | bytearray | memoryview):
+        return bytes(instance)
+    if "TransferSyntaxUID" not in getattr(instance, "file_meta", Dataset()):
+        raise InvalidInstance("dataset has no file meta with a Transfer Syntax UID")
+    buffer = BytesIO()
+    try:
+        dcmwrite(buffer, instance, enforce_file_format=True)
+    except (AttributeError, ValueError, TypeError) as exc:
+        raise InvalidInstance(f"dataset cannot be encoded as a Part-10 file: {exc}") from exc
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: read what a peer sent without trusting it. Raw element values are read directly,
+# so pydicom never converts (or logs) a value we did not ask for.
+
+_UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_IDENTITY_TAGS = {
+    "SOPClassUID": 0x00080016,
+    "SOPInstanceUID": 0x00080018,
+    "StudyInstanceUID": 0x0020000D,
+    "SeriesInstanceUID": 0x0020000E,
+}
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_SEQUENCE_DELIMITER = {
+    True: b"\xfe\xff\xdd\xe0\x00\x00\x00\x00",  # little endian
+    False: b"\xff\xfe\xe0\xdd\x00\x00\x00\x00",
+}
+_PIXEL_DATA = 0x7FE00010
+_OTHER_PIXEL_DATA = (0x7FE00008, 0x7FE00009)  # Float / Double Float Pixel Data
+
+
+@dataclass(frozen=True)
+class InstanceIdentity:
+    """The validated UIDs that name an instance and the transfer syntax it is encoded in."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    transfer_syntax_uid: str
+
+
+def is_valid_uid(text: str) -> bool:
+    """True for a syntactically valid DICOM UID (PS3.5 9.1): digits and dots, at most 64."""
+    return len(text) <= 64 and _UID_PATTERN.fullmatch(text) is not None
+
+
+def _uid(dataset: Dataset, keyword: str, tag: int) -> str:
+    element = dataset.get_item(tag)
+    if element is None or element.value is None:
+        raise InvalidInstance(f"{keyword} is missing")
+    value = element.value
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+    text = text.rstrip("\x00 ")
+    if not is_valid_uid(text):
+        # The value itself is not echoed: a broken sender may put anything in a UID field.
+        raise InvalidInstance(f"{keyword} is not a valid UID ({len(text)} characters)")
+    return text
+
+
+def _identity(dataset: Dataset) -> InstanceIdentity:
+    uids = {keyword: _uid(dataset, keyword, tag) for keyword, tag in _IDENTITY_TAGS.items()}
+    sop_uid = uids["SOPInstanceUID"]
+    meta = dataset.file_meta
+    try:
+        transfer_syntax = _uid(meta, "TransferSyntaxUID", 0x00020010)
+        if "MediaStorageSOPInstanceUID" in meta:
+            meta_sop_uid = _uid(meta, "MediaStorageSOPInstanceUID", 0x00020003)
+            if meta_sop_uid != sop_uid:
+                raise InvalidInstance("file meta names a different SOP Instance UID")
+    except InvalidInstance as exc:
+        raise InvalidInstance(exc.reason, sop_instance_uid=sop_uid) from None
+    return InstanceIdentity(
+        sop_instance_uid=sop_uid,
+        sop_class_uid=uids["SOPClassUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        study_instance_uid=uids["StudyInstanceUID"],
+        transfer_syntax_uid=transfer_syntax,
+    )
+
+
+def _check_complete(dataset: Dataset, data: bytes, identity: InstanceIdentity) -> None:
+    """Refuse a stream that ends inside its last element (pydicom reads those silently)."""
+    if identity.transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
+        return  # offsets of a deflated dataset refer to the inflated stream
+    last = dataset.get_item(max(dataset.keys()))
+    if not isinstance(last, RawDataElement) or last.value_tell is None:
+        return
+    if last.length == _UNDEFINED_LENGTH:
+        complete = data.endswith(_SEQUENCE_DELIMITER[bool(last.is_little_endian)])
+    else:
+        complete = last.value_tell + last.length <= len(data)
+    if not complete:
+        raise InvalidInstance(
+            f"truncated: the stream ends inside element {last.tag}",
+            sop_instance_uid=identity.sop_instance_uid,
+        )
+
+
+def _check_pixel_data(dataset: Dataset, identity: InstanceIdentity) -> None:
+    """Refuse images whose Pixel Data is missing, empty or shorter than the image needs."""
+    sop_uid = identity.sop_instance_uid
+    element = dataset.get_item(_PIXEL_DATA)
+    if element is None:
+        is_image = "Rows" in dataset and "BitsAllocated" in dataset
+        if is_image and not any(tag in dataset for tag in _OTHER_PIXEL_DATA):
+            raise InvalidInstance("image without Pixel Data (truncated?)", sop_instance_uid=sop_uid)
+        return
+    value = element.value
+    if not value:
+        raise InvalidInstance("Pixel Data is empty", sop_instance_uid=sop_uid)
+    transfer_syntax = UID(identity.transfer_syntax_uid)
+    if not transfer_syntax.is_transfer_syntax:
+        return  # a private transfer syntax: nothing we can check
+    if transfer_syntax.is_encapsulated:
+        try:
+            fragments = sum(1 for _ in generate_fragments(value)) - 1  # minus the offset table
+        except (ValueError, TypeError) as exc:
+            raise InvalidInstance(f"Pixel Data: {exc}", sop_instance_uid=sop_uid) from exc
+        if fragments < 1:
+            raise InvalidInstance("Pixel Data has no fragments", sop_instance_uid=sop_uid)
+        return
+    try:
+        expected = get_expected_length(dataset, "bytes")
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise InvalidInstance("Image Pixel module incomplete", sop_instance_uid=sop_uid) from None
+    if len(value) < expected:
+        raise InvalidInstance(
+            f"Pixel Data holds {len(value)} bytes, the image needs {expected}",
+            sop_instance_uid=sop_uid,
+        )
+
+
+def read_identity(data: bytes, *, expected_study_uid: str | None = None) -> InstanceIdentity:
+    """Parse a received Part-10 file and validate identity, completeness and pixel length.
+
+    Raises:
+        InvalidInstance: Not Part-10, identity UIDs missing or invalid, truncated stream, or
+            Pixel Data inconsistent with the image attributes.
+        StudyMismatch: ``expected_study_uid`` is set and the instance belongs to another study.
+    """
+    try:
+        dataset = dcmread(BytesIO(data))
+    except Exception as exc:  # pydicom raises many types for garbage; all mean "unreadable"
+        raise InvalidInstance(f"not a readable DICOM Part-10 file ({type(exc).__name__})") from exc
+    if not len(dataset):  # pydicom returns nothing when a top-level sequence is cut short
+        raise InvalidInstance("the dataset is empty or truncated")
+    identity = _identity(dataset)
+    if expected_study_uid is not None and identity.study_instance_uid != expected_study_uid:
+        raise StudyMismatch(
+            expected=expected_study_uid,
+            found=identity.study_instance_uid,
+            sop_instance_uid=identity.sop_instance_uid,
+        )
+    _check_complete(dataset, data, identity)
+    _check_pixel_data(dataset, identity)
+    return identity
+
+
+def _read_stored_identity(handle: BinaryIO) -> InstanceIdentity:
+    try:
+        dataset = dcmread(
+            handle, stop_before_pixels=True, specific_tags=list(_IDENTITY_TAGS.values())
+        )
+    except Exception as exc:  # see read_identity
+        raise InvalidInstance(f"not a readable DICOM Part-10 file ({type(exc).__name__})") from exc
+    return _identity(dataset)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Spool:
+    """Durable store of received instances, safe for concurrent associations and requests.
+
+    Args:
+        root: Spool directory; instances live under ``root/instances``.
+        min_free_bytes: Free space (bytes) that must remain after a write; below it
+            :meth:`store` raises :class:`OutOfResources` without writing.
+        free_bytes: Free bytes on the file system of a path (injected for tests).
+        clock: Returns the current time for ``StoredInstance.received_at``.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
+        free_bytes: Callable[[Path], int] = disk_free_bytes,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        if min_free_bytes < 0:
+            raise ValueError(f"min_free_bytes must be >= 0, got {min_free_bytes}")
+        self.root = Path(root)
+        self.instances_dir = self.root / "instances"
+        self.instances_dir.mkdir(parents=True, exist_ok=True)
+        self.min_free_bytes = min_free_bytes
+        self._free_bytes = free_bytes
+        self._clock = clock
+        # One lock per hash stripe: two copies of one instance never race, others never wait.
+        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+
+    def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        """Where the instance with these (validated) UIDs is stored."""
+        return (
+            self.instances_dir
+            / _digest(study_uid)[:16]
+            / _digest(series_uid)[:16]
+            / f"{_digest(sop_instance_uid)}.dcm"
+        )
+
+    def store(
+        self,
+        instance: bytes | Dataset,
+        source: InstanceSource,
+        *,
+        expected_study_uid: str | None = None,
+    ) -> StoredInstance:
+        """Validate and durably store one instance; return only once it is safe on disk.
+
+        Args:
+            instance: A complete Part-10 file (preamble, meta, dataset) or a pydicom Dataset
+                with ``file_meta``.
+            source: Who sent it.
+            expected_study_uid: When set, an instance of another study is refused
+                (:class:`~serving.gateway.errors.StudyMismatch`) without writing.
+
+        Raises:
+            InvalidInstance: Unreadable, truncated, or missing/invalid identity UIDs.
+            OutOfResources: Writing would leave less than ``min_free_bytes`` free.
+        """
+        data = _encode(instance)
+        identity = read_identity(data, expected_study_uid=expected_study_uid)
+        path = self.path_for(
+            identity.study_instance_uid,
+            identity.series_instance_uid,
+            identity.sop_instance_uid,
+        )
+        lock = self._locks[int(path.stem[:8], 16) % _LOCK_STRIPES]
+        with lock:
+            duplicate, replaced = False, False
+            if path.exists():
+                if path.stat().st_size == len(data) and path.read_bytes() == data:
+                    duplicate = True
+                else:
+                    replaced = True
+            if not duplicate:
+                self._check_space(len(data))
+                self._write_durably(path, data)
+        stored = self._stored(identity, path, len(data), source, duplicate, replaced)
+        LOGGER.debug(
+            "spooled SOP instance %s (%d bytes, duplicate=%s, replaced=%s)",
+            identity.sop_instance_uid,
+            len(data),
+            duplicate,
+            replaced,
+        )
+        return stored
+
+    def iter_instances(self) -> Iterator[StoredInstance]:
+        """Every complete instance in the spool (for a restart), in path order.
+
+        Reads only the file meta and identity tags. Files that cannot be read, or whose UIDs
+        do not hash to their path, are logged and skipped; temporary files are ignored.
+        """
+        source = InstanceSource(None, None, "rescan", "")
+        for path in sorted(self.instances_dir.glob("*/*/*.dcm")):
+            try:
+                with path.open("rb") as handle:
+                    identity = _read_stored_identity(handle)
+            except (InvalidInstance, OSError) as exc:
+                LOGGER.warning("spool rescan skipped %s: %s", path.name, exc)
+                continue
+            expected = self.path_for(
+                identity.study_instance_uid,
+                identity.series_instance_uid,
+                identity.sop_instance_uid,
+            )
+            if expected != path:
+                LOGGER.warning("spool rescan skipped %s: UIDs do not match its path", path.name)
+                continue
+            stat = path.stat()
+            received_at = datetime.fromtimestamp(stat.st_mtime, UTC)
+            yield StoredInstance(
+                sop_instance_uid=identity.sop_instance_uid,
+                sop_class_uid=identity.sop_class_uid,
+                series_instance_uid=identity.series_instance_uid,
+                study_instance_uid=identity.study_instance_uid,
+                path=path,
+                size_bytes=stat.st_size,
+                transfer_syntax_uid=identity.transfer_syntax_uid,
+                received_at=received_at,
+                source=source,
+            )
+
+    def discard_partial_writes(self) -> int:
+        """Delete temporary files left by a crash mid-write; return how many were removed.
+
+        Call at start-up only, before any association or request is served.
+        """
+        removed = 0
+        for path in self.instances_dir.glob(f"*/*/.*{_TEMP_SUFFIX}"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def _check_space(self, needed_bytes: int) -> None:
+        free = self._free_bytes(self.instances_dir)
+        if free - needed_bytes < self.min_free_bytes:
+            raise OutOfResources(
+                free_bytes=free, needed_bytes=needed_bytes, reserve_bytes=self.min_free_bytes
+            )
+
+    def _ensure_directory(self, directory: Path) -> None:
+        """Create the study/series directories, making each new entry durable."""
+        for level in (directory.parent, directory):
+            if not level.is_dir():
+                level.mkdir(exist_ok=True)
+                _fsync_directory(level.parent)
+
+    def _write_durably(self, path: Path, data: bytes) -> None:
+        directory = path.parent
+        temporary = directory / f".{path.stem}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+        try:
+            self._ensure_directory(directory)
+            with temporary.open("xb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            # os.replace is rename(2) on POSIX: atomic, and it overwrites a replaced instance.
+            os.replace(temporary, path)
+            _fsync_directory(directory)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OutOfResources(
+                    free_bytes=self._free_bytes(self.instances_dir),
+                    needed_bytes=len(data),
+                    reserve_bytes=self.min_free_bytes,
+                ) from exc
+            raise
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+
+    def _stored(
+        self,
+        identity: InstanceIdentity,
+        path: Path,
+        size_bytes: int,
+        source: InstanceSource,
+        duplicate: bool,
+        replaced: bool,
+    ) -> StoredInstance:
+        return StoredInstance(
+            sop_instance_uid=identity.sop_instance_uid,
+            sop_class_uid=identity.sop_class_uid,
+            series_instance_uid=identity.series_instance_uid,
+            study_instance_uid=identity.study_instance_uid,
+            path=path,
+            size_bytes=size_bytes,
+            transfer_syntax_uid=identity.transfer_syntax_uid,
+            received_at=self._clock(),
+            source=source,
+            duplicate=duplicate,
+            replaced=replaced,
+        )

@@ -1,0 +1,413 @@
+"""DICOMweb STOW-RS (PS3.18 10.5) on the standard library's threading HTTP server.
+
+``POST {base}/studies`` and ``POST {base}/studies/{StudyInstanceUID}`` take
+``multipart/related; type="application/dicom"`` bodies. Each part is stored through the spool
+on its own, so one bad part never loses the good ones. The answer is ``application/dicom+json``:
+
+* 200: every instance stored; 202: some failed; 409: all failed;
+* 400: malformed request (no boundary, broken framing, bad study UID, no parts);
+* 411: neither Content-Length nor chunked coding; 413: body over the limit; 415: not
+  multipart/related of application/dicom.
+
+Failure reasons (0008,1197): 0xC000 cannot understand (not DICOM, truncated, bad identity),
+0xA900 the instance does not match the study addressed in the URL, 0xA700 spool out of space,
+0x0110 processing failure (unexpected; details in our log). ``GET {base}/health`` answers 200;
+other GET requests go to an optional ``get_handler`` (the REST API shares the port).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+from serving.gateway.errors import InvalidInstance, MalformedRequest, OutOfResources, StudyMismatch
+from serving.gateway.multipart import (
+    DEFAULT_MEMORY_BODY_BYTES,
+    Body,
+    BodyPart,
+    parse_media_type,
+    receive_body,
+    split_multipart,
+)
+from serving.gateway.spool import InstanceSource, Spool, StoredInstance, is_valid_uid
+
+__all__ = [
+    "FAILURE_CANNOT_UNDERSTAND",
+    "FAILURE_OUT_OF_RESOURCES",
+    "FAILURE_PROCESSING",
+    "FAILURE_STUDY_MISMATCH",
+    "FailedInstance",
+    "StowResponse",
+    "StowServer",
+    "StowSummary",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+FAILURE_CANNOT_UNDERSTAND = 0xC000
+FAILURE_STUDY_MISMATCH = 0xA900
+FAILURE_OUT_OF_RESOURCES = 0xA700
+FAILURE_PROCESSING = 0x0110
+DICOM_JSON = "application/dicom+json"
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class FailedInstance:
+    """A part that was not stored: why (FailureReason code and text) and what, when known."""
+
+    part_index: int
+    failure_reason: int
+    reason: str
+    sop_instance_uid: str | None = None
+
+
+@dataclass(frozen=True)
+class StowSummary:
+    """One STOW-RS request, reported to ``on_request_done`` once answered."""
+
+    request_id: str
+    address: str
+    study_instance_uid: str | None
+    stored: list[StoredInstance]
+    failed: list[FailedInstance]
+    http_status: int
+
+
+@dataclass(frozen=True)
+class StowResponse:
+    """An HTTP answer: status, content type and body."""
+
+    http_status: int
+    content_type: str
+    body: bytes
+    stored: list[StoredInstance] = field(default_factory=list)
+    failed: list[FailedInstance] = field(default_factory=list)
+
+
+def _ignore(_: Any) -> None:
+    return None
+
+
+def _uid_attribute(uid: str) -> dict[str, Any]:
+    return {"vr": "UI", "Value": [uid]}
+
+
+def _response_dataset(stored: list[StoredInstance], failed: list[FailedInstance]) -> bytes:
+    """The Store Instances Response Module (PS3.18 10.5.3.2) as DICOM JSON."""
+    dataset: dict[str, Any] = {}
+    if stored:
+        references = [
+            {
+                "00081150": _uid_attribute(s.sop_class_uid),
+                "00081155": _uid_attribute(s.sop_instance_uid),
+            }
+            for s in stored
+        ]
+        dataset["00081199"] = {"vr": "SQ", "Value": references}
+    if failed:
+        items = []
+        for failure in failed:
+            item: dict[str, Any] = {"00081197": {"vr": "US", "Value": [failure.failure_reason]}}
+            if failure.sop_instance_uid:
+                item["00081155"] = _uid_attribute(failure.sop_instance_uid)
+            items.append(item)
+        dataset["00081198"] = {"vr": "SQ", "Value": items}
+    return json.dumps(dataset).encode()
+
+
+def _plain(http_status: int, message: str) -> StowResponse:
+    return StowResponse(http_status, "text/plain; charset=utf-8", (message + "\n").encode())
+
+
+class StowServer:
+    """A STOW-RS endpoint that writes every received instance to the spool.
+
+    Args:
+        spool: Where instances are stored durably before the response is sent.
+        host: Interface to listen on.
+        port: TCP port; 0 picks a free one (read it back from :attr:`port` after start).
+        on_stored: Called on the request's thread after each durable store; exceptions are
+            logged, never turned into a failure (the instance is already safe).
+        on_request_done: Called once per POST with its :class:`StowSummary`, before the HTTP
+            answer is written.
+        max_body_bytes: Largest accepted request body in bytes (default 2 GiB).
+        memory_body_bytes: Bodies up to this size (bytes) are held in memory, larger ones in
+            a temporary file.
+        base_path: URL prefix of the DICOMweb service.
+        get_handler: Answers other GET requests (e.g. the REST API sharing this port): takes
+            the request target (path and query), returns (HTTP status, content type, body),
+            or None for 404.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 8080,
+        on_stored: Callable[[StoredInstance], None] = _ignore,
+        on_request_done: Callable[[StowSummary], None] = _ignore,
+        max_body_bytes: int = 2 * GIB,
+        memory_body_bytes: int = DEFAULT_MEMORY_BODY_BYTES,
+        base_path: str = "/dicomweb",
+        get_handler: Callable[[str], tuple[int, str, bytes] | None] | None = None,
+    ) -> None:
+        self.spool = spool
+        self.host = host
+        self.max_body_bytes = max_body_bytes
+        self.memory_body_bytes = memory_body_bytes
+        self.base_path = base_path.rstrip("/")
+        self.get_handler = get_handler
+        self._requested_port = port
+        self._on_stored = on_stored
+        self._on_request_done = on_request_done
+        self._route = re.compile(re.escape(self.base_path) + r"/studies(?:/([^/?#]+))?/?")
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The TCP port we listen on (the bound one once started, also when 0 was asked)."""
+        if self._server is None:
+            return self._requested_port
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Start serving on a background thread; returns at once."""
+        if self._server is not None:
+            raise RuntimeError("the STOW-RS server is already running")
+        server = ThreadingHTTPServer((self.host, self._requested_port), _StowRequestHandler)
+        server.daemon_threads = True
+        server.stow = self  # type: ignore[attr-defined]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="stow-rs", daemon=True)
+        self._thread.start()
+        LOGGER.info("STOW-RS listening on %s:%d%s/studies", self.host, self.port, self.base_path)
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; requests in flight finish on their threads."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> StowServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def match_route(self, path: str) -> tuple[bool, str | None]:
+        """(is a STOW-RS path, study UID from the URL or None)."""
+        found = self._route.fullmatch(path.split("?", 1)[0])
+        return (False, None) if found is None else (True, found.group(1))
+
+    def store_body(
+        self,
+        body: Body,
+        boundary: str,
+        *,
+        study_uid: str | None,
+        address: str,
+        request_id: str,
+    ) -> StowResponse:
+        """Store every part of a multipart body and build the answer (no HTTP involved)."""
+        try:
+            parts = split_multipart(body, boundary)
+            if not parts:
+                raise MalformedRequest("the multipart body has no parts")
+        except MalformedRequest as exc:
+            return _plain(exc.http_status, exc.reason)
+        source = InstanceSource(None, address, "stow", request_id)
+        stored: list[StoredInstance] = []
+        failed: list[FailedInstance] = []
+        for index, part in enumerate(parts, start=1):
+            outcome = self._store_part(index, part, body, source, study_uid)
+            if isinstance(outcome, StoredInstance):
+                stored.append(outcome)
+            else:
+                failed.append(outcome)
+        status = 200 if not failed else 409 if not stored else 202
+        return StowResponse(status, DICOM_JSON, _response_dataset(stored, failed), stored, failed)
+
+    def request_boundary(self, content_type: str | None, study_uid: str | None) -> str:
+        """Check the request line and headers; return the multipart boundary.
+
+        Raises:
+            MalformedRequest: 400 for a bad study UID or no boundary, 415 for a media type
+                other than multipart/related of application/dicom.
+        """
+        if study_uid is not None and not is_valid_uid(study_uid):
+            raise MalformedRequest("the Study Instance UID in the URL is not a valid UID")
+        if not content_type:
+            raise MalformedRequest("Content-Type is missing", http_status=415)
+        media_type = parse_media_type(content_type)
+        if media_type.essence != "multipart/related":
+            raise MalformedRequest(
+                f"Content-Type must be multipart/related, got {media_type.essence}",
+                http_status=415,
+            )
+        part_type = media_type.parameters.get("type", "application/dicom").lower()
+        if part_type != "application/dicom":
+            raise MalformedRequest(
+                f"only type=application/dicom is accepted, got {part_type}", http_status=415
+            )
+        boundary = media_type.parameters.get("boundary")
+        if not boundary:
+            raise MalformedRequest("Content-Type has no multipart boundary")
+        return boundary
+
+    def _store_part(
+        self,
+        index: int,
+        part: BodyPart,
+        body: Body,
+        source: InstanceSource,
+        study_uid: str | None,
+    ) -> StoredInstance | FailedInstance:
+        try:
+            media_type = part.media_type
+        except MalformedRequest as exc:
+            return FailedInstance(index, FAILURE_CANNOT_UNDERSTAND, exc.reason)
+        if media_type is not None and media_type.essence != "application/dicom":
+            reason = f"part is {media_type.essence}, not application/dicom"
+            return FailedInstance(index, FAILURE_CANNOT_UNDERSTAND, reason)
+        try:
+            stored = self.spool.store(part.content(body), source, expected_study_uid=study_uid)
+        except StudyMismatch as exc:
+            return FailedInstance(index, FAILURE_STUDY_MISMATCH, exc.reason, exc.sop_instance_uid)
+        except InvalidInstance as exc:
+            return FailedInstance(
+                index, FAILURE_CANNOT_UNDERSTAND, exc.reason, exc.sop_instance_uid
+            )
+        except OutOfResources as exc:
+            LOGGER.error("STOW request %s: %s", source.association_id, exc)
+            return FailedInstance(index, FAILURE_OUT_OF_RESOURCES, "spool out of space")
+        except Exception:
+            LOGGER.exception(
+                "STOW request %s: storing part %d failed", source.association_id, index
+            )
+            return FailedInstance(index, FAILURE_PROCESSING, "internal error storing the instance")
+        try:
+            self._on_stored(stored)
+        except Exception:  # the instance is safe on disk: report, don't fail the part
+            LOGGER.exception("on_stored failed in STOW request %s", source.association_id)
+        return stored
+
+    def _request_done(self, summary: StowSummary) -> None:
+        LOGGER.info(
+            "STOW request %s from %s: %d stored, %d failed, HTTP %d",
+            summary.request_id,
+            summary.address,
+            len(summary.stored),
+            len(summary.failed),
+            summary.http_status,
+        )
+        for failure in summary.failed:
+            LOGGER.debug(
+                "STOW request %s part %d: %s",
+                summary.request_id,
+                failure.part_index,
+                failure.reason,
+            )
+        try:
+            self._on_request_done(summary)
+        except Exception:
+            LOGGER.exception("on_request_done failed for STOW request %s", summary.request_id)
+
+
+class _StowRequestHandler(BaseHTTPRequestHandler):
+    """HTTP plumbing only: routing, body reading, answering; the logic is in StowServer."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "statlane-stow"
+
+    @property
+    def stow(self) -> StowServer:
+        return self.server.stow  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        LOGGER.debug("%s " + format, self.address_string(), *args)
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] == f"{self.stow.base_path}/health":
+            self._answer(StowResponse(200, "application/json", b'{"status": "ok"}'))
+            return
+        answer = None
+        if self.stow.get_handler is not None:
+            try:
+                answer = self.stow.get_handler(self.path)
+            except Exception:
+                LOGGER.exception("GET handler failed")
+                answer = (500, "text/plain; charset=utf-8", b"internal error\n")
+        if answer is None:
+            self._answer(_plain(404, "not found"))
+        else:
+            self._answer(StowResponse(*answer))
+
+    def do_POST(self) -> None:
+        is_stow, study_uid = self.stow.match_route(self.path)
+        if not is_stow:
+            self.close_connection = True
+            self._answer(_plain(404, "not found"))
+            return
+        request_id = uuid.uuid4().hex
+        response = self._receive(study_uid, request_id)
+        summary = StowSummary(
+            request_id,
+            self.client_address[0],
+            study_uid,
+            response.stored,
+            response.failed,
+            response.http_status,
+        )
+        self.stow._request_done(summary)  # before answering: the client sees a settled state
+        self._answer(response)
+
+    def _receive(self, study_uid: str | None, request_id: str) -> StowResponse:
+        try:  # headers first: a refused request is not worth reading
+            boundary = self.stow.request_boundary(self.headers.get("Content-Type"), study_uid)
+            with receive_body(
+                self.rfile,
+                content_length=self.headers.get("Content-Length"),
+                transfer_encoding=self.headers.get("Transfer-Encoding"),
+                max_bytes=self.stow.max_body_bytes,
+                memory_bytes=self.stow.memory_body_bytes,
+            ) as body:
+                return self.stow.store_body(
+                    body,
+                    boundary,
+                    study_uid=study_uid,
+                    address=self.client_address[0],
+                    request_id=request_id,
+                )
+        except MalformedRequest as exc:  # the body was not (fully) read: drop the connection
+            self.close_connection = True
+            return _plain(exc.http_status, exc.reason)
+
+    def _answer(self, response: StowResponse) -> None:
+        self.send_response(response.http_status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(response.body)

@@ -1,0 +1,322 @@
+"""The C-STORE / C-ECHO SCP against real peers: dcmtk's storescu/echoscu and Orthanc.
+
+Every instance must be durably in the spool when the peer sees success; refusals must reach
+the peer as the right DIMSE status while the rest of the association keeps working.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from models.synthetic import SyntheticStudy, generate_study
+from serving.gateway.dimse import AssociationSummary, DicomGateway
+from serving.gateway.spool import InstanceSource, Spool, StoredInstance
+from tests.orthanc_peer import orthanc_server
+from tests.peers import require_executable
+
+pytestmark = pytest.mark.peers
+
+DCMTK = "the Debian package dcmtk"
+#: storescu option that proposes the transfer syntax the files are already encoded in.
+PROPOSE = {"none": "-xe", "rle": "-xr", "jpeg-ls": "-xt", "jpeg2000": "-xv"}
+TRANSFER_SYNTAX = {
+    "none": "1.2.840.10008.1.2.1",
+    "rle": "1.2.840.10008.1.2.5",
+    "jpeg-ls": "1.2.840.10008.1.2.4.80",
+    "jpeg2000": "1.2.840.10008.1.2.4.90",
+}
+
+
+def dcmtk(name: str) -> Path:
+    """A dcmtk tool; pynetdicom installs Python apps of the same names in the venv, skip those."""
+    for directory in ("/usr/bin", "/usr/local/bin"):
+        candidate = Path(directory) / name
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return require_executable(f"dcmtk {name}", DCMTK)  # not found: skips, or fails in CI
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SyntheticStudy]:
+    """One 32-slice 64x64 CT head per compression (same seed, so same UIDs)."""
+    root = tmp_path_factory.mktemp("studies")
+    return {
+        name: generate_study("ct-head", root / name, seed=7, matrix=64, compression=name)
+        for name in PROPOSE
+    }
+
+
+class Recorder:
+    """Collects the gateway's callbacks; waits for association ends without sleeping."""
+
+    def __init__(self) -> None:
+        self.stored: list[StoredInstance] = []
+        self.summaries: list[AssociationSummary] = []
+        self._changed = threading.Condition()
+
+    def on_stored(self, stored: StoredInstance) -> None:
+        self.stored.append(stored)
+
+    def on_released(self, summary: AssociationSummary) -> None:
+        with self._changed:
+            self.summaries.append(summary)
+            self._changed.notify_all()
+
+    def wait_for_associations(
+        self, count: int, timeout_s: float = 20.0
+    ) -> list[AssociationSummary]:
+        with self._changed:
+            ok = self._changed.wait_for(lambda: len(self.summaries) >= count, timeout_s)
+        assert ok, f"{len(self.summaries)} of {count} associations reported"
+        return self.summaries
+
+
+@contextlib.contextmanager
+def running_gateway(
+    spool: Spool,
+    recorder: Recorder,
+    allowed_callers: Mapping[str, list[str] | None] | None = None,
+) -> Iterator[DicomGateway]:
+    gateway = DicomGateway(
+        spool,
+        port=0,
+        host="127.0.0.1",
+        allowed_callers=allowed_callers,
+        on_stored=recorder.on_stored,
+        on_released=recorder.on_released,
+    )
+    with gateway:
+        assert gateway.port != 0
+        yield gateway
+
+
+def storescu(port: int, files: list[Path], *options: str, aet: str = "MODALITY") -> str:
+    """Run dcmtk's storescu (debug output, no halt on failure); return its output."""
+    command = [str(dcmtk("storescu")), "-d", "-nh", "-aet", aet, "-aec", "STATLANE", *options]
+    result = subprocess.run(
+        [*command, "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=dict(os.environ, TCP_NODELAY="1"),
+    )
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise subprocess.CalledProcessError(result.returncode, "storescu", output)
+    return output
+
+
+def spooled_files(spool: Spool) -> list[Path]:
+    return sorted(spool.instances_dir.rglob("*.dcm"))
+
+
+@pytest.mark.parametrize("compression", sorted(PROPOSE))
+def test_storescu_study_is_spooled_in_its_own_transfer_syntax(
+    tmp_path: Path, studies: dict[str, SyntheticStudy], compression: str
+) -> None:
+    study = studies[compression]
+    spool, recorder = Spool(tmp_path / "spool", min_free_bytes=0), Recorder()
+    with running_gateway(spool, recorder, {"MODALITY": ["127.0.0.1"]}) as gateway:
+        output = storescu(gateway.port, study.files, PROPOSE[compression])
+        (summary,) = recorder.wait_for_associations(1)
+
+    assert output.count("DIMSE Status                  : 0x0000: Success") == len(study.files)
+    assert (summary.calling_ae, summary.address, summary.aborted) == (
+        "MODALITY",
+        "127.0.0.1",
+        False,
+    )
+    assert len(summary.instances) == len(study.files) == 32 and summary.failed == 0
+    assert [s.sop_instance_uid for s in recorder.stored] == [
+        s.sop_instance_uid for s in summary.instances
+    ]
+    assert len(spooled_files(spool)) == len(study.files)
+    by_uid = {s.sop_instance_uid: s for s in summary.instances}
+    for source_file in study.files:
+        source = pydicom.dcmread(source_file)
+        stored = by_uid[source.SOPInstanceUID]
+        assert stored.transfer_syntax_uid == TRANSFER_SYNTAX[compression]
+        assert stored.study_instance_uid == study.study_uid
+        assert stored.source.channel == "dimse" and stored.source.calling_ae == "MODALITY"
+        assert pydicom.dcmread(stored.path).PixelData == source.PixelData
+
+
+@pytest.mark.parametrize(
+    ("option", "transfer_syntax"),
+    [("-xd", "1.2.840.10008.1.2.1.99"), ("-xi", "1.2.840.10008.1.2")],
+    ids=["deflated", "implicit"],
+)
+def test_storescu_transcoding_on_the_fly_is_spooled_readable(
+    tmp_path: Path, studies: dict[str, SyntheticStudy], option: str, transfer_syntax: str
+) -> None:
+    files = studies["none"].files[:3]
+    spool, recorder = Spool(tmp_path / "spool", min_free_bytes=0), Recorder()
+    with running_gateway(spool, recorder) as gateway:
+        storescu(gateway.port, files, option)
+        (summary,) = recorder.wait_for_associations(1)
+    assert [s.transfer_syntax_uid for s in summary.instances] == [transfer_syntax] * 3
+    for source_file, stored in zip(files, summary.instances, strict=True):
+        received = pydicom.dcmread(stored.path)
+        assert received.file_meta.TransferSyntaxUID == transfer_syntax
+        assert received.pixel_array.tobytes() == pydicom.dcmread(source_file).pixel_array.tobytes()
+
+
+def test_echoscu_is_answered(tmp_path: Path) -> None:
+    echoscu = dcmtk("echoscu")
+    recorder = Recorder()
+    with running_gateway(Spool(tmp_path, min_free_bytes=0), recorder, {"PINGER": None}) as gw:
+        result = subprocess.run(
+            [str(echoscu), "-aet", "PINGER", "-aec", "STATLANE", "127.0.0.1", str(gw.port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        (summary,) = recorder.wait_for_associations(1)
+    assert result.returncode == 0, result.stderr
+    assert summary.instances == [] and summary.calling_ae == "PINGER"
+
+
+@pytest.mark.parametrize(
+    "allowed",
+    [{"MODALITY": None}, {"STRANGER": ["10.1.2.3"]}],
+    ids=["unknown-ae", "known-ae-wrong-address"],
+)
+def test_callers_not_allowed_are_rejected_before_anything_is_stored(
+    tmp_path: Path, studies: dict[str, SyntheticStudy], allowed: dict[str, list[str] | None]
+) -> None:
+    spool, recorder = Spool(tmp_path / "spool", min_free_bytes=0), Recorder()
+    with (
+        running_gateway(spool, recorder, allowed) as gateway,
+        pytest.raises(subprocess.CalledProcessError) as refused,
+    ):
+        storescu(gateway.port, studies["none"].files[:2], aet="STRANGER")
+    assert "Calling AE Title Not Recognized" in str(refused.value.output)
+    assert spooled_files(spool) == [] and recorder.stored == [] and recorder.summaries == []
+
+
+def test_low_disk_is_refused_with_a700_and_nothing_is_written(
+    tmp_path: Path, studies: dict[str, SyntheticStudy]
+) -> None:
+    spool = Spool(tmp_path / "spool", min_free_bytes=1 << 20, free_bytes=lambda _: 1 << 19)
+    recorder = Recorder()
+    files = studies["none"].files[:3]
+    with running_gateway(spool, recorder) as gateway:
+        output = storescu(gateway.port, files)
+        (summary,) = recorder.wait_for_associations(1)
+    assert output.count("0xa700: Refused: Out of resources") == len(files)
+    assert spooled_files(spool) == [] and summary.instances == [] and summary.failed == 3
+
+
+def test_corrupt_instance_is_refused_and_the_rest_of_the_association_is_stored(
+    tmp_path: Path, studies: dict[str, SyntheticStudy]
+) -> None:
+    good = studies["none"].files[:4]
+    broken = pydicom.dcmread(good[1])
+    broken.PixelData = broken.PixelData[: len(broken.PixelData) // 2]  # garbage length
+    broken_path = tmp_path / "short-pixel-data.dcm"
+    broken.save_as(broken_path)
+    sent = [good[0], broken_path, good[2], good[3]]
+    spool, recorder = Spool(tmp_path / "spool", min_free_bytes=0), Recorder()
+
+    with running_gateway(spool, recorder) as gateway:
+        output = storescu(gateway.port, sent)
+        (summary,) = recorder.wait_for_associations(1)
+
+    assert output.count("0x0000: Success") == 3
+    assert output.count("0xc000: Error: Cannot understand") == 1
+    assert summary.failed == 1
+    expected = {pydicom.dcmread(p).SOPInstanceUID for p in (good[0], good[2], good[3])}
+    assert {s.sop_instance_uid for s in summary.instances} == expected
+    assert len(spooled_files(spool)) == 3
+
+
+def pynetdicom_store(port: int, files: list[Path]) -> list[tuple[int, str]]:
+    """Send raw files (pynetdicom does not decode them) on one association: (status, comment)."""
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="STATLANE")
+    assert assoc.is_established
+    try:
+        answers = [assoc.send_c_store(path) for path in files]
+    finally:
+        assoc.release()
+    return [(int(a.Status), str(a.get("ErrorComment", ""))) for a in answers]
+
+
+def test_truncated_file_gets_c000_with_a_reason_and_the_association_goes_on(
+    tmp_path: Path, studies: dict[str, SyntheticStudy]
+) -> None:
+    good = studies["none"].files[:2]
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(good[1].read_bytes()[:-3000])
+    spool, recorder = Spool(tmp_path / "spool", min_free_bytes=0), Recorder()
+
+    with running_gateway(spool, recorder) as gateway:
+        answers = pynetdicom_store(gateway.port, [truncated, good[0]])
+        (summary,) = recorder.wait_for_associations(1)
+
+    (status, comment), (ok_status, _) = answers
+    # pynetdicom re-encodes what it could read, so the peer sees consistent framing around
+    # 3000 bytes too few of pixel data.
+    assert status == 0xC000 and comment == "Pixel Data holds 5192 bytes, the image needs 8192"
+    assert ok_status == 0x0000
+    assert [s.path for s in summary.instances] == spooled_files(spool)
+    assert len(summary.instances) == 1 and summary.failed == 1
+
+
+class ExplodingSpool(Spool):
+    """A spool whose disk fails in an unexpected way."""
+
+    def store(self, instance: object, source: InstanceSource, **_: object) -> StoredInstance:
+        raise RuntimeError("controller firmware says no")
+
+
+def test_unexpected_failures_become_c211_and_callback_errors_do_not_fail_the_store(
+    tmp_path: Path, studies: dict[str, SyntheticStudy]
+) -> None:
+    files = studies["none"].files[:1]
+    recorder = Recorder()
+    with running_gateway(ExplodingSpool(tmp_path / "a", min_free_bytes=0), recorder) as gw:
+        ((status, comment),) = pynetdicom_store(gw.port, files)
+        recorder.wait_for_associations(1)
+    assert status == 0xC211 and "internal error" in comment
+
+    def broken_callback(_: StoredInstance) -> None:
+        raise ValueError("downstream queue is down")
+
+    spool = Spool(tmp_path / "b", min_free_bytes=0)
+    with DicomGateway(spool, port=0, host="127.0.0.1", on_stored=broken_callback) as gateway:
+        ((status, _),) = pynetdicom_store(gateway.port, files)
+    assert status == 0x0000 and len(spooled_files(spool)) == 1
+
+
+def test_orthanc_forwards_a_whole_study(tmp_path: Path, studies: dict[str, SyntheticStudy]) -> None:
+    study = studies["rle"]
+    spool, recorder = Spool(tmp_path / "spool", min_free_bytes=0), Recorder()
+    with running_gateway(spool, recorder, {"ORTHANC": ["127.0.0.1"]}) as gateway:
+        modalities = {"statlane": ("STATLANE", "127.0.0.1", gateway.port)}
+        with orthanc_server(tmp_path / "orthanc", modalities=modalities) as peer:
+            for path in study.files:
+                peer.post("/instances", path.read_bytes())
+            (study_id,) = peer.get("/studies")
+            peer.post("/modalities/statlane/store", {"Resources": [study_id], "Synchronous": True})
+            summaries = recorder.wait_for_associations(1)
+
+    assert sum(len(s.instances) for s in summaries) == len(study.files)
+    assert all(s.calling_ae == "ORTHANC" and s.failed == 0 for s in summaries)
+    sent = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in study.files}
+    assert {s.sop_instance_uid for s in recorder.stored} == sent
+    assert len(spooled_files(spool)) == len(study.files)
