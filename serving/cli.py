@@ -9,9 +9,20 @@ from collections.abc import Sequence
 
 import pydicom.config
 
-from serving.commands import config, demo, infer, inspect, models, outbox, rules, simulate, synth
+from serving.commands import (
+    config,
+    demo,
+    infer,
+    inspect,
+    models,
+    outbox,
+    rules,
+    serve,
+    simulate,
+    synth,
+)
 
-_COMMANDS = (synth, inspect, demo, models, infer, simulate, rules, config, outbox)
+_COMMANDS = (synth, inspect, demo, models, infer, simulate, rules, config, outbox, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

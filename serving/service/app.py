@@ -1,0 +1,450 @@
+"""``statlane serve`` in one process: gateways, coordinator loop, runtime, delivery, REST API.
+
+Threads: pynetdicom's association threads, the STOW/REST HTTP server, the MLLP server, the
+engine's preprocessing/device/postprocessing threads, one coordinator loop and the delivery
+workers. Everything that waits reads the injected clocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from models.registry import Registry
+from router.context import OrderContext
+from router.delivery import DeliveryError, Destination, Payload, build_destination
+from router.messages import build_fhir_bundle, build_oru
+from router.objects import build_objects, write_objects
+from router.result import AIResult, Mode
+from router.rules import RuleSet, default_rules, load_rules
+from router.worklist import Worklist
+from serving.config import ServiceConfig
+from serving.gateway.dimse import AssociationSummary, DicomGateway
+from serving.gateway.hl7_orders import OrderReceiver
+from serving.gateway.mllp import MllpServer
+from serving.gateway.spool import Spool
+from serving.gateway.stow import StowServer, StowSummary
+from serving.jobstore import JobStore, Outbox, OutboxItem, RetryPolicy, TaskRow
+from serving.metrics import Metrics
+from serving.service.coordinator import Coordinator, rules_digest
+from serving.service.rest import RestApi
+from serving.service.runtime import Runtime, build_runtime
+
+log = logging.getLogger(__name__)
+
+_DICOM_DESTINATIONS = ("dicom", "stow", "folder")
+
+
+def utc_now() -> datetime:
+    """Timezone-aware UTC now."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Where the running service listens (the bound ports, also when 0 was configured)."""
+
+    dicom: int
+    http: int
+    hl7: int | None
+
+
+class Service:
+    """The whole statlane service.
+
+    Args:
+        config: The service configuration.
+        registry: Model registry (default: the configured folder or the bundled models).
+        mono: Monotonic clock, seconds.
+        utc: Wall clock (timezone-aware).
+        runtime_factory: Builds the runtime (tests inject a failing one for "AI unavailable").
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        registry: Registry | None = None,
+        mono: Callable[[], float] = time.monotonic,
+        utc: Callable[[], datetime] = utc_now,
+        runtime_factory: Callable[..., Runtime] = build_runtime,
+    ) -> None:
+        self.config = config
+        self.mono = mono
+        self.utc = utc
+        var = Path(config.var_dir)
+        var.mkdir(parents=True, exist_ok=True)
+        self.results_dir = var / "results"
+        self.registry = registry or (
+            Registry(config.models) if config.models else Registry.default()
+        )
+        self.rules, rules_text = _rules(config)
+        self.metrics = Metrics()
+        _describe(self.metrics)
+        self.store = JobStore(config.db_url, clock=utc)
+        self.outbox = Outbox(
+            self.store,
+            RetryPolicy(
+                base_delay_s=config.outbox.base_delay_s,
+                max_delay_s=config.outbox.max_delay_s,
+                max_attempts=config.outbox.max_attempts,
+            ),
+            clock=utc,
+        )
+        self.destinations: dict[str, Destination] = {
+            name: build_destination(spec | {"name": name})
+            if "name" not in spec
+            else build_destination(spec)
+            for name, spec in config.destinations.items()
+        }
+        self.destination_types = {n: str(s["type"]) for n, s in config.destinations.items()}
+        self.worklist = Worklist(
+            max_wait_s=config.worklist.max_wait_s, ai_late_s=config.worklist.ai_late_s, clock=utc
+        )
+        self.runtime = self._start_runtime(runtime_factory)
+        self.coordinator = Coordinator(
+            store=self.store,
+            outbox=self.outbox,
+            rules=self.rules,
+            rules_hash=rules_digest(rules_text),
+            registry=self.registry,
+            runtime=self.runtime,
+            worklist=self.worklist,
+            metrics=self.metrics,
+            deliver=self.enqueue_results,
+            quiet_period_s=config.assembly.quiet_period_s,
+            mono=mono,
+            utc=utc,
+            late_instances=config.assembly.late_instances,
+            idle_timeout_s=config.assembly.idle_timeout_s,
+        )
+        self.spool = Spool(var / "spool", clock=utc)
+        self.dicom = DicomGateway(
+            self.spool,
+            ae_title=config.dicom.ae_title,
+            port=config.dicom.port,
+            host=config.dicom.host,
+            allowed_callers=config.dicom.allowed_callers,
+            on_stored=self.coordinator.instance_stored,
+            on_released=self._association_released,
+        )
+        self.rest = RestApi(self)
+        self.http = StowServer(
+            self.spool,
+            host=config.http.host,
+            port=config.http.port,
+            on_stored=self.coordinator.instance_stored,
+            on_request_done=self._stow_done,
+            get_handler=self.rest.handle_get,
+        )
+        self.hl7: MllpServer | None = None
+        if config.hl7.enabled:
+            receiver = OrderReceiver(self.coordinator.order_received, clock=utc)
+            self.hl7 = MllpServer(
+                receiver.handle, host=config.hl7.host, port=config.hl7.port, clock=utc
+            )
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def _start_runtime(self, factory: Callable[..., Runtime]) -> Runtime | None:
+        refs = sorted(
+            {self.registry.get(t.model).ident for r in self.rules.rules for t in r.produce}
+        )
+        try:
+            return factory(
+                self.registry,
+                refs,
+                backend=self.config.runtime.backend,
+                device=self.config.runtime.device,
+                policy=self.config.runtime.policy,
+                deadlines_s=self.config.deadlines_s,
+                clock=self.mono,
+                preprocess_workers=self.config.runtime.preprocess_workers,
+                max_pending=self.config.runtime.max_pending,
+                triton_url=self.config.runtime.triton_url,
+            )
+        except Exception as error:  # AI down: ingest, worklist and audit keep working
+            log.error("inference runtime unavailable (%s): studies get 'AI unavailable'", error)
+            self.store.audit("runtime-unavailable", detail={"error": type(error).__name__})
+            return None
+
+    def start(self) -> Ports:
+        """Recover from the job store and spool, then open every listener and worker."""
+        removed = self.spool.discard_partial_writes()
+        self.outbox.reset_sending()
+        resumed = self.coordinator.recover(list(self.spool.iter_instances()))
+        if removed or any(resumed.values()):
+            log.info("recovered: %d partial writes removed, %s", removed, resumed)
+        self.store.audit("service-started", detail={"resumed": resumed})
+        self._threads = [threading.Thread(target=self._loop, name="coordinator", daemon=True)]
+        self._threads += [
+            threading.Thread(target=self._delivery_loop, name=f"delivery-{i}", daemon=True)
+            for i in range(self.config.outbox.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+        self.dicom.start()
+        self.http.start()
+        if self.hl7 is not None:
+            self.hl7.start()
+        ports = self.ports
+        log.info(
+            "statlane serving: DICOM %s:%d, HTTP %d, HL7 %s",
+            self.config.dicom.ae_title,
+            ports.dicom,
+            ports.http,
+            ports.hl7,
+        )
+        return ports
+
+    @property
+    def ports(self) -> Ports:
+        """The bound ports."""
+        return Ports(self.dicom.port, self.http.port, self.hl7.port if self.hl7 else None)
+
+    def stop(self) -> None:
+        """Close listeners, stop workers and the engine."""
+        self.dicom.stop()
+        self.http.stop()
+        if self.hl7 is not None:
+            self.hl7.stop()
+        self._stopping.set()
+        with self.coordinator.lock:
+            self.coordinator.lock.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        if self.runtime is not None:
+            self.runtime.stop()
+        self.store.close()
+
+    def __enter__(self) -> Service:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- loops -------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.coordinator.tick()
+                self._update_gauges()
+            except Exception:
+                log.exception("coordinator tick failed")
+            wake = self.coordinator.next_wakeup_s()
+            timeout = 0.25 if wake is None else min(max(wake - self.mono(), 0.0), 0.25)
+            with self.coordinator.lock:
+                if not self._stopping.is_set() and not self.coordinator.has_work():
+                    self.coordinator.lock.wait(timeout=timeout)
+
+    def _delivery_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                sent = self.deliver_due()
+            except Exception:
+                log.exception("delivery worker failed")
+                sent = 0
+            if not sent:
+                self._stopping.wait(0.2)
+
+    def deliver_due(self, limit: int = 10) -> int:
+        """Send what is due now; returns how many items were attempted."""
+        attempted = 0
+        for item in self.outbox.due(limit=limit):
+            if not self.outbox.claim(item.id):
+                continue
+            attempted += 1
+            self._send(item)
+        return attempted
+
+    def _send(self, item: OutboxItem) -> None:
+        destination = self.destinations.get(item.destination)
+        if destination is None:
+            self.outbox.failed(item.id, f"unknown destination {item.destination}", retryable=False)
+            return
+        started = self.mono()
+        try:
+            destination.deliver(payload_of(item))
+        except DeliveryError as error:
+            updated = self.outbox.failed(item.id, str(error), retryable=error.retryable)
+            self.metrics.inc("statlane_delivery_failures_total", destination=item.destination)
+            log.warning(
+                "delivery to %s failed (attempt %d, %s): %s",
+                item.destination,
+                updated.attempts,
+                updated.state.value,
+                error,
+            )
+            return
+        except Exception as error:
+            self.outbox.failed(item.id, f"{type(error).__name__}", retryable=True)
+            log.exception("delivery to %s raised", item.destination)
+            return
+        self.outbox.delivered(item.id)
+        self.metrics.inc(
+            "statlane_deliveries_total", destination=item.destination, kind=str(item.kind)
+        )
+        self.metrics.observe(
+            "statlane_delivery_seconds", self.mono() - started, destination=item.destination
+        )
+
+    def _update_gauges(self) -> None:
+        if self.runtime is None:
+            return
+        scheduler = self.runtime.engine.scheduler
+        for priority, depth in scheduler.queued_by_class().items():
+            self.metrics.set("statlane_queue_depth", depth, priority=str(priority))
+        self.metrics.set("statlane_engine_pending", self.runtime.engine.pending)
+
+    # ---- gateway callbacks -------------------------------------------------------------------
+
+    def _association_released(self, summary: AssociationSummary) -> None:
+        self.coordinator.association_ended([i.study_instance_uid for i in summary.instances])
+
+    def _stow_done(self, summary: StowSummary) -> None:
+        self.coordinator.association_ended([i.study_instance_uid for i in summary.stored])
+
+    # ---- results → outbox --------------------------------------------------------------------
+
+    def enqueue_results(self, task: TaskRow, ai: AIResult, order: OrderContext | None) -> None:
+        """Put a task's results in the outbox, as its mode allows."""
+        mode = Mode(task.mode)
+        if mode is Mode.SHADOW:
+            self.store.audit(
+                "shadow-result-kept", study_uid=task.study_instance_uid, task_id=task.task_id
+            )
+            return
+        objects_written: list[tuple[str, Path]] = []
+        if mode is Mode.ASSISTANT:
+            objects = build_objects(ai)
+            folder = self.results_dir / "objects" / task.task_id
+            paths = write_objects(objects, folder)
+            objects_written = [(o.kind, p) for o, p in zip(objects, paths, strict=True)]
+        generation = task.generation
+        for name in task.destinations:
+            kind = self.destination_types.get(name)
+            if kind is None:
+                self.store.audit(
+                    "unknown-destination", task_id=task.task_id, detail={"destination": name}
+                )
+                continue
+            key = f"{name}:{task.study_instance_uid}:{task.model}:{generation}"
+            if kind in _DICOM_DESTINATIONS:
+                for object_kind, path in objects_written:
+                    self.outbox.enqueue(
+                        task.task_id,
+                        name,
+                        object_kind,
+                        payload_path=str(path),
+                        dedupe_key=f"{key}:{object_kind}",
+                        priority=task.priority,
+                    )
+            elif kind == "mllp" and mode is Mode.ASSISTANT:
+                text = build_oru(ai, order, message_control_id=task.task_id[:20], now=self.utc())
+                self.outbox.enqueue(
+                    task.task_id,
+                    name,
+                    "hl7",
+                    payload=text,
+                    dedupe_key=f"{key}:hl7",
+                    priority=task.priority,
+                )
+            elif kind == "fhir" and mode is Mode.ASSISTANT:
+                bundle = build_fhir_bundle(ai, order, now=self.utc())
+                self.outbox.enqueue(
+                    task.task_id,
+                    name,
+                    "fhir",
+                    payload=_json(bundle),
+                    dedupe_key=f"{key}:fhir",
+                    priority=task.priority,
+                )
+            elif kind == "webhook":
+                signal = {
+                    "event": "ai-result",
+                    "study_instance_uid": task.study_instance_uid,
+                    "accession_number": ai.study.accession_number,
+                    "model": task.model,
+                    "mode": mode.value,
+                    "critical_positive": ai.critical_positive,
+                    "findings": [
+                        {
+                            "code": f.concept_value,
+                            "meaning": f.concept_meaning,
+                            "present": f.present,
+                            "probability": round(f.probability, 4),
+                        }
+                        for f in ai.findings
+                    ],
+                }
+                self.outbox.enqueue(
+                    task.task_id,
+                    name,
+                    "webhook",
+                    payload=_json(signal),
+                    dedupe_key=f"{key}:webhook",
+                    priority=task.priority,
+                )
+        self.metrics.inc("statlane_results_total", mode=mode.value, model=task.model)
+
+
+def payload_of(item: OutboxItem) -> Payload:
+    """The destination payload of an outbox item."""
+    kind = str(item.kind)
+    if item.payload_path is not None:
+        return Payload("dicom", path=Path(item.payload_path), content_type="application/dicom")
+    body: Any = item.payload
+    if kind == "hl7":
+        return Payload("hl7", body=body, content_type="x-application/hl7-v2+er7")
+    if kind == "fhir":
+        return Payload("fhir", body=body, content_type="application/fhir+json")
+    return Payload("json", body=body, content_type="application/json")
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _rules(config: ServiceConfig) -> tuple[RuleSet, str]:
+    if config.rules is None:
+        from importlib import resources
+
+        text = (resources.files("router.rules") / "default.yaml").read_text(encoding="utf-8")
+        return default_rules(), text
+    return load_rules(Path(config.rules)), Path(config.rules).read_text(encoding="utf-8")
+
+
+def _describe(metrics: Metrics) -> None:
+    for name, kind, text in (
+        ("statlane_instances_received_total", "counter", "Instances stored, by modality"),
+        ("statlane_instances_duplicate_total", "counter", "Instances received again"),
+        ("statlane_orders_received_total", "counter", "HL7 orders, by priority"),
+        ("statlane_studies_quarantined_total", "counter", "Studies held for identity problems"),
+        ("statlane_assembly_wait_seconds", "histogram", "Last instance to study complete"),
+        ("statlane_tasks_created_total", "counter", "Inference tasks, by priority and model"),
+        ("statlane_tasks_failed_total", "counter", "Inference tasks that failed"),
+        ("statlane_task_latency_seconds", "histogram", "Task received to result, by class"),
+        ("statlane_deadline_misses_total", "counter", "Tasks finished after their deadline"),
+        ("statlane_results_total", "counter", "Results by mode and model"),
+        ("statlane_deliveries_total", "counter", "Outbox items delivered"),
+        ("statlane_delivery_failures_total", "counter", "Failed delivery attempts"),
+        ("statlane_delivery_seconds", "histogram", "Time to deliver one outbox item"),
+        ("statlane_queue_depth", "gauge", "Scheduler queue depth by class"),
+        ("statlane_engine_pending", "gauge", "Jobs inside the engine"),
+    ):
+        metrics.describe(name, kind, text)
+
+
+__all__ = ["Ports", "Service", "payload_of"]

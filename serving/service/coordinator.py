@@ -1,0 +1,647 @@
+"""The coordinator: stored instances → complete studies → rules → tasks → runtime → results.
+
+It owns no socket and no thread of its own besides the loop :class:`~serving.service.app.Service`
+runs; every step writes its state to the job store before acting on it:
+
+1. ``instance_stored``: the gateway's callback (before the instance is acknowledged): the
+   instance is recorded in the job store and the assembler; its header is kept in memory for
+   identity checks and rules.
+2. ``tick``: studies the assembler declares complete are checked for identity (instances that
+   disagree on PatientID, AccessionNumber, or an order for another patient → quarantine), marked
+   complete, routed by the rules (decision recorded), and their tasks created (idempotent per
+   generation) and submitted to the engine.
+3. ``result_ready``: a finished job becomes an ``AIResult``; the task is finished exactly once
+   (conditional on its attempt), the worklist updated, and — by mode — result objects and
+   messages enqueued in the outbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from models.manifest import Manifest, Task
+from models.registry import Registry
+from router.context import OrderContext, OrderPriority
+from router.result import AIResult, Mode
+from router.rules import Decision, RuleSet, evaluate, facts_from_datasets
+from router.worklist import AIStatus, Worklist, WorklistEntry
+from serving.engine import EngineBusy, InferenceJob, JobResult
+from serving.gateway.spool import StoredInstance
+from serving.jobstore import JobStore, Outbox, StudyState, TaskRow, TaskState
+from serving.jobstore.store import hash_patient_id
+from serving.metrics import Metrics
+from serving.scheduler.records import PriorityClass
+from serving.service.assembly import Arrival, CompleteStudy, StudyAssembler
+from serving.service.assembly import StudyState as Tracked
+from serving.service.results import build_result, mask_on_source, source_instance, study_identity
+from serving.service.runtime import Runtime, SeriesSource
+
+log = logging.getLogger(__name__)
+
+_HEADER_TAGS_SKIP = "PixelData"
+
+
+@dataclass
+class _Launched:
+    """A task handed to the engine: what is needed to turn its result into an AIResult."""
+
+    task: TaskRow
+    attempt: int
+    source: SeriesSource
+    started_mono: float
+
+
+class Coordinator:
+    """Glue between gateway, assembler, rules, job store, runtime, worklist and outbox.
+
+    Args:
+        store: The job store.
+        outbox: The delivery outbox.
+        rules: Routing rules; ``rules_hash`` identifies them in routing decisions.
+        registry: Resolves model references to ``name@version``.
+        runtime: The inference runtime, or None when AI is unavailable (backend missing).
+        worklist: The worklist to update.
+        metrics: Service metrics.
+        deliver: ``(task, ai_result, order) -> None``: enqueues results by mode and destinations.
+        quiet_period_s: Quiet period per priority class, seconds.
+        mono: Monotonic clock, seconds (assembly and deadlines on the engine's clock).
+        utc: Wall clock, timezone-aware UTC (job store timestamps).
+        late_instances: ``rerun`` (route again as the next generation) or ``ignore`` (audit).
+        idle_timeout_s: Completion without an association release after this much silence.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        outbox: Outbox,
+        rules: RuleSet,
+        rules_hash: str,
+        registry: Registry,
+        runtime: Runtime | None,
+        worklist: Worklist,
+        metrics: Metrics,
+        deliver: Callable[[TaskRow, AIResult, OrderContext | None], None],
+        quiet_period_s: Mapping[PriorityClass, float],
+        mono: Callable[[], float],
+        utc: Callable[[], datetime],
+        late_instances: str = "rerun",
+        idle_timeout_s: float = 120.0,
+    ) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.rules = rules
+        self.rules_hash = rules_hash
+        self.registry = registry
+        self.runtime = runtime
+        self.worklist = worklist
+        self.metrics = metrics
+        self.deliver = deliver
+        self.quiet_period = dict(quiet_period_s)
+        self.mono = mono
+        self.utc = utc
+        self.late_instances = late_instances
+        self.assembler = StudyAssembler(self._quiet_for, idle_timeout_s=idle_timeout_s)
+        self.lock = threading.Condition()
+        self._headers: dict[str, dict[str, pydicom.Dataset]] = defaultdict(dict)
+        self._calling_ae: dict[str, str] = {}
+        self._quiet_cache: dict[str, tuple[int, float]] = {}
+        self._waiting: list[tuple[TaskRow, int]] = []  # started, refused by a busy engine
+        self._results: list[tuple[_Launched, Future[JobResult]]] = []
+        self._last_instance_mono: dict[str, float] = {}
+
+    # ---- ingest ------------------------------------------------------------------------------
+
+    def instance_stored(self, instance: StoredInstance) -> None:
+        """Record a durably stored instance (called before the gateway acknowledges it)."""
+        header = pydicom.dcmread(instance.path, stop_before_pixels=True)
+        self._record(
+            instance.study_instance_uid,
+            header,
+            str(instance.path),
+            instance.source.calling_ae or "",
+        )
+
+    def _record(self, study_uid: str, header: pydicom.Dataset, path: str, calling_ae: str) -> None:
+        series_uid = str(header.SeriesInstanceUID)
+        sop_uid = str(header.SOPInstanceUID)
+        modality = str(header.get("Modality", ""))
+        result = self.store.record_instance(
+            study_uid,
+            series_uid,
+            sop_uid,
+            path,
+            accession=str(header.get("AccessionNumber", "")),
+            patient_id=str(header.get("PatientID", "")),
+            calling_ae=calling_ae,
+            modality=modality,
+        )
+        expected = header.get("ImagesInAcquisition")
+        now = self.mono()
+        with self.lock:
+            self._headers[study_uid][sop_uid] = header
+            self._calling_ae.setdefault(study_uid, calling_ae)
+            self._last_instance_mono[study_uid] = now
+            arrival = self.assembler.add(
+                study_uid=study_uid,
+                series_uid=series_uid,
+                sop_uid=sop_uid,
+                path=path,
+                modality=modality,
+                now=now,
+                expected=int(expected) if expected not in (None, "") else None,
+            )
+            if arrival is Arrival.LATE:
+                self._late_instance(study_uid)
+            self.lock.notify_all()
+        self.metrics.inc("statlane_instances_received_total", modality=modality or "unknown")
+        if not result.new:
+            self.metrics.inc("statlane_instances_duplicate_total")
+
+    def _late_instance(self, study_uid: str) -> None:
+        """An instance for a study already handed out (caller holds the lock)."""
+        if self.late_instances == "rerun":
+            generation = self.assembler.reopen(study_uid)
+            self.store.set_study_state(study_uid, StudyState.RECEIVING, {"reason": "late instance"})
+            self.store.audit(
+                "late-instance-rerun", study_uid=study_uid, detail={"generation": generation}
+            )
+        else:
+            self.store.audit("late-instance-ignored", study_uid=study_uid)
+
+    def association_ended(self, study_uids: Sequence[str]) -> None:
+        """The association (or STOW request) that carried these studies ended."""
+        now = self.mono()
+        with self.lock:
+            for uid in dict.fromkeys(study_uids):
+                self.assembler.released(uid, now)
+            self.lock.notify_all()
+
+    def order_received(self, order: OrderContext) -> None:
+        """An HL7 order: kept in the job store, joined to its study by accession."""
+        self.store.record_order(order)
+        self.store.audit(
+            "order-received",
+            accession=order.accession_number,
+            detail={"priority": order.priority.value, "control": order.order_control},
+        )
+        self.metrics.inc("statlane_orders_received_total", priority=order.priority.value)
+        with self.lock:
+            self.lock.notify_all()
+
+    # ---- quiet period ------------------------------------------------------------------------
+
+    def _quiet_for(self, study: Tracked) -> float:
+        """The study's quiet period: that of the most urgent task the rules would give it."""
+        cached = self._quiet_cache.get(study.study_uid)
+        if cached is not None and cached[0] == study.instance_count:
+            return cached[1]
+        quiet = self.quiet_period[PriorityClass.ROUTINE]
+        headers = list(self._headers.get(study.study_uid, {}).values())
+        if headers:
+            try:
+                order = self._order_for(headers)
+                facts = facts_from_datasets(
+                    headers, self._calling_ae.get(study.study_uid, ""), order
+                )
+                decision = evaluate(self.rules, facts, order)
+                if decision.tasks:
+                    urgent = min((t.priority for t in decision.tasks), key=lambda p: p.rank)
+                    quiet = self.quiet_period.get(urgent, quiet)
+            except Exception:  # a study the rules cannot read waits the routine period
+                log.debug("quiet period: rules could not evaluate study", exc_info=True)
+        self._quiet_cache[study.study_uid] = (study.instance_count, quiet)
+        return quiet
+
+    def _order_for(self, headers: Sequence[pydicom.Dataset]) -> OrderContext | None:
+        accession = str(headers[0].get("AccessionNumber", "")) if headers else ""
+        if not accession:
+            return None
+        row = self.store.order(accession)
+        return row.context() if row is not None else None
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        """Finished jobs or refused submissions wait for the loop (caller holds the lock)."""
+        return bool(self._results or self._waiting)
+
+    def next_wakeup_s(self) -> float | None:
+        """Monotonic time of the next assembly deadline (None: nothing waits)."""
+        with self.lock:
+            return self.assembler.next_check_s(self.mono())
+
+    def tick(self) -> None:
+        """Route complete studies, submit waiting tasks, turn finished jobs into results."""
+        with self.lock:
+            due = self.assembler.due(self.mono())
+        for study in due:
+            try:
+                self.route(study)
+            except Exception:
+                log.exception("routing failed for a study; it stays complete and is retried")
+                self.store.audit("routing-failed", study_uid=study.study_uid)
+        self._submit_waiting()
+        self._collect_results()
+
+    # ---- routing -----------------------------------------------------------------------------
+
+    def route(self, complete: CompleteStudy) -> Decision | None:
+        """Identity checks, completion, routing decision and tasks for one complete study."""
+        uid = complete.study_uid
+        with self.lock:
+            headers = list(self._headers.get(uid, {}).values())
+        if not headers:
+            headers = [
+                pydicom.dcmread(p, stop_before_pixels=True)
+                for paths in complete.series.values()
+                for p in paths
+            ]
+        problem = identity_problem(headers)
+        order = self._order_for(headers)
+        if problem is None and order is not None:
+            problem = order_problem(headers[0], self.store.order(order.accession_number))
+        if problem is not None:
+            self.store.quarantine_study(uid, problem)
+            self.store.audit("study-quarantined", study_uid=uid, detail={"reason": problem})
+            self.metrics.inc("statlane_studies_quarantined_total")
+            log.warning("study quarantined: %s", problem)
+            return None
+        self.store.mark_study_complete(uid, {s: len(p) for s, p in complete.series.items()})
+        self.metrics.observe("statlane_assembly_wait_seconds", complete.waited_s)
+        facts = facts_from_datasets(headers, self._calling_ae.get(uid, ""), order)
+        decision = evaluate(self.rules, facts, order, resolve_model=self._resolve)
+        self.store.record_routing(
+            uid, decision_json(decision, complete), rules_hash=self.rules_hash
+        )
+        accession = str(headers[0].get("AccessionNumber", ""))
+        self._add_to_worklist(uid, accession, headers[0], order, decision)
+        for planned in decision.tasks:
+            name, version = planned.model.split("@", 1)
+            task = self.store.create_task(
+                uid,
+                planned.series_instance_uid,
+                rule_name=planned.rule,
+                model_name=name,
+                model_version=version,
+                priority=planned.priority,
+                deadline_at=self.utc() + timedelta(seconds=planned.deadline_s),
+                mode=planned.mode.value,
+                destinations=planned.destinations,
+                generation=complete.generation,
+            )
+            self.metrics.inc(
+                "statlane_tasks_created_total", priority=task.priority.value, model=task.model
+            )
+            if task.state is TaskState.QUEUED:
+                self.launch(task)
+        if not decision.tasks:
+            self.store.set_study_state(uid, StudyState.DONE)
+        with self.lock:
+            self._headers.pop(uid, None)
+        return decision
+
+    def _resolve(self, ref: str) -> str:
+        return self.registry.get(ref).ident
+
+    def _add_to_worklist(
+        self,
+        uid: str,
+        accession: str,
+        header: pydicom.Dataset,
+        order: OrderContext | None,
+        decision: Decision,
+    ) -> None:
+        stat = (order is not None and order.priority is OrderPriority.STAT) or str(
+            header.get("RequestedProcedurePriority", "")
+        ).upper() in ("STAT", "HIGH")
+        if decision.tasks:
+            modes = {t.mode for t in decision.tasks}
+            mode = (
+                Mode.ASSISTANT
+                if Mode.ASSISTANT in modes
+                else (Mode.TRIAGE if Mode.TRIAGE in modes else Mode.SHADOW)
+            )
+            status = AIStatus.PENDING if self.runtime is not None else AIStatus.UNAVAILABLE
+        else:
+            mode, status = Mode.TRIAGE, AIStatus.NOT_APPLICABLE
+        study = self.store.study(uid)
+        arrived = study.first_seen_at if study is not None else self.utc()
+        if uid not in {e.study_uid for e in self.worklist.entries}:
+            self.worklist.add(
+                WorklistEntry(uid, accession, arrived, order_stat=stat, ai_status=status, mode=mode)
+            )
+
+    # ---- running tasks -----------------------------------------------------------------------
+
+    def launch(self, task: TaskRow) -> None:
+        """Start ``task`` on the runtime (or mark AI unavailable when there is none)."""
+        attempt = self.store.start_task(task.task_id)
+        if self.runtime is None:
+            self.store.fail_task(task.task_id, attempt, "AI unavailable: no inference backend")
+            self._ai_status(task.study_instance_uid, AIStatus.UNAVAILABLE)
+            return
+        self._submit(task, attempt)
+
+    def _submit(self, task: TaskRow, attempt: int) -> None:
+        assert self.runtime is not None
+        paths = [row.path for row in self.store.instances_of(task.series_instance_uid)]
+        source = SeriesSource(paths)
+        deadline_mono = self.mono() + (task.deadline_at - self.utc()).total_seconds()
+        job = InferenceJob(
+            task.task_id, task.model, task.priority, deadline_s=deadline_mono, volume=source
+        )
+        try:
+            future = self.runtime.engine.submit(job)
+        except EngineBusy:  # backpressure: the task stays running in the store and waits here
+            with self.lock:
+                self._waiting.append((task, attempt))
+            return
+        launched = _Launched(task, attempt, source, self.mono())
+
+        def done(f: Future[JobResult], launched: _Launched = launched) -> None:
+            with self.lock:
+                self._results.append((launched, f))
+                self.lock.notify_all()
+
+        future.add_done_callback(done)
+
+    def _submit_waiting(self) -> None:
+        with self.lock:
+            waiting, self._waiting = self._waiting, []
+        for task, attempt in waiting:
+            self._submit(task, attempt)
+
+    def _collect_results(self) -> None:
+        with self.lock:
+            results, self._results = self._results, []
+        for launched, future in results:
+            try:
+                self.result_ready(launched, future.result())
+            except Exception as error:
+                log.exception("turning a result into deliveries failed")
+                self.store.fail_task(
+                    launched.task.task_id,
+                    launched.attempt,
+                    f"result handling failed: {type(error).__name__}",
+                )
+                self._ai_status(launched.task.study_instance_uid, AIStatus.UNAVAILABLE)
+
+    def result_ready(self, launched: _Launched, job: JobResult) -> None:
+        """Finish a task exactly once and hand its result to delivery."""
+        task = launched.task
+        if job.error is not None:
+            self.store.fail_task(task.task_id, launched.attempt, job.error)
+            self.store.audit(
+                "task-failed",
+                study_uid=task.study_instance_uid,
+                task_id=task.task_id,
+                detail={"error": job.error},
+            )
+            self.metrics.inc("statlane_tasks_failed_total", model=task.model)
+            self._ai_status(task.study_instance_uid, AIStatus.UNAVAILABLE)
+            return
+        assert self.runtime is not None
+        manifest = self.runtime.manifests[task.model]
+        ai = self._ai_result(task, manifest, launched.source, job)
+        document = result_json(ai, job)
+        if not self.store.finish_task(task.task_id, launched.attempt, document):
+            self.store.audit(
+                "duplicate-completion-ignored",
+                task_id=task.task_id,
+                study_uid=task.study_instance_uid,
+            )
+            return
+        times = job.times
+        priority = task.priority.value
+        if times.done_s is not None:
+            self.metrics.observe(
+                "statlane_task_latency_seconds",
+                times.done_s - times.received_s,
+                priority=priority,
+                model=task.model,
+            )
+        if job.deadline_missed:
+            self.metrics.inc("statlane_deadline_misses_total", priority=priority)
+        self.store.audit(
+            "task-done",
+            study_uid=task.study_instance_uid,
+            task_id=task.task_id,
+            detail={
+                "model": task.model,
+                "mode": task.mode,
+                "critical_positive": ai.critical_positive,
+                "deadline_missed": job.deadline_missed,
+            },
+        )
+        self.worklist.update_ai(
+            task.study_instance_uid, AIStatus.DONE, ai.critical_positive, summary_of(ai)
+        )
+        order = self._order_for_accession(ai.study.accession_number)
+        self.deliver(task, ai, order)
+        remaining = [
+            t
+            for t in self.store.tasks(study_uid=task.study_instance_uid)
+            if t.state in (TaskState.QUEUED, TaskState.RUNNING)
+        ]
+        if not remaining:
+            self.store.set_study_state(task.study_instance_uid, StudyState.DONE)
+
+    def _order_for_accession(self, accession: str) -> OrderContext | None:
+        row = self.store.order(accession) if accession else None
+        return row.context() if row is not None else None
+
+    def _ai_result(
+        self, task: TaskRow, manifest: Manifest, source: SeriesSource, job: JobResult
+    ) -> AIResult:
+        volume = source.load()
+        by_uid: dict[str, Any] = {}
+        for path in source.paths:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            by_uid[str(header.SOPInstanceUID)] = (header, path)
+        ordered = [by_uid[uid] for uid in volume.sop_instance_uids if uid in by_uid]
+        instances = [source_instance(h, str(p)) for h, p in ordered]
+        mask = None
+        if manifest.task is not Task.CLASSIFICATION and job.outputs is not None:
+            assert source.affine_ras is not None
+            mask = mask_on_source(
+                job.outputs, manifest, source.affine_ras, volume.affine, volume.shape
+            )
+            if mask is not None and mask.shape[0] != len(instances):
+                mask = None  # multi-frame source: SEG from frames is not supported yet
+        return build_result(
+            task_id=task.task_id,
+            study=study_identity(ordered[0][0]),
+            instances=instances,
+            manifest=manifest,
+            findings=job.findings,
+            completed_at=self.utc(),
+            mode=Mode(task.mode),
+            mask=mask,
+        )
+
+    def _ai_status(self, study_uid: str, status: AIStatus) -> None:
+        try:
+            self.worklist.update_ai(study_uid, status)
+        except Exception:  # not on the worklist (e.g. after a restart): nothing to show
+            log.debug("worklist has no entry for a study", exc_info=True)
+
+    # ---- restart -----------------------------------------------------------------------------
+
+    def recover(self, spooled: Sequence[StoredInstance]) -> dict[str, int]:
+        """Resume after a restart: every spooled instance recorded, receiving studies tracked
+        again (their quiet period restarts now), complete studies re-routed, interrupted tasks
+        re-run. Returns counts of what was resumed."""
+        for instance in spooled:
+            header = pydicom.dcmread(instance.path, stop_before_pixels=True)
+            self._record(instance.study_instance_uid, header, str(instance.path), "")
+        now = self.mono()
+        with self.lock:
+            for study in self.store.studies(StudyState.RECEIVING):
+                self.assembler.released(study.study_instance_uid, now)
+        rerouted = 0
+        for study in self.store.studies(StudyState.COMPLETE):
+            series = {
+                s.series_instance_uid: [
+                    i.path for i in self.store.instances_of(s.series_instance_uid)
+                ]
+                for s in self.store.series_of(study.study_instance_uid)
+            }
+            with self.lock:
+                tracked = self.assembler.study(study.study_instance_uid)
+                if tracked is not None:
+                    tracked.handed_out = True
+            self.route(CompleteStudy(study.study_instance_uid, 0, series, "restart", 0.0))
+            rerouted += 1
+        requeued = self.store.requeue_interrupted()
+        relaunched = 0
+        for study in self.store.studies(StudyState.ROUTED):
+            with self.lock:
+                tracked = self.assembler.study(study.study_instance_uid)
+                if tracked is not None:
+                    tracked.handed_out = True
+            for task in self.store.tasks(TaskState.QUEUED, study_uid=study.study_instance_uid):
+                self._ensure_on_worklist(study.study_instance_uid, study.accession_number)
+                self.launch(task)
+                relaunched += 1
+        for study in self.store.studies(StudyState.DONE):
+            with self.lock:
+                tracked = self.assembler.study(study.study_instance_uid)
+                if tracked is not None:
+                    tracked.handed_out = True
+        return {"rerouted": rerouted, "requeued": len(requeued), "relaunched": relaunched}
+
+    def _ensure_on_worklist(self, uid: str, accession: str) -> None:
+        if uid in {e.study_uid for e in self.worklist.entries}:
+            return
+        study = self.store.study(uid)
+        arrived = study.first_seen_at if study is not None else self.utc()
+        self.worklist.add(WorklistEntry(uid, accession, arrived, mode=Mode.TRIAGE))
+
+
+# ---- plain functions ---------------------------------------------------------------------------
+
+
+def identity_problem(headers: Sequence[pydicom.Dataset]) -> str | None:
+    """Why the instances of one study disagree on identity (names fields, never values)."""
+    fields = ("PatientID", "AccessionNumber", "StudyInstanceUID")
+    bad = [f for f in fields if len({str(h.get(f, "")) for h in headers}) > 1]
+    return f"instances disagree on {', '.join(bad)}" if bad else None
+
+
+def order_problem(header: pydicom.Dataset, order: Any) -> str | None:
+    """Why the order joined by accession does not belong to this study (fields, not values)."""
+    if order is None:
+        return None
+    digest = hash_patient_id(str(header.get("PatientID", "")))
+    if order.patient_id_hash and digest and order.patient_id_hash != digest:
+        return "order PatientID differs from the study's"
+    uid = str(header.get("StudyInstanceUID", ""))
+    if order.study_instance_uid and order.study_instance_uid != uid:
+        return "order StudyInstanceUID differs from the study's"
+    return None
+
+
+def decision_json(decision: Decision, complete: CompleteStudy) -> dict[str, Any]:
+    """The routing decision as kept in the job store (no patient identity)."""
+    return {
+        "generation": complete.generation,
+        "completed_by": complete.reason,
+        "tasks": [
+            {
+                "rule": t.rule,
+                "model": t.model,
+                "priority": t.priority.value,
+                "priority_reason": t.priority_reason,
+                "deadline_s": t.deadline_s,
+                "mode": t.mode.value,
+                "destinations": list(t.destinations),
+                "series": t.series_instance_uid,
+                "series_reason": t.series_reason,
+            }
+            for t in decision.tasks
+        ],
+        "rules": decision.reasons,
+    }
+
+
+def result_json(ai: AIResult, job: JobResult) -> dict[str, Any]:
+    """A task's result document (findings and timings; no patient identity)."""
+    findings = []
+    for f in ai.findings:
+        item = f.to_dict()
+        item.pop("regions", None)
+        findings.append(item)
+    t = job.times
+    return {
+        "model": job.model,
+        "critical_positive": ai.critical_positive,
+        "findings": findings,
+        "key_images": [k.__dict__ for k in ai.key_images],
+        "batch_size": job.batch_size,
+        "deadline_missed": job.deadline_missed,
+        "stages_s": {
+            "preprocess": _span(t.preprocess_started_s, t.ready_s),
+            "queue": _span(t.ready_s, t.batch_started_s),
+            "inference": _span(t.batch_started_s, t.inferred_s),
+            "postprocess": _span(t.inferred_s, t.done_s),
+            "total": _span(t.received_s, t.done_s),
+        },
+    }
+
+
+def _span(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else round(end - start, 6)
+
+
+def summary_of(ai: AIResult) -> str:
+    """One line for the worklist (finding meanings only)."""
+    present = [f.concept_meaning for f in ai.findings if f.present]
+    return ("AI: " + ", ".join(present)) if present else "AI: no finding"
+
+
+def rules_digest(text: str) -> str:
+    """Identifies a rules file in routing decisions."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON."""
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def spool_path(path: Path | str) -> str:
+    """Paths kept as strings in the job store."""
+    return str(path)

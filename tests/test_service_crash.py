@@ -1,0 +1,137 @@
+"""Crash safety: SIGKILL ``statlane serve`` at several points; after a restart every
+acknowledged instance is processed and no task runs twice to completion."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+
+from models.synthetic import generate_study
+from serving.jobstore import JobStore, TaskState
+from serving.jobstore.states import EntityKind
+from tests.service_harness import FAST_QUIET, storescu, wait_for
+
+pytestmark = [pytest.mark.peers, pytest.mark.slow]
+
+
+@contextmanager
+def _server(tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, int]]]:
+    config = tmp / "statlane.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "var_dir": str(tmp / "var"),
+                "dicom": {"port": 0},
+                "http": {"host": "127.0.0.1", "port": 0},
+                "hl7": {"enabled": False},
+                "assembly": {"quiet_period_s": FAST_QUIET},
+                "runtime": {"device": "cpu", "preprocess_workers": 1},
+                "destinations": {"local-folder": {"type": "folder", "path": str(tmp / "out")}},
+            }
+        )
+    )
+    ports_file = tmp / "ports.json"
+    ports_file.unlink(missing_ok=True)
+    log = (tmp / "serve.log").open("ab")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving.cli",
+            "serve",
+            "--config",
+            str(config),
+            "--ports-file",
+            str(ports_file),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, TCP_NODELAY="1"),
+    )
+    try:
+        wait_for(lambda: ports_file.exists() or process.poll() is not None, 120, "serve to start")
+        assert process.poll() is None, (tmp / "serve.log").read_text()
+        yield process, json.loads(ports_file.read_text())
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def _store(tmp: Path) -> JobStore:
+    return JobStore(f"sqlite:///{tmp / 'var' / 'statlane.db'}", clock=lambda: datetime.now(UTC))
+
+
+def _completions(store: JobStore, task_id: str) -> int:
+    return sum(1 for t in store.transitions(task_id, EntityKind.TASK) if t.to_state == "done")
+
+
+def test_sigkill_mid_study_during_inference_and_before_delivery(tmp_path: Path) -> None:
+    head = generate_study("ct-head", tmp_path / "in", seed=31, finding=True, matrix=128)
+    radiograph = generate_study("cr-chest", tmp_path / "in", seed=32, matrix=128)
+    half = len(head.files) // 2
+
+    # 1. killed in the middle of a study: the first half was acknowledged
+    with _server(tmp_path) as (process, ports):
+        assert storescu(ports["dicom"], head.files[:half]).returncode == 0
+        _kill(process)
+    # 2. restarted: the rest arrives; killed while the task may be running
+    with _server(tmp_path) as (process, ports):
+        assert storescu(ports["dicom"], head.files[half:]).returncode == 0
+        assert storescu(ports["dicom"], radiograph.files).returncode == 0
+        store = _store(tmp_path)
+        wait_for(
+            lambda: store.tasks(TaskState.RUNNING) or store.tasks(TaskState.DONE),
+            what="a task to start",
+        )
+        _kill(process)
+        store.close()
+    # 3. restarted: everything finishes; killed right after, before or while delivering
+    with _server(tmp_path) as (process, ports):
+        store = _store(tmp_path)
+        wait_for(lambda: len(store.tasks(TaskState.DONE)) == 2, 180, "both tasks done")
+        _kill(process)
+        store.close()
+    # 4. restarted once more: deliveries complete, nothing runs again
+    with _server(tmp_path) as (_, ports):
+        store = _store(tmp_path)
+        wait_for(lambda: len(list((tmp_path / "out").glob("*.dcm"))) >= 5, 120, "deliveries")
+        time.sleep(1.0)
+        acknowledged = {
+            str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+            for f in (*head.files, *radiograph.files)
+        }
+        recorded = {
+            i.sop_instance_uid
+            for s in (head.study_uid, radiograph.study_uid)
+            for series in store.series_of(s)
+            for i in store.instances_of(series.series_instance_uid)
+        }
+        assert recorded == acknowledged
+        tasks = store.tasks()
+        assert len(tasks) == 2
+        for task in tasks:
+            assert task.state is TaskState.DONE
+            assert _completions(store, task.task_id) == 1
+        store.close()
