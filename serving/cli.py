@@ -49,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # The JPEG 2000 encoder logs one INFO line per tile; keep progress output readable.
     logging.getLogger("openjpeg").setLevel(logging.WARNING)
+    # highdicom logs every copied module and pynetdicom every PDU at INFO: keep progress legible.
+    for chatty in ("highdicom", "pynetdicom"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     # pydicom's validation warnings quote the offending value, which may be patient identity:
     # values are still parsed, but never echoed into logs.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE

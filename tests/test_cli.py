@@ -82,8 +82,18 @@ def test_inspect_refuses_a_bad_pipeline(tmp_path: Path, capsys: pytest.CaptureFi
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    """The quick-start demo: studies over C-STORE and orders over MLLP, results, worklist."""
+    assert main(["demo", "--out", str(tmp_path), "--interval", "0.2"]) == 0
     out = capsys.readouterr().out
-    assert "REJECTED  MissingSliceError" in out
-    assert "sheared" in out
-    assert out.count("-> tensor") == 7
+    table = out[out.index("arrival vs worklist") :].splitlines()
+    # the bleed from the emergency department, ordered routine, arrived 15th and is flagged,
+    # ahead of every study without a critical finding
+    [bleed] = [line for line in table if "ED, routine order" in line]
+    assert bleed.split()[0] == "15" and "RED" in bleed
+    rows = table[2 : table.index("")]
+    assert len(rows) == 16
+    first_unflagged = next(i for i, line in enumerate(rows) if "RED" not in line)
+    assert rows.index(bleed) < first_unflagged
+    assert "stat" in out and "deadline misses" in out
+    assert (tmp_path / "flagged-key-slice.png").stat().st_size > 10_000
+    assert len(list((tmp_path / "results").glob("*.dcm"))) >= 16
