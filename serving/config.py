@@ -88,10 +88,17 @@ class OutboxConfig(_Strict):
 
 
 class WorklistConfig(_Strict):
-    """Worklist ranking; seconds."""
+    """Worklist ranking (seconds) and rank-change signals.
+
+    ``mode``: ``triage`` publishes the AI order; ``shadow`` computes both orders, publishes the
+    native one and sends no signal. ``signals``: destination names (webhook, HL7, FHIR) that get
+    a message whenever a study's published rank changes.
+    """
 
     max_wait_s: float = Field(default=3600.0, gt=0)
     ai_late_s: float = Field(default=300.0, gt=0)
+    mode: Literal["triage", "shadow"] = "triage"
+    signals: list[str] = Field(default_factory=list)
 
 
 class ServiceConfig(_Strict):

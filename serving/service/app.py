@@ -23,7 +23,7 @@ from router.messages import build_fhir_bundle, build_oru
 from router.objects import build_objects, write_objects
 from router.result import AIResult, Mode
 from router.rules import RuleSet, default_rules, load_rules
-from router.worklist import Worklist
+from router.worklist import Row, Worklist, rank_changes, signal_payload
 from serving.config import ServiceConfig
 from serving.gateway.dimse import AssociationSummary, DicomGateway
 from serving.gateway.hl7_orders import OrderReceiver
@@ -32,6 +32,7 @@ from serving.gateway.spool import Spool
 from serving.gateway.stow import StowServer, StowSummary
 from serving.jobstore import JobStore, Outbox, OutboxItem, RetryPolicy, TaskRow
 from serving.metrics import Metrics
+from serving.scheduler.records import PriorityClass
 from serving.service.coordinator import Coordinator, rules_digest
 from serving.service.rest import RestApi
 from serving.service.runtime import Runtime, build_runtime
@@ -151,6 +152,11 @@ class Service:
             )
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._published: list[Row] = []
+        self._signal_sequence = 0
+        unknown = [n for n in config.worklist.signals if n not in self.destinations]
+        if unknown:
+            raise ValueError(f"worklist.signals names unknown destinations: {', '.join(unknown)}")
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -238,6 +244,7 @@ class Service:
         while not self._stopping.is_set():
             try:
                 self.coordinator.tick()
+                self.publish_worklist()
                 self._update_gauges()
             except Exception:
                 log.exception("coordinator tick failed")
@@ -297,6 +304,33 @@ class Service:
         self.metrics.observe(
             "statlane_delivery_seconds", self.mono() - started, destination=item.destination
         )
+
+    def publish_worklist(self) -> int:
+        """Signal every change of the published worklist order; returns how many were queued.
+
+        In shadow mode both orders are computed (``GET /worklist``) but no signal leaves.
+        """
+        mode = Mode(self.config.worklist.mode)
+        if mode is Mode.SHADOW or not self.config.worklist.signals:
+            return 0
+        rows = self.worklist.published_order(mode)
+        changes = rank_changes(self._published, rows)
+        self._published = rows
+        now = self.utc()
+        for change in changes:
+            payload = _json(signal_payload(change, now))
+            priority = PriorityClass.STAT if change.red_flag else PriorityClass.ROUTINE
+            for name in self.config.worklist.signals:
+                self._signal_sequence += 1
+                self.outbox.enqueue(
+                    "worklist",
+                    name,
+                    "worklist",
+                    payload=payload,
+                    dedupe_key=f"worklist:{name}:{now.isoformat()}:{self._signal_sequence}",
+                    priority=priority,
+                )
+        return len(changes)
 
     def _update_gauges(self) -> None:
         if self.runtime is None:

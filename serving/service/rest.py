@@ -71,7 +71,7 @@ class RestApi:
         if path == "/metrics":
             return 200, "text/plain; version=0.0.4", service.metrics.render().encode()
         if path == "/worklist":
-            mode = Mode(query.get("mode", Mode.TRIAGE.value))
+            mode = Mode(query.get("mode", service.config.worklist.mode))
             return _json(200, worklist_json(service.worklist, mode))
         if path == "/studies":
             state = StudyState(query["state"]) if "state" in query else None
