@@ -52,3 +52,12 @@ def test_bad_value_and_bad_yaml(tmp_path: Path) -> None:
     path.write_text("destinations:\n  pacs: {host: x}\n")
     with pytest.raises(ConfigError, match=r":1: destinations: Value error, destination 'pacs'"):
         load_config(path)
+
+
+def test_the_shipped_example_is_valid() -> None:
+    from serving.commands.config import destination_problems
+
+    example = Path(__file__).parents[1] / "serving" / "statlane.example.yaml"
+    config = load_config(example)
+    assert destination_problems(config.destinations) == []
+    assert set(config.worklist.signals) <= set(config.destinations)
