@@ -67,6 +67,7 @@ def test_a_bleed_goes_from_storescu_to_objects_worklist_and_audit(tmp_path: Path
         assert service.store.study(study.study_uid).state is StudyState.DONE
         metrics = _get(service, "/metrics").decode()
         assert 'statlane_instances_received_total{modality="CT"} ' in metrics
+        assert 'statlane_volumes_loaded_total{origin="stream"} 1' in metrics
         assert str(source.PatientName) not in metrics
 
 

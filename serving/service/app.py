@@ -36,6 +36,7 @@ from serving.scheduler.records import PriorityClass
 from serving.service.coordinator import Coordinator, rules_digest
 from serving.service.rest import RestApi
 from serving.service.runtime import Runtime, build_runtime
+from serving.service.streaming import StreamingVolumes
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class Service:
             max_wait_s=config.worklist.max_wait_s, ai_late_s=config.worklist.ai_late_s, clock=utc
         )
         self.runtime = self._start_runtime(runtime_factory)
+        self.streaming = StreamingVolumes() if self.runtime is not None else None
         self.coordinator = Coordinator(
             store=self.store,
             outbox=self.outbox,
@@ -124,6 +126,7 @@ class Service:
             utc=utc,
             late_instances=config.assembly.late_instances,
             idle_timeout_s=config.assembly.idle_timeout_s,
+            streaming=self.streaming,
         )
         self.spool = Spool(var / "spool", clock=utc)
         self.dicom = DicomGateway(
@@ -229,6 +232,8 @@ class Service:
             thread.join(timeout=10)
         if self.runtime is not None:
             self.runtime.stop()
+        if self.streaming is not None:
+            self.streaming.stop()
         self.store.close()
 
     def __enter__(self) -> Service:

@@ -33,6 +33,8 @@ import pydicom
 
 from models.manifest import Manifest, Task
 from models.registry import Registry
+from preprocessing.series import load_series
+from preprocessing.volume import Volume
 from router.context import OrderContext, OrderPriority
 from router.result import AIResult, Mode
 from router.rules import Decision, RuleSet, evaluate, facts_from_datasets
@@ -47,6 +49,7 @@ from serving.service.assembly import Arrival, CompleteStudy, StudyAssembler
 from serving.service.assembly import StudyState as Tracked
 from serving.service.results import build_result, mask_on_source, source_instance, study_identity
 from serving.service.runtime import Runtime, SeriesSource
+from serving.service.streaming import StreamingVolumes
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,7 @@ class Coordinator:
         utc: Callable[[], datetime],
         late_instances: str = "rerun",
         idle_timeout_s: float = 120.0,
+        streaming: StreamingVolumes | None = None,
     ) -> None:
         self.store = store
         self.outbox = outbox
@@ -113,6 +117,7 @@ class Coordinator:
         self.mono = mono
         self.utc = utc
         self.late_instances = late_instances
+        self.streaming = streaming
         self.assembler = StudyAssembler(self._quiet_for, idle_timeout_s=idle_timeout_s)
         self.lock = threading.Condition()
         self._headers: dict[str, dict[str, pydicom.Dataset]] = defaultdict(dict)
@@ -166,6 +171,8 @@ class Coordinator:
             if arrival is Arrival.LATE:
                 self._late_instance(study_uid)
             self.lock.notify_all()
+        if self.streaming is not None and result.new:
+            self.streaming.offer(series_uid, modality, path)
         self.metrics.inc("statlane_instances_received_total", modality=modality or "unknown")
         if not result.new:
             self.metrics.inc("statlane_instances_duplicate_total")
@@ -358,7 +365,7 @@ class Coordinator:
     def _submit(self, task: TaskRow, attempt: int) -> None:
         assert self.runtime is not None
         paths = [row.path for row in self.store.instances_of(task.series_instance_uid)]
-        source = SeriesSource(paths)
+        source = SeriesSource(paths, loader=self._loader(task.series_instance_uid))
         deadline_mono = self.mono() + (task.deadline_at - self.utc()).total_seconds()
         job = InferenceJob(
             task.task_id, task.model, task.priority, deadline_s=deadline_mono, volume=source
@@ -377,6 +384,18 @@ class Coordinator:
                 self.lock.notify_all()
 
         future.add_done_callback(done)
+
+    def _loader(self, series_uid: str) -> Callable[[Sequence[str]], Volume]:
+        """Take the volume decoded while the series arrived, else read it from the spool."""
+        streaming = self.streaming
+
+        def load(paths: Sequence[str]) -> Volume:
+            volume = streaming.take(series_uid, paths) if streaming is not None else None
+            origin = "stream" if volume is not None else "disk"
+            self.metrics.inc("statlane_volumes_loaded_total", origin=origin)
+            return volume if volume is not None else load_series(paths)
+
+        return load
 
     def _submit_waiting(self) -> None:
         with self.lock:
