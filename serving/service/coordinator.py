@@ -18,7 +18,6 @@ runs; every step writes its state to the job store before acting on it:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 from collections import defaultdict
@@ -26,7 +25,6 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -52,8 +50,6 @@ from serving.service.runtime import Runtime, SeriesSource
 from serving.service.streaming import StreamingVolumes
 
 log = logging.getLogger(__name__)
-
-_HEADER_TAGS_SKIP = "PixelData"
 
 
 @dataclass
@@ -654,13 +650,3 @@ def summary_of(ai: AIResult) -> str:
 def rules_digest(text: str) -> str:
     """Identifies a rules file in routing decisions."""
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON."""
-    return json.dumps(value, separators=(",", ":"), default=str)
-
-
-def spool_path(path: Path | str) -> str:
-    """Paths kept as strings in the job store."""
-    return str(path)
