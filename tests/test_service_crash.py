@@ -134,4 +134,42 @@ def test_sigkill_mid_study_during_inference_and_before_delivery(tmp_path: Path) 
         for task in tasks:
             assert task.state is TaskState.DONE
             assert _completions(store, task.task_id) == 1
+        for uid in (head.study_uid, radiograph.study_uid):
+            row = store.study(uid)
+            assert row is not None and row.state.value == "done"
         store.close()
+
+
+def test_restart_between_routing_decision_and_tasks_routes_again(tmp_path: Path) -> None:
+    """Killed after the routing decision was written but before its tasks: the restart creates
+    them (a ROUTED study without tasks is never left behind)."""
+    from serving.jobstore import StudyState
+    from tests.service_harness import running_service, service_config
+
+    study = generate_study("cr-chest", tmp_path / "in", seed=33, matrix=128)
+    config = service_config(tmp_path)
+    with running_service(config) as service:
+        original = service.store.create_task
+
+        def crash(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("killed here")
+
+        service.store.create_task = crash  # type: ignore[method-assign]
+        assert storescu(service.ports.dicom, study.files).returncode == 0
+        wait_for(
+            lambda: (s := service.store.study(study.study_uid)) and s.state is StudyState.ROUTED,
+            what="the routing decision",
+        )
+        assert service.store.tasks(study_uid=study.study_uid) == []
+        service.store.create_task = original  # type: ignore[method-assign]
+    with running_service(config) as service:
+        [task] = wait_for(
+            lambda: [
+                t
+                for t in service.store.tasks(study_uid=study.study_uid)
+                if t.state is TaskState.DONE
+            ],
+            what="the task created on restart",
+        )
+        assert task.model == "cxr-pneumothorax@1"
+        assert len(service.store.tasks()) == 1

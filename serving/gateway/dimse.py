@@ -192,6 +192,9 @@ class DicomGateway:
             raise RuntimeError("the DICOM gateway is already running")
         ae = AE(ae_title=self.ae_title)
         ae.maximum_associations = self._maximum_associations
+        # No limit on the PDUs a modality may send us: one 512x512 slice in a few PDUs instead
+        # of 32 (pynetdicom handles each PDU in Python).
+        ae.maximum_pdu_size = 0
         ae.add_supported_context(Verification)
         # An SCP may support any number of contexts: the 128 limit is on what a requestor
         # proposes, so every storage SOP class gets every transfer syntax we can decode.

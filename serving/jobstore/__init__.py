@@ -27,13 +27,14 @@ from serving.jobstore.states import (
     TransitionError,
     UnknownEntityError,
 )
-from serving.jobstore.store import DEFAULT_URL, JobStore, hash_patient_id
+from serving.jobstore.store import DEFAULT_URL, InstanceArrival, JobStore, hash_patient_id
 
 __all__ = [
     "DEFAULT_URL",
     "AuditRow",
     "DeliveryKind",
     "EntityKind",
+    "InstanceArrival",
     "InstanceRecordResult",
     "InstanceRow",
     "JobStore",

@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar, cast
@@ -107,6 +108,20 @@ def get_entity(session: Session, entity: type[E], kind: EntityKind, key: str | i
     if found is None:
         raise UnknownEntityError(kind, str(key))
     return found
+
+
+@dataclass(frozen=True)
+class InstanceArrival:
+    """One stored instance to record (the patient ID is hashed before it is kept)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    path: str
+    accession: str
+    patient_id: str
+    calling_ae: str
+    modality: str
 
 
 class StateChanges:
@@ -268,73 +283,92 @@ class JobStore:
         of the same accession; the instance is recorded anyway (it is already on disk) and
         the caller decides whether to quarantine.
         """
-        digest = hash_patient_id(patient_id)
+        arrival = InstanceArrival(
+            study_uid, series_uid, sop_uid, path, accession, patient_id, calling_ae, modality
+        )
+        return self.record_instances([arrival])[0]
 
-        def work(changes: StateChanges) -> InstanceRecordResult:
-            session, now = changes.session, changes.at
-            conflicts: list[str] = []
-            study = session.get(Study, study_uid)
-            if study is None:
-                study = Study(
-                    study_instance_uid=study_uid,
-                    accession_number=accession,
-                    patient_id_hash=digest,
-                    state=StudyState.RECEIVING,
-                    first_seen_at=now,
-                    calling_ae=calling_ae,
-                )
-                session.add(study)
-                session.flush()  # before its series: no ORM relationship orders the inserts
-                detail = {"calling_ae": calling_ae}
-                changes.record(EntityKind.STUDY, study_uid, None, StudyState.RECEIVING, detail)
-            else:
-                conflicts += _study_conflicts(study, accession, digest)
-            conflicts += _order_conflicts(
-                session.get(Order, accession) if accession else None, study_uid, digest
-            )
-            late = study.state != StudyState.RECEIVING
-            if session.get(Instance, sop_uid) is not None:
-                return InstanceRecordResult(False, _joined(conflicts), late)
-            series = session.get(Series, series_uid)
-            if series is None:
-                series = Series(
-                    series_instance_uid=series_uid,
-                    study_instance_uid=study_uid,
-                    modality=modality,
-                    instance_count=0,
-                    last_instance_at=now,
-                )
-                session.add(series)
-                changes.record(EntityKind.SERIES, series_uid, None, SeriesState.RECEIVING)
-            elif series.study_instance_uid != study_uid:
-                conflicts.append("SeriesInstanceUID already belongs to another study")
-            if series.complete_at is not None:
-                series.complete_at = None
-                change = (SeriesState.COMPLETE, SeriesState.RECEIVING)
-                changes.record(EntityKind.SERIES, series_uid, *change, {"reason": "late"})
-            session.flush()
-            # Count in SQL so concurrent writers on PostgreSQL never lose an increment.
-            session.execute(
-                update(Series)
-                .where(Series.series_instance_uid == series_uid)
-                .values(instance_count=Series.instance_count + 1, last_instance_at=now)
-                .execution_options(synchronize_session=False)
-            )
-            seq = session.scalar(
-                select(Series.instance_count).where(Series.series_instance_uid == series_uid)
-            )
-            session.add(
-                Instance(
-                    sop_instance_uid=sop_uid,
-                    series_instance_uid=series_uid,
-                    seq=int(seq or 0),
-                    path=path,
-                    received_at=now,
-                )
-            )
-            return InstanceRecordResult(True, _joined(conflicts), late)
+    def record_instances(self, arrivals: Sequence[InstanceArrival]) -> list[InstanceRecordResult]:
+        """Record several instances in one transaction (one commit, one fsync), in order.
+
+        Each behaves as :meth:`record_instance`; the gateway batches what arrived while the
+        previous commit was on its way to disk.
+        """
+        if not arrivals:
+            return []
+
+        def work(changes: StateChanges) -> list[InstanceRecordResult]:
+            return [self._record_one(changes, a) for a in arrivals]
 
         return self.write_retrying(work)
+
+    def _record_one(self, changes: StateChanges, a: InstanceArrival) -> InstanceRecordResult:
+        study_uid, series_uid, sop_uid = a.study_uid, a.series_uid, a.sop_uid
+        accession, calling_ae, modality, path = a.accession, a.calling_ae, a.modality, a.path
+        digest = hash_patient_id(a.patient_id)
+        session, now = changes.session, changes.at
+        conflicts: list[str] = []
+        study = session.get(Study, study_uid)
+        if study is None:
+            study = Study(
+                study_instance_uid=study_uid,
+                accession_number=accession,
+                patient_id_hash=digest,
+                state=StudyState.RECEIVING,
+                first_seen_at=now,
+                calling_ae=calling_ae,
+            )
+            session.add(study)
+            session.flush()  # before its series: no ORM relationship orders the inserts
+            detail = {"calling_ae": calling_ae}
+            changes.record(EntityKind.STUDY, study_uid, None, StudyState.RECEIVING, detail)
+        else:
+            conflicts += _study_conflicts(study, accession, digest)
+        conflicts += _order_conflicts(
+            session.get(Order, accession) if accession else None, study_uid, digest
+        )
+        late = study.state != StudyState.RECEIVING
+        if session.get(Instance, sop_uid) is not None:
+            return InstanceRecordResult(False, _joined(conflicts), late)
+        series = session.get(Series, series_uid)
+        if series is None:
+            series = Series(
+                series_instance_uid=series_uid,
+                study_instance_uid=study_uid,
+                modality=modality,
+                instance_count=0,
+                last_instance_at=now,
+            )
+            session.add(series)
+            changes.record(EntityKind.SERIES, series_uid, None, SeriesState.RECEIVING)
+        elif series.study_instance_uid != study_uid:
+            conflicts.append("SeriesInstanceUID already belongs to another study")
+        if series.complete_at is not None:
+            series.complete_at = None
+            change = (SeriesState.COMPLETE, SeriesState.RECEIVING)
+            changes.record(EntityKind.SERIES, series_uid, *change, {"reason": "late"})
+        session.flush()
+        # Count in SQL so concurrent writers on PostgreSQL never lose an increment.
+        session.execute(
+            update(Series)
+            .where(Series.series_instance_uid == series_uid)
+            .values(instance_count=Series.instance_count + 1, last_instance_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        seq = session.scalar(
+            select(Series.instance_count).where(Series.series_instance_uid == series_uid)
+        )
+        session.add(
+            Instance(
+                sop_instance_uid=sop_uid,
+                series_instance_uid=series_uid,
+                seq=int(seq or 0),
+                path=path,
+                received_at=now,
+            )
+        )
+        session.flush()  # the next arrival of the same batch must see this instance
+        return InstanceRecordResult(True, _joined(conflicts), late)
 
     def mark_study_complete(self, study_uid: str, series_counts: Mapping[str, int]) -> StudyRow:
         """Receiving → complete; ``series_counts`` (series UID → instances) become expected counts.

@@ -193,7 +193,15 @@ class Service:
         if removed or any(resumed.values()):
             log.info("recovered: %d partial writes removed, %s", removed, resumed)
         self.store.audit("service-started", detail={"resumed": resumed})
-        self._threads = [threading.Thread(target=self._loop, name="coordinator", daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._loop, name="coordinator", daemon=True),
+            threading.Thread(
+                target=self.coordinator.run_ingest,
+                args=(self._stopping,),
+                name="ingest",
+                daemon=True,
+            ),
+        ]
         self._threads += [
             threading.Thread(target=self._delivery_loop, name=f"delivery-{i}", daemon=True)
             for i in range(self.config.outbox.workers)
@@ -225,6 +233,9 @@ class Service:
         self.http.stop()
         if self.hl7 is not None:
             self.hl7.stop()
+        drained = self.mono() + 10.0
+        while not self.coordinator.ingest_idle() and self.mono() < drained:
+            time.sleep(0.02)  # record what was acknowledged (a crash here is healed on restart)
         self._stopping.set()
         with self.coordinator.lock:
             self.coordinator.lock.notify_all()

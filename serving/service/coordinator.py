@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -39,7 +40,15 @@ from router.rules import Decision, RuleSet, evaluate, facts_from_datasets
 from router.worklist import AIStatus, Worklist, WorklistEntry
 from serving.engine import EngineBusy, InferenceJob, JobResult
 from serving.gateway.spool import StoredInstance
-from serving.jobstore import JobStore, Outbox, StudyState, TaskRow, TaskState
+from serving.jobstore import (
+    InstanceArrival,
+    JobStore,
+    Outbox,
+    StudyState,
+    TaskRow,
+    TaskState,
+    TransitionError,
+)
 from serving.jobstore.store import hash_patient_id
 from serving.metrics import Metrics
 from serving.scheduler.records import PriorityClass
@@ -122,56 +131,116 @@ class Coordinator:
         self._waiting: list[tuple[TaskRow, int]] = []  # started, refused by a busy engine
         self._results: list[tuple[_Launched, Future[JobResult]]] = []
         self._last_instance_mono: dict[str, float] = {}
+        self._ingest: queue.Queue[tuple[str, Any]] = queue.Queue()
 
     # ---- ingest ------------------------------------------------------------------------------
 
     def instance_stored(self, instance: StoredInstance) -> None:
-        """Record a durably stored instance (called before the gateway acknowledges it)."""
-        header = pydicom.dcmread(instance.path, stop_before_pixels=True)
-        self._record(
-            instance.study_instance_uid,
-            header,
-            str(instance.path),
-            instance.source.calling_ae or "",
-        )
+        """Queue a durably stored instance for recording (the gateway's callback: cheap).
+
+        The spool made the instance durable before this call, so it may be acknowledged at
+        once: the ingest thread records it in the job store (batched: one commit for what
+        arrived meanwhile) and the assembler; a crash in between is healed by the spool rescan
+        at start-up (:meth:`recover`).
+        """
+        self._ingest.put(("stored", instance))
+
+    def association_ended(self, study_uids: Sequence[str]) -> None:
+        """The association (or STOW request) that carried these studies ended.
+
+        Queued behind the association's instances, so the release is applied after them.
+        """
+        self._ingest.put(("released", tuple(study_uids)))
+
+    def run_ingest(self, stopping: threading.Event, batch: int = 64) -> None:
+        """The ingest thread: record queued instances in batches, apply releases in order."""
+        while not stopping.is_set():
+            try:
+                first = self._ingest.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            items = [first]
+            while len(items) < batch:
+                try:
+                    items.append(self._ingest.get_nowait())
+                except queue.Empty:
+                    break
+            self.ingest(items)
+
+    def ingest(self, items: Sequence[tuple[str, Any]]) -> None:
+        """Record stored instances and apply association releases, in arrival order."""
+        pending: list[tuple[str, pydicom.Dataset, str, str]] = []
+        for kind, value in items:
+            if kind == "stored":
+                try:
+                    header = pydicom.dcmread(value.path, stop_before_pixels=True)
+                except Exception:  # the spool validated it; a vanished file is healed on restart
+                    log.exception("a spooled instance could not be read back")
+                    continue
+                calling_ae = value.source.calling_ae or ""
+                pending.append((value.study_instance_uid, header, str(value.path), calling_ae))
+            else:
+                self._record_batch(pending)
+                pending = []
+                now = self.mono()
+                with self.lock:
+                    for uid in dict.fromkeys(value):
+                        self.assembler.released(uid, now)
+                    self.lock.notify_all()
+        self._record_batch(pending)
+
+    def ingest_idle(self) -> bool:
+        """Nothing waits to be recorded (tests and the demo poll this)."""
+        return self._ingest.empty()
 
     def _record(self, study_uid: str, header: pydicom.Dataset, path: str, calling_ae: str) -> None:
-        series_uid = str(header.SeriesInstanceUID)
-        sop_uid = str(header.SOPInstanceUID)
-        modality = str(header.get("Modality", ""))
-        result = self.store.record_instance(
-            study_uid,
-            series_uid,
-            sop_uid,
-            path,
-            accession=str(header.get("AccessionNumber", "")),
-            patient_id=str(header.get("PatientID", "")),
-            calling_ae=calling_ae,
-            modality=modality,
-        )
-        expected = header.get("ImagesInAcquisition")
-        now = self.mono()
-        with self.lock:
-            self._headers[study_uid][sop_uid] = header
-            self._calling_ae.setdefault(study_uid, calling_ae)
-            self._last_instance_mono[study_uid] = now
-            arrival = self.assembler.add(
-                study_uid=study_uid,
-                series_uid=series_uid,
-                sop_uid=sop_uid,
-                path=path,
-                modality=modality,
-                now=now,
-                expected=int(expected) if expected not in (None, "") else None,
+        self._record_batch([(study_uid, header, path, calling_ae)])
+
+    def _record_batch(self, batch: Sequence[tuple[str, pydicom.Dataset, str, str]]) -> None:
+        if not batch:
+            return
+        arrivals = [
+            InstanceArrival(
+                study_uid,
+                str(header.SeriesInstanceUID),
+                str(header.SOPInstanceUID),
+                path,
+                accession=str(header.get("AccessionNumber", "")),
+                patient_id=str(header.get("PatientID", "")),
+                calling_ae=calling_ae,
+                modality=str(header.get("Modality", "")),
             )
-            if arrival is Arrival.LATE:
-                self._late_instance(study_uid)
+            for study_uid, header, path, calling_ae in batch
+        ]
+        results = self.store.record_instances(arrivals)
+        now = self.mono()
+        for (study_uid, header, path, calling_ae), arrival_row, result in zip(
+            batch, arrivals, results, strict=True
+        ):
+            expected = header.get("ImagesInAcquisition")
+            with self.lock:
+                self._headers[study_uid][arrival_row.sop_uid] = header
+                self._calling_ae.setdefault(study_uid, calling_ae)
+                self._last_instance_mono[study_uid] = now
+                arrival = self.assembler.add(
+                    study_uid=study_uid,
+                    series_uid=arrival_row.series_uid,
+                    sop_uid=arrival_row.sop_uid,
+                    path=path,
+                    modality=arrival_row.modality,
+                    now=now,
+                    expected=int(expected) if expected not in (None, "") else None,
+                )
+                if arrival is Arrival.LATE:
+                    self._late_instance(study_uid)
+            if self.streaming is not None and result.new:
+                self.streaming.offer(arrival_row.series_uid, arrival_row.modality, path)
+            modality = arrival_row.modality or "unknown"
+            self.metrics.inc("statlane_instances_received_total", modality=modality)
+            if not result.new:
+                self.metrics.inc("statlane_instances_duplicate_total")
+        with self.lock:
             self.lock.notify_all()
-        if self.streaming is not None and result.new:
-            self.streaming.offer(series_uid, modality, path)
-        self.metrics.inc("statlane_instances_received_total", modality=modality or "unknown")
-        if not result.new:
-            self.metrics.inc("statlane_instances_duplicate_total")
 
     def _late_instance(self, study_uid: str) -> None:
         """An instance for a study already handed out (caller holds the lock)."""
@@ -183,14 +252,6 @@ class Coordinator:
             )
         else:
             self.store.audit("late-instance-ignored", study_uid=study_uid)
-
-    def association_ended(self, study_uids: Sequence[str]) -> None:
-        """The association (or STOW request) that carried these studies ended."""
-        now = self.mono()
-        with self.lock:
-            for uid in dict.fromkeys(study_uids):
-                self.assembler.released(uid, now)
-            self.lock.notify_all()
 
     def order_received(self, order: OrderContext) -> None:
         """An HL7 order: kept in the job store, joined to its study by accession."""
@@ -266,7 +327,9 @@ class Coordinator:
         uid = complete.study_uid
         with self.lock:
             headers = list(self._headers.get(uid, {}).values())
-        if not headers:
+        # After a restart or a re-run only the newest headers are in memory; the rules must see
+        # every instance of the study (a series of 1 late slice has too few images to route).
+        if len(headers) < sum(len(paths) for paths in complete.series.values()):
             headers = [
                 pydicom.dcmread(p, stop_before_pixels=True)
                 for paths in complete.series.values()
@@ -282,7 +345,9 @@ class Coordinator:
             self.metrics.inc("statlane_studies_quarantined_total")
             log.warning("study quarantined: %s", problem)
             return None
-        self.store.mark_study_complete(uid, {s: len(p) for s, p in complete.series.items()})
+        current = self.store.study(uid)
+        if current is not None and current.state is StudyState.RECEIVING:
+            self.store.mark_study_complete(uid, {s: len(p) for s, p in complete.series.items()})
         self.metrics.observe("statlane_assembly_wait_seconds", complete.waited_s)
         facts = facts_from_datasets(headers, self._calling_ae.get(uid, ""), order)
         decision = evaluate(self.rules, facts, order, resolve_model=self._resolve)
@@ -432,6 +497,11 @@ class Coordinator:
         manifest = self.runtime.manifests[task.model]
         ai = self._ai_result(task, manifest, launched.source, job)
         document = result_json(ai, job)
+        # Deliveries are enqueued before the task is finished: a crash in between re-runs the
+        # task and enqueues the same items again (deterministic objects, deduplicated keys),
+        # while a crash after finishing can no longer lose them.
+        order = self._order_for_accession(ai.study.accession_number)
+        self.deliver(task, ai, order)
         if not self.store.finish_task(task.task_id, launched.attempt, document):
             self.store.audit(
                 "duplicate-completion-ignored",
@@ -464,15 +534,16 @@ class Coordinator:
         self.worklist.update_ai(
             task.study_instance_uid, AIStatus.DONE, ai.critical_positive, summary_of(ai)
         )
-        order = self._order_for_accession(ai.study.accession_number)
-        self.deliver(task, ai, order)
         remaining = [
             t
             for t in self.store.tasks(study_uid=task.study_instance_uid)
             if t.state in (TaskState.QUEUED, TaskState.RUNNING)
         ]
         if not remaining:
-            self.store.set_study_state(task.study_instance_uid, StudyState.DONE)
+            try:
+                self.store.set_study_state(task.study_instance_uid, StudyState.DONE)
+            except TransitionError:  # a late instance reopened the study: its re-run ends it
+                log.info("study reopened while its result was handled; the re-run finishes it")
 
     def _order_for_accession(self, accession: str) -> OrderContext | None:
         row = self.store.order(accession) if accession else None
@@ -527,36 +598,58 @@ class Coordinator:
             for study in self.store.studies(StudyState.RECEIVING):
                 self.assembler.released(study.study_instance_uid, now)
         rerouted = 0
+        # Complete but not routed (killed before the decision): route as the next generation.
         for study in self.store.studies(StudyState.COMPLETE):
-            series = {
-                s.series_instance_uid: [
-                    i.path for i in self.store.instances_of(s.series_instance_uid)
-                ]
-                for s in self.store.series_of(study.study_instance_uid)
-            }
-            with self.lock:
-                tracked = self.assembler.study(study.study_instance_uid)
-                if tracked is not None:
-                    tracked.handed_out = True
-            self.route(CompleteStudy(study.study_instance_uid, 0, series, "restart", 0.0))
+            last = self._last_generation(study.study_instance_uid)
+            self._resume_route(study.study_instance_uid, 0 if last is None else last + 1)
             rerouted += 1
         requeued = self.store.requeue_interrupted()
         relaunched = 0
         for study in self.store.studies(StudyState.ROUTED):
-            with self.lock:
-                tracked = self.assembler.study(study.study_instance_uid)
-                if tracked is not None:
-                    tracked.handed_out = True
-            for task in self.store.tasks(TaskState.QUEUED, study_uid=study.study_instance_uid):
-                self._ensure_on_worklist(study.study_instance_uid, study.accession_number)
-                self.launch(task)
-                relaunched += 1
+            uid = study.study_instance_uid
+            generation = self._last_generation(uid) or 0
+            tasks = [t for t in self.store.tasks(study_uid=uid) if t.generation == generation]
+            if not tasks:  # killed between the routing decision and its tasks: route again
+                self._resume_route(uid, generation)
+                rerouted += 1
+                continue
+            self._mark_handed_out(uid, generation)
+            if all(
+                t.state in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED) for t in tasks
+            ):  # killed after the last result, before closing the study
+                self.store.set_study_state(uid, StudyState.DONE)
+                continue
+            for task in tasks:
+                if task.state is TaskState.QUEUED:
+                    self._ensure_on_worklist(uid, study.accession_number)
+                    self.launch(task)
+                    relaunched += 1
         for study in self.store.studies(StudyState.DONE):
-            with self.lock:
-                tracked = self.assembler.study(study.study_instance_uid)
-                if tracked is not None:
-                    tracked.handed_out = True
+            uid = study.study_instance_uid
+            self._mark_handed_out(uid, self._last_generation(uid) or 0)
         return {"rerouted": rerouted, "requeued": len(requeued), "relaunched": relaunched}
+
+    def _last_generation(self, study_uid: str) -> int | None:
+        """Generation of the study's latest routing decision (None: never routed)."""
+        decisions = self.store.routing_decisions(study_uid)
+        if not decisions:
+            return None
+        return int(decisions[-1].decision.get("generation", 0))
+
+    def _mark_handed_out(self, study_uid: str, generation: int) -> None:
+        with self.lock:
+            tracked = self.assembler.study(study_uid)
+            if tracked is not None:
+                tracked.handed_out = True
+                tracked.generation = generation
+
+    def _resume_route(self, study_uid: str, generation: int) -> None:
+        series = {
+            s.series_instance_uid: [i.path for i in self.store.instances_of(s.series_instance_uid)]
+            for s in self.store.series_of(study_uid)
+        }
+        self._mark_handed_out(study_uid, generation)
+        self.route(CompleteStudy(study_uid, generation, series, "restart", 0.0))
 
     def _ensure_on_worklist(self, uid: str, accession: str) -> None:
         if uid in {e.study_uid for e in self.worklist.entries}:
