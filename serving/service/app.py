@@ -201,6 +201,12 @@ class Service:
                 name="ingest",
                 daemon=True,
             ),
+            threading.Thread(
+                target=self.coordinator.run_results,
+                args=(self._stopping,),
+                name="results",
+                daemon=True,
+            ),
         ]
         self._threads += [
             threading.Thread(target=self._delivery_loop, name=f"delivery-{i}", daemon=True)

@@ -18,6 +18,8 @@ runs; every step writes its state to the job store before acting on it:
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import logging
 import queue
 import threading
@@ -129,7 +131,10 @@ class Coordinator:
         self._calling_ae: dict[str, str] = {}
         self._quiet_cache: dict[str, tuple[int, float]] = {}
         self._waiting: list[tuple[TaskRow, int]] = []  # started, refused by a busy engine
-        self._results: list[tuple[_Launched, Future[JobResult]]] = []
+        # finished jobs, most urgent first: (class rank, deadline, sequence, job)
+        self._results: list[tuple[int, float, int, _Launched, Future[JobResult]]] = []
+        self._result_sequence = itertools.count()
+        self._results_ready = self.lock  # one condition: every waiter re-checks its own state
         self._last_instance_mono: dict[str, float] = {}
         self._ingest: queue.Queue[tuple[str, Any]] = queue.Queue()
 
@@ -300,7 +305,7 @@ class Coordinator:
 
     def has_work(self) -> bool:
         """Finished jobs or refused submissions wait for the loop (caller holds the lock)."""
-        return bool(self._results or self._waiting)
+        return bool(self._waiting)
 
     def next_wakeup_s(self) -> float | None:
         """Monotonic time of the next assembly deadline (None: nothing waits)."""
@@ -318,7 +323,6 @@ class Coordinator:
                 log.exception("routing failed for a study; it stays complete and is retried")
                 self.store.audit("routing-failed", study_uid=study.study_uid)
         self._submit_waiting()
-        self._collect_results()
 
     # ---- routing -----------------------------------------------------------------------------
 
@@ -439,10 +443,13 @@ class Coordinator:
             return
         launched = _Launched(task, attempt, source, self.mono())
 
+        rank = task.priority.rank
+
         def done(f: Future[JobResult], launched: _Launched = launched) -> None:
             with self.lock:
-                self._results.append((launched, f))
-                self.lock.notify_all()
+                entry = (rank, deadline_mono, next(self._result_sequence), launched, f)
+                heapq.heappush(self._results, entry)
+                self._results_ready.notify_all()
 
         future.add_done_callback(done)
 
@@ -464,20 +471,42 @@ class Coordinator:
         for task, attempt in waiting:
             self._submit(task, attempt)
 
-    def _collect_results(self) -> None:
-        with self.lock:
-            results, self._results = self._results, []
-        for launched, future in results:
-            try:
-                self.result_ready(launched, future.result())
-            except Exception as error:
-                log.exception("turning a result into deliveries failed")
-                self.store.fail_task(
-                    launched.task.task_id,
-                    launched.attempt,
-                    f"result handling failed: {type(error).__name__}",
-                )
-                self._ai_status(launched.task.study_instance_uid, AIStatus.UNAVAILABLE)
+    def run_results(self, stopping: threading.Event) -> None:
+        """The results thread: finished jobs become results, most urgent class first.
+
+        Object building and delivery enqueueing take tenths of a second per result on a small
+        CPU; doing them here keeps the coordinator loop (assembly, routing) responsive, and a
+        stat result never waits behind a queue of routine ones (at most behind one).
+        """
+        while True:
+            with self._results_ready:
+                while not self._results and not stopping.is_set():
+                    self._results_ready.wait(timeout=0.2)
+                if not self._results:
+                    return
+                _, _, _, launched, future = heapq.heappop(self._results)
+            self._handle_result(launched, future)
+
+    def drain_results(self) -> None:
+        """Handle every finished job now (tests, shutdown)."""
+        while True:
+            with self.lock:
+                if not self._results:
+                    return
+                _, _, _, launched, future = heapq.heappop(self._results)
+            self._handle_result(launched, future)
+
+    def _handle_result(self, launched: _Launched, future: Future[JobResult]) -> None:
+        try:
+            self.result_ready(launched, future.result())
+        except Exception as error:
+            log.exception("turning a result into deliveries failed")
+            self.store.fail_task(
+                launched.task.task_id,
+                launched.attempt,
+                f"result handling failed: {type(error).__name__}",
+            )
+            self._ai_status(launched.task.study_instance_uid, AIStatus.UNAVAILABLE)
 
     def result_ready(self, launched: _Launched, job: JobResult) -> None:
         """Finish a task exactly once and hand its result to delivery."""
@@ -594,8 +623,12 @@ class Coordinator:
             header = pydicom.dcmread(instance.path, stop_before_pixels=True)
             self._record(instance.study_instance_uid, header, str(instance.path), "")
         now = self.mono()
-        with self.lock:
-            for study in self.store.studies(StudyState.RECEIVING):
+        for study in self.store.studies(StudyState.RECEIVING):
+            last = self._last_generation(study.study_instance_uid)  # reopened by late instances
+            with self.lock:
+                tracked = self.assembler.study(study.study_instance_uid)
+                if tracked is not None and last is not None:
+                    tracked.generation = last + 1
                 self.assembler.released(study.study_instance_uid, now)
         rerouted = 0
         # Complete but not routed (killed before the decision): route as the next generation.
