@@ -130,6 +130,8 @@ class Coordinator:
         self._headers: dict[str, dict[str, pydicom.Dataset]] = defaultdict(dict)
         self._calling_ae: dict[str, str] = {}
         self._quiet_cache: dict[str, tuple[int, float]] = {}
+        self._facts_cache: dict[str, tuple[int, OrderContext | None, Any]] = {}
+        self._stat_cache: dict[str, bool] = {}
         self._waiting: list[tuple[TaskRow, int]] = []  # started, refused by a busy engine
         # finished jobs, most urgent first: (class rank, deadline, sequence, job)
         self._results: list[tuple[int, float, int, _Launched, Future[JobResult]]] = []
@@ -238,7 +240,7 @@ class Coordinator:
                 )
                 if arrival is Arrival.LATE:
                     self._late_instance(study_uid)
-            if self.streaming is not None and result.new:
+            if self.streaming is not None and result.new and self._stat_eligible(study_uid):
                 self.streaming.offer(arrival_row.series_uid, arrival_row.modality, path)
             modality = arrival_row.modality or "unknown"
             self.metrics.inc("statlane_instances_received_total", modality=modality)
@@ -282,9 +284,7 @@ class Coordinator:
         if headers:
             try:
                 order = self._order_for(headers)
-                facts = facts_from_datasets(
-                    headers, self._calling_ae.get(study.study_uid, ""), order
-                )
+                facts = self._facts(study.study_uid, headers, order)
                 decision = evaluate(self.rules, facts, order)
                 if decision.tasks:
                     urgent = min((t.priority for t in decision.tasks), key=lambda p: p.rank)
@@ -293,6 +293,43 @@ class Coordinator:
                 log.debug("quiet period: rules could not evaluate study", exc_info=True)
         self._quiet_cache[study.study_uid] = (study.instance_count, quiet)
         return quiet
+
+    def _facts(
+        self, uid: str, headers: Sequence[pydicom.Dataset], order: OrderContext | None
+    ) -> Any:
+        """Rule facts of the study; reused while neither the instances nor the order changed
+        (the quiet-period check at the release computes what routing needs moments later)."""
+        cached = self._facts_cache.get(uid)
+        if cached is not None and cached[0] == len(headers) and cached[1] == order:
+            return cached[2]
+        facts = facts_from_datasets(headers, self._calling_ae.get(uid, ""), order)
+        self._facts_cache[uid] = (len(headers), order, facts)
+        return facts
+
+    def _stat_eligible(self, uid: str) -> bool:
+        """Whether the rules would make this study stat, judged once from its first instances:
+        only those are decoded while they arrive (streaming costs CPU that ingest needs)."""
+        known = self._stat_cache.get(uid)
+        if known is not None:
+            return known
+        headers = list(self._headers.get(uid, {}).values())
+        try:
+            order = self._order_for(headers)
+            facts = facts_from_datasets(headers, self._calling_ae.get(uid, ""), order)
+            decision = evaluate(self.rules, facts, order)
+            matched = {e.rule for e in decision.explanations if e.matched}
+            # a matching rule whose task is stat (series size is not known yet: ignore it)
+            stat = any(
+                str(spec.priority) == PriorityClass.STAT.value
+                or (order is not None and order.priority is OrderPriority.STAT)
+                for rule in self.rules.rules
+                if rule.name in matched
+                for spec in rule.produce
+            )
+        except Exception:
+            stat = False
+        self._stat_cache[uid] = stat
+        return stat
 
     def _order_for(self, headers: Sequence[pydicom.Dataset]) -> OrderContext | None:
         accession = str(headers[0].get("AccessionNumber", "")) if headers else ""
@@ -353,7 +390,7 @@ class Coordinator:
         if current is not None and current.state is StudyState.RECEIVING:
             self.store.mark_study_complete(uid, {s: len(p) for s, p in complete.series.items()})
         self.metrics.observe("statlane_assembly_wait_seconds", complete.waited_s)
-        facts = facts_from_datasets(headers, self._calling_ae.get(uid, ""), order)
+        facts = self._facts(uid, headers, order)
         decision = evaluate(self.rules, facts, order, resolve_model=self._resolve)
         self.store.record_routing(
             uid, decision_json(decision, complete), rules_hash=self.rules_hash
@@ -383,6 +420,9 @@ class Coordinator:
             self.store.set_study_state(uid, StudyState.DONE)
         with self.lock:
             self._headers.pop(uid, None)
+            self._facts_cache.pop(uid, None)
+            self._quiet_cache.pop(uid, None)
+            self._last_instance_mono.pop(uid, None)
         return decision
 
     def _resolve(self, ref: str) -> str:
