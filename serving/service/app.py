@@ -14,14 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from models.registry import Registry
-from router.context import OrderContext
-from router.delivery import DeliveryError, Destination, Payload, build_destination
-from router.messages import build_fhir_bundle, build_oru
-from router.objects import build_objects, write_objects
-from router.result import AIResult, Mode
+from router.delivery import DeliveryError, Destination, build_destination
+from router.result import Mode
 from router.rules import RuleSet, default_rules, load_rules
 from router.worklist import Row, Worklist, rank_changes, signal_payload
 from serving.config import ServiceConfig
@@ -30,17 +26,17 @@ from serving.gateway.hl7_orders import OrderReceiver
 from serving.gateway.mllp import MllpServer
 from serving.gateway.spool import Spool
 from serving.gateway.stow import StowServer, StowSummary
-from serving.jobstore import JobStore, Outbox, OutboxItem, RetryPolicy, TaskRow
+from serving.jobstore import JobStore, Outbox, OutboxItem, RetryPolicy
 from serving.metrics import Metrics
 from serving.scheduler.records import PriorityClass
-from serving.service.coordinator import Coordinator, rules_digest
+from serving.service.coordinator import Coordinator
+from serving.service.delivery import ResultDelivery, compact_json, payload_of
+from serving.service.records import rules_digest
 from serving.service.rest import RestApi
 from serving.service.runtime import Runtime, build_runtime
 from serving.service.streaming import StreamingVolumes
 
 log = logging.getLogger(__name__)
-
-_DICOM_DESTINATIONS = ("dicom", "stow", "folder")
 
 
 def utc_now() -> datetime:
@@ -109,6 +105,14 @@ class Service:
         self.worklist = Worklist(
             max_wait_s=config.worklist.max_wait_s, ai_late_s=config.worklist.ai_late_s, clock=utc
         )
+        self.results = ResultDelivery(
+            store=self.store,
+            outbox=self.outbox,
+            destination_types=self.destination_types,
+            results_dir=self.results_dir,
+            metrics=self.metrics,
+            utc=utc,
+        )
         self.runtime = self._start_runtime(runtime_factory)
         self.streaming = StreamingVolumes() if self.runtime is not None else None
         self.coordinator = Coordinator(
@@ -120,7 +124,7 @@ class Service:
             runtime=self.runtime,
             worklist=self.worklist,
             metrics=self.metrics,
-            deliver=self.enqueue_results,
+            deliver=self.results.enqueue_results,
             quiet_period_s=config.assembly.quiet_period_s,
             mono=mono,
             utc=utc,
@@ -340,7 +344,7 @@ class Service:
         self._published = rows
         now = self.utc()
         for change in changes:
-            payload = _json(signal_payload(change, now))
+            payload = compact_json(signal_payload(change, now))
             priority = PriorityClass.STAT if change.red_flag else PriorityClass.ROUTINE
             for name in self.config.worklist.signals:
                 self._signal_sequence += 1
@@ -369,108 +373,6 @@ class Service:
 
     def _stow_done(self, summary: StowSummary) -> None:
         self.coordinator.association_ended([i.study_instance_uid for i in summary.stored])
-
-    # ---- results → outbox --------------------------------------------------------------------
-
-    def enqueue_results(self, task: TaskRow, ai: AIResult, order: OrderContext | None) -> None:
-        """Put a task's results in the outbox, as its mode allows."""
-        mode = Mode(task.mode)
-        if mode is Mode.SHADOW:
-            self.store.audit(
-                "shadow-result-kept", study_uid=task.study_instance_uid, task_id=task.task_id
-            )
-            return
-        objects_written: list[tuple[str, Path]] = []
-        if mode is Mode.ASSISTANT:
-            objects = build_objects(ai)
-            folder = self.results_dir / "objects" / task.task_id
-            paths = write_objects(objects, folder)
-            objects_written = [(o.kind, p) for o, p in zip(objects, paths, strict=True)]
-        generation = task.generation
-        for name in task.destinations:
-            kind = self.destination_types.get(name)
-            if kind is None:
-                self.store.audit(
-                    "unknown-destination", task_id=task.task_id, detail={"destination": name}
-                )
-                continue
-            key = f"{name}:{task.study_instance_uid}:{task.model}:{generation}"
-            if kind in _DICOM_DESTINATIONS:
-                for object_kind, path in objects_written:
-                    self.outbox.enqueue(
-                        task.task_id,
-                        name,
-                        object_kind,
-                        payload_path=str(path),
-                        dedupe_key=f"{key}:{object_kind}",
-                        priority=task.priority,
-                    )
-            elif kind == "mllp" and mode is Mode.ASSISTANT:
-                text = build_oru(ai, order, message_control_id=task.task_id[:20], now=self.utc())
-                self.outbox.enqueue(
-                    task.task_id,
-                    name,
-                    "hl7",
-                    payload=text,
-                    dedupe_key=f"{key}:hl7",
-                    priority=task.priority,
-                )
-            elif kind == "fhir" and mode is Mode.ASSISTANT:
-                bundle = build_fhir_bundle(ai, order, now=self.utc())
-                self.outbox.enqueue(
-                    task.task_id,
-                    name,
-                    "fhir",
-                    payload=_json(bundle),
-                    dedupe_key=f"{key}:fhir",
-                    priority=task.priority,
-                )
-            elif kind == "webhook":
-                signal = {
-                    "event": "ai-result",
-                    "study_instance_uid": task.study_instance_uid,
-                    "accession_number": ai.study.accession_number,
-                    "model": task.model,
-                    "mode": mode.value,
-                    "critical_positive": ai.critical_positive,
-                    "findings": [
-                        {
-                            "code": f.concept_value,
-                            "meaning": f.concept_meaning,
-                            "present": f.present,
-                            "probability": round(f.probability, 4),
-                        }
-                        for f in ai.findings
-                    ],
-                }
-                self.outbox.enqueue(
-                    task.task_id,
-                    name,
-                    "webhook",
-                    payload=_json(signal),
-                    dedupe_key=f"{key}:webhook",
-                    priority=task.priority,
-                )
-        self.metrics.inc("statlane_results_total", mode=mode.value, model=task.model)
-
-
-def payload_of(item: OutboxItem) -> Payload:
-    """The destination payload of an outbox item."""
-    kind = str(item.kind)
-    if item.payload_path is not None:
-        return Payload("dicom", path=Path(item.payload_path), content_type="application/dicom")
-    body: Any = item.payload
-    if kind == "hl7":
-        return Payload("hl7", body=body, content_type="x-application/hl7-v2+er7")
-    if kind == "fhir":
-        return Payload("fhir", body=body, content_type="application/fhir+json")
-    return Payload("json", body=body, content_type="application/json")
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 def _rules(config: ServiceConfig) -> tuple[RuleSet, str]:

@@ -1,0 +1,159 @@
+"""Results into the outbox: what each mode may send, to which destination, in which form.
+
+- shadow: nothing leaves; the result is kept in the job store and audited;
+- triage: worklist signals only (result signals to webhook destinations);
+- assistant: DICOM objects (SR, GSPS, SC, SEG) to DICOM, STOW-RS and folder destinations,
+  HL7 ORU to MLLP, a FHIR transaction bundle to FHIR, a result signal to webhooks.
+
+Outbox keys include the task's generation, so a re-run after late instances delivers again
+(the objects keep their SOP Instance UIDs, so the PACS replaces rather than duplicates them),
+while a task re-run after a crash finds its items already queued.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from router.context import OrderContext
+from router.delivery import Payload
+from router.messages import build_fhir_bundle, build_oru
+from router.objects import build_objects, write_objects
+from router.result import AIResult, Mode
+from serving.jobstore import JobStore, Outbox, OutboxItem, TaskRow
+from serving.metrics import Metrics
+
+_DICOM_DESTINATIONS = ("dicom", "stow", "folder")
+
+
+class ResultDelivery:
+    """Turns a task's result into outbox items.
+
+    Args:
+        store: The job store (audit).
+        outbox: Where deliveries wait.
+        destination_types: Destination name → type (``dicom``, ``stow``, ``folder``, ``mllp``,
+            ``fhir``, ``webhook``).
+        results_dir: Where result objects are written before delivery.
+        metrics: Service metrics.
+        utc: Wall clock (timezone-aware).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        outbox: Outbox,
+        destination_types: Mapping[str, str],
+        results_dir: Path,
+        metrics: Metrics,
+        utc: Callable[[], datetime],
+    ) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.destination_types = dict(destination_types)
+        self.results_dir = results_dir
+        self.metrics = metrics
+        self.utc = utc
+
+    def enqueue_results(self, task: TaskRow, ai: AIResult, order: OrderContext | None) -> None:
+        """Put a task's results in the outbox, as its mode allows."""
+        mode = Mode(task.mode)
+        if mode is Mode.SHADOW:
+            self.store.audit(
+                "shadow-result-kept", study_uid=task.study_instance_uid, task_id=task.task_id
+            )
+            return
+        objects_written: list[tuple[str, Path]] = []
+        if mode is Mode.ASSISTANT:
+            objects = build_objects(ai)
+            folder = self.results_dir / "objects" / task.task_id
+            paths = write_objects(objects, folder)
+            objects_written = [(o.kind, p) for o, p in zip(objects, paths, strict=True)]
+        generation = task.generation
+        for name in task.destinations:
+            kind = self.destination_types.get(name)
+            if kind is None:
+                self.store.audit(
+                    "unknown-destination", task_id=task.task_id, detail={"destination": name}
+                )
+                continue
+            key = f"{name}:{task.study_instance_uid}:{task.model}:{generation}"
+            if kind in _DICOM_DESTINATIONS:
+                for object_kind, path in objects_written:
+                    self.outbox.enqueue(
+                        task.task_id,
+                        name,
+                        object_kind,
+                        payload_path=str(path),
+                        dedupe_key=f"{key}:{object_kind}",
+                        priority=task.priority,
+                    )
+            elif kind == "mllp" and mode is Mode.ASSISTANT:
+                text = build_oru(ai, order, message_control_id=task.task_id[:20], now=self.utc())
+                self.outbox.enqueue(
+                    task.task_id,
+                    name,
+                    "hl7",
+                    payload=text,
+                    dedupe_key=f"{key}:hl7",
+                    priority=task.priority,
+                )
+            elif kind == "fhir" and mode is Mode.ASSISTANT:
+                bundle = build_fhir_bundle(ai, order, now=self.utc())
+                self.outbox.enqueue(
+                    task.task_id,
+                    name,
+                    "fhir",
+                    payload=compact_json(bundle),
+                    dedupe_key=f"{key}:fhir",
+                    priority=task.priority,
+                )
+            elif kind == "webhook":
+                signal = {
+                    "event": "ai-result",
+                    "study_instance_uid": task.study_instance_uid,
+                    "accession_number": ai.study.accession_number,
+                    "model": task.model,
+                    "mode": mode.value,
+                    "critical_positive": ai.critical_positive,
+                    "findings": [
+                        {
+                            "code": f.concept_value,
+                            "meaning": f.concept_meaning,
+                            "present": f.present,
+                            "probability": round(f.probability, 4),
+                        }
+                        for f in ai.findings
+                    ],
+                }
+                self.outbox.enqueue(
+                    task.task_id,
+                    name,
+                    "webhook",
+                    payload=compact_json(signal),
+                    dedupe_key=f"{key}:webhook",
+                    priority=task.priority,
+                )
+        self.metrics.inc("statlane_results_total", mode=mode.value, model=task.model)
+
+
+def payload_of(item: OutboxItem) -> Payload:
+    """The destination payload of an outbox item."""
+    kind = str(item.kind)
+    if item.payload_path is not None:
+        return Payload("dicom", path=Path(item.payload_path), content_type="application/dicom")
+    body: Any = item.payload
+    if kind == "hl7":
+        return Payload("hl7", body=body, content_type="x-application/hl7-v2+er7")
+    if kind == "fhir":
+        return Payload("fhir", body=body, content_type="application/fhir+json")
+    return Payload("json", body=body, content_type="application/json")
+
+
+def compact_json(value: Any) -> str:
+    """Compact JSON text (outbox payloads)."""
+    return json.dumps(value, separators=(",", ":"), default=str)
