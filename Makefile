@@ -51,11 +51,15 @@ test: lint typecheck pytest
 bench: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m benchmarks.preprocess
 	$(BIN)/python -m benchmarks.scheduling
+	$(BIN)/python -m benchmarks.ingest
+	$(BIN)/python -m benchmarks.e2e
 	$(BIN)/python -m models.evaluate
 
 bench-smoke: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m benchmarks.preprocess --smoke
 	$(BIN)/python -m benchmarks.scheduling --smoke
+	$(BIN)/python -m benchmarks.ingest --smoke
+	$(BIN)/python -m benchmarks.e2e --smoke
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) var .mypy_cache .ruff_cache .pytest_cache
