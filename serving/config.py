@@ -74,6 +74,11 @@ class RuntimeConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     triton_url: str | None = None
     policy: Literal["fifo", "strict-priority", "edf"] = "edf"
+    max_blocking_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="edf: longest a non-stat batch may run, seconds (None: deadlines only)",
+    )
     preprocess_workers: int = Field(default=2, ge=1, le=64)
     max_pending: int = Field(default=256, ge=1)
 

@@ -112,6 +112,7 @@ class Service:
             results_dir=self.results_dir,
             metrics=self.metrics,
             utc=utc,
+            on_enqueued=self._wake_delivery,
         )
         self.runtime = self._start_runtime(runtime_factory)
         self.streaming = StreamingVolumes() if self.runtime is not None else None
@@ -158,6 +159,7 @@ class Service:
                 receiver.handle, host=config.hl7.host, port=config.hl7.port, clock=utc
             )
         self._stopping = threading.Event()
+        self._delivery_wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._published: list[Row] = []
         self._signal_sequence = 0
@@ -183,6 +185,7 @@ class Service:
                 preprocess_workers=self.config.runtime.preprocess_workers,
                 max_pending=self.config.runtime.max_pending,
                 triton_url=self.config.runtime.triton_url,
+                max_blocking_s=self.config.runtime.max_blocking_s,
             )
         except Exception as error:  # AI down: ingest, worklist and audit keep working
             log.error("inference runtime unavailable (%s): studies get 'AI unavailable'", error)
@@ -280,6 +283,9 @@ class Service:
                 if not self._stopping.is_set() and not self.coordinator.has_work():
                     self.coordinator.lock.wait(timeout=timeout)
 
+    def _wake_delivery(self) -> None:
+        self._delivery_wake.set()
+
     def _delivery_loop(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -287,8 +293,9 @@ class Service:
             except Exception:
                 log.exception("delivery worker failed")
                 sent = 0
-            if not sent:
-                self._stopping.wait(0.2)
+            if not sent:  # woken at once by a new result; retries come due within 0.2 s
+                self._delivery_wake.wait(0.2)
+                self._delivery_wake.clear()
 
     def deliver_due(self, limit: int = 10) -> int:
         """Send what is due now; returns how many items were attempted."""

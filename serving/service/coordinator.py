@@ -143,7 +143,7 @@ class Coordinator:
         self._result_sequence = itertools.count()
         self._results_ready = self.lock  # one condition: every waiter re-checks its own state
         self._last_instance_mono: dict[str, float] = {}
-        self._ingest: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._ingest: queue.Queue[tuple[str, Any, float]] = queue.Queue()
 
     # ---- ingest ------------------------------------------------------------------------------
 
@@ -155,14 +155,14 @@ class Coordinator:
         arrived meanwhile) and the assembler; a crash in between is healed by the spool rescan
         at start-up (:meth:`recover`).
         """
-        self._ingest.put(("stored", instance))
+        self._ingest.put(("stored", instance, self.mono()))
 
     def association_ended(self, study_uids: Sequence[str]) -> None:
         """The association (or STOW request) that carried these studies ended.
 
         Queued behind the association's instances, so the release is applied after them.
         """
-        self._ingest.put(("released", tuple(study_uids)))
+        self._ingest.put(("released", tuple(study_uids), self.mono()))
 
     def run_ingest(self, stopping: threading.Event, batch: int = 64) -> None:
         """The ingest thread: record queued instances in batches, apply releases in order."""
@@ -177,12 +177,24 @@ class Coordinator:
                     items.append(self._ingest.get_nowait())
                 except queue.Empty:
                     break
-            self.ingest(items)
+            try:
+                self.ingest(items)
+            except Exception:  # e.g. the job store is briefly unavailable: one by one, then on
+                log.exception("recording a batch failed; retrying its items one by one")
+                for item in items:
+                    try:
+                        self.ingest([item])
+                    except Exception:  # durable in the spool: the restart rescan records it
+                        log.exception("an instance could not be recorded; healed on restart")
 
-    def ingest(self, items: Sequence[tuple[str, Any]]) -> None:
-        """Record stored instances and apply association releases, in arrival order."""
-        pending: list[tuple[str, pydicom.Dataset, str, str]] = []
-        for kind, value in items:
+    def ingest(self, items: Sequence[tuple[str, Any, float]]) -> None:
+        """Record stored instances and apply association releases, in arrival order.
+
+        Times are when the gateway acknowledged (monotonic), so a busy ingest thread never
+        lengthens a study's quiet period.
+        """
+        pending: list[tuple[str, pydicom.Dataset, str, str, float]] = []
+        for kind, value, at in items:
             if kind == "stored":
                 try:
                     header = pydicom.dcmread(value.path, stop_before_pixels=True)
@@ -190,14 +202,13 @@ class Coordinator:
                     log.exception("a spooled instance could not be read back")
                     continue
                 calling_ae = value.source.calling_ae or ""
-                pending.append((value.study_instance_uid, header, str(value.path), calling_ae))
+                pending.append((value.study_instance_uid, header, str(value.path), calling_ae, at))
             else:
                 self._record_batch(pending)
                 pending = []
-                now = self.mono()
                 with self.lock:
                     for uid in dict.fromkeys(value):
-                        self.assembler.released(uid, now)
+                        self.assembler.released(uid, at)
                     self.lock.notify_all()
         self._record_batch(pending)
 
@@ -206,9 +217,9 @@ class Coordinator:
         return self._ingest.empty()
 
     def _record(self, study_uid: str, header: pydicom.Dataset, path: str, calling_ae: str) -> None:
-        self._record_batch([(study_uid, header, path, calling_ae)])
+        self._record_batch([(study_uid, header, path, calling_ae, self.mono())])
 
-    def _record_batch(self, batch: Sequence[tuple[str, pydicom.Dataset, str, str]]) -> None:
+    def _record_batch(self, batch: Sequence[tuple[str, pydicom.Dataset, str, str, float]]) -> None:
         if not batch:
             return
         arrivals = [
@@ -222,11 +233,10 @@ class Coordinator:
                 calling_ae=calling_ae,
                 modality=str(header.get("Modality", "")),
             )
-            for study_uid, header, path, calling_ae in batch
+            for study_uid, header, path, calling_ae, _ in batch
         ]
         results = self.store.record_instances(arrivals)
-        now = self.mono()
-        for (study_uid, header, path, calling_ae), arrival_row, result in zip(
+        for (study_uid, header, path, calling_ae, now), arrival_row, result in zip(
             batch, arrivals, results, strict=True
         ):
             expected = header.get("ImagesInAcquisition")
@@ -664,6 +674,9 @@ class Coordinator:
         """Resume after a restart: every spooled instance recorded, receiving studies tracked
         again (their quiet period restarts now), complete studies re-routed, interrupted tasks
         re-run. Returns counts of what was resumed."""
+        # first: tasks that were running when the process died go back to the queue (after
+        # this point every running task is one this process started)
+        requeued = self.store.requeue_interrupted()
         for instance in spooled:
             header = pydicom.dcmread(instance.path, stop_before_pixels=True)
             self._record(instance.study_instance_uid, header, str(instance.path), "")
@@ -681,7 +694,6 @@ class Coordinator:
             last = self._last_generation(study.study_instance_uid)
             self._resume_route(study.study_instance_uid, 0 if last is None else last + 1)
             rerouted += 1
-        requeued = self.store.requeue_interrupted()
         relaunched = 0
         for study in self.store.studies(StudyState.ROUTED):
             uid = study.study_instance_uid

@@ -40,6 +40,7 @@ class ResultDelivery:
         results_dir: Where result objects are written before delivery.
         metrics: Service metrics.
         utc: Wall clock (timezone-aware).
+        on_enqueued: Called after a result's items are queued (wakes the delivery workers).
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class ResultDelivery:
         results_dir: Path,
         metrics: Metrics,
         utc: Callable[[], datetime],
+        on_enqueued: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.outbox = outbox
@@ -58,6 +60,7 @@ class ResultDelivery:
         self.results_dir = results_dir
         self.metrics = metrics
         self.utc = utc
+        self.on_enqueued = on_enqueued
 
     def enqueue_results(self, task: TaskRow, ai: AIResult, order: OrderContext | None) -> None:
         """Put a task's results in the outbox, as its mode allows."""
@@ -139,6 +142,7 @@ class ResultDelivery:
                     priority=task.priority,
                 )
         self.metrics.inc("statlane_results_total", mode=mode.value, model=task.model)
+        self.on_enqueued()
 
 
 def payload_of(item: OutboxItem) -> Payload:

@@ -25,6 +25,7 @@ from preprocessing.volume import Volume
 from serving.backends import create_backend
 from serving.backends.base import Backend, BackendModel
 from serving.engine import Engine, ModelEntry
+from serving.engine.chunking import ChunkSpec
 from serving.scheduler import LatencyTable, ModelLatency, Scheduler, SchedulerConfig
 from serving.scheduler.policies import make_policy
 from serving.scheduler.records import PriorityClass
@@ -121,6 +122,7 @@ def build_runtime(
     preprocess_workers: int = 2,
     max_pending: int = 256,
     triton_url: str | None = None,
+    max_blocking_s: float | None = None,
 ) -> Runtime:
     """Load ``refs`` (``name`` or ``name@version``) onto ``backend`` and start an engine.
 
@@ -146,11 +148,14 @@ def build_runtime(
             tuple(manifest.input.shape[1:]),
             prepare=_prepare_for(manifest),
             postprocess=_postprocess_for(manifest),
+            chunking=ChunkSpec.from_manifest(manifest),
         )
         manifests[manifest.ident] = manifest
         latency[manifest.ident] = latency_of(manifest)
     config = SchedulerConfig(deadlines_s=dict(deadlines_s))
-    scheduler = Scheduler(LatencyTable(latency), make_policy(policy), config)
+    scheduler = Scheduler(
+        LatencyTable(latency), make_policy(policy, max_blocking_s=max_blocking_s), config
+    )
     engine = Engine(
         entries,
         [engine_backend],
