@@ -176,10 +176,32 @@ class Weights(_Strict):
 
 
 class Chunking(_Strict):
-    """Sliding-window inference for volumes larger than the model input (voxels)."""
+    """Sliding-window inference: the runtime splits the model input into patches (chunks).
+
+    ``input.shape`` stays the whole prepared volume; the runtime runs patches of ``roi_size``
+    voxels (MONAI ``sliding_window_inference`` windows, see :mod:`serving.engine.chunking`),
+    so the graph needs dynamic spatial axes (or fixed ones equal to both). Every output must be
+    dense (same spatial size as the input). With chunking, latency profiles are per patch
+    batch: ``batch_size`` b is b patches of ``(C, *roi_size)``.
+
+    Attributes:
+        roi_size: Patch size per spatial axis, voxels.
+        overlap: Overlap of neighbouring windows, fraction of ``roi_size``.
+        mode: Blending of overlapping windows (``gaussian``: MONAI's recommendation).
+        sigma_scale: Gaussian sigma as a fraction of ``roi_size``.
+    """
 
     roi_size: list[int]
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
+    mode: Literal["gaussian", "constant"] = "gaussian"
+    sigma_scale: float = Field(default=0.125, gt=0.0)
+
+    @field_validator("roi_size")
+    @classmethod
+    def _positive(cls, roi_size: list[int]) -> list[int]:
+        if not roi_size or any(n < 1 for n in roi_size):
+            raise ValueError("roi_size needs a positive size (voxels) per spatial axis")
+        return roi_size
 
 
 class RuntimeHints(_Strict):
@@ -266,6 +288,20 @@ class Manifest(_Strict):
         for finding in self.findings:
             if finding.output not in names:
                 raise ValueError(f"finding {finding.name!r} refers to unknown output")
+        chunking = self.runtime.chunking
+        if chunking is not None:
+            spatial = self.input.shape[2:]
+            if len(chunking.roi_size) != len(spatial):
+                raise ValueError(
+                    f"runtime.chunking.roi_size {chunking.roi_size} needs one size per spatial "
+                    f"axis of the input {self.input.shape}"
+                )
+            for output in self.outputs:
+                if output.shape[2:] != spatial:
+                    raise ValueError(
+                        f"runtime.chunking: output {output.name!r} {output.shape} is not dense "
+                        f"over the input's spatial axes {spatial}; sliding windows need it"
+                    )
         return self
 
     def pipeline(self) -> Pipeline:

@@ -138,7 +138,7 @@ def profile_version(
     clock: Clock = time.perf_counter,
     machine: str | None = None,
 ) -> LatencyProfile:
-    """Measure a package version's latency profile.
+    """Measure a package version's latency profile (per patch batch for a chunked model).
 
     Args:
         version: The package version.
@@ -164,9 +164,12 @@ def profile_version(
         )
     kind = BackendKind(backend)
     run = runner or model_runner(version, kind.value, device)
+    shape = list(manifest.input.shape)
+    if manifest.runtime.chunking is not None:  # the scheduler's item is one patch
+        shape = [shape[0], shape[1], *manifest.runtime.chunking.roi_size]
     points = measure(
         run,
-        manifest.input.shape,
+        shape,
         sizes,
         warmup=warmup,
         runs=runs,

@@ -211,7 +211,8 @@ class Registry:
 
         Checks per version: the manifest loads and matches its folder, weight files match their
         sha256, the ONNX graph's input/output names and non-batch dims match the manifest (the
-        batch axis symbolic), and the TorchScript file loads.
+        batch axis symbolic; the spatial axes may be symbolic too when the manifest chunks the
+        input), and the TorchScript file loads.
 
         Raises:
             PackageNotFoundError: ``name_or_ref`` names nothing.
@@ -355,7 +356,8 @@ def check_onnx_graph(manifest: Manifest, path: Path) -> None:
     """The graph's single input and its outputs match the manifest's names and dims.
 
     Raises:
-        ManifestError: Names, rank or a non-batch dim differ, or the batch axis is fixed.
+        ManifestError: Names, rank or a non-batch dim differ, the batch axis is fixed, or a
+            chunked model's spatial axis is fixed to a size its windows do not have.
     """
     inputs, outputs = onnx_io(path)
     if list(inputs) != [manifest.input.name]:
@@ -364,22 +366,48 @@ def check_onnx_graph(manifest: Manifest, path: Path) -> None:
             f"[{manifest.input.name!r}]"
         )
     name = manifest.input.name
-    _same_dims(path, f"input {name!r}", inputs[name], manifest.input.shape)
+    roi = manifest.runtime.chunking.roi_size if manifest.runtime.chunking else None
+    _same_dims(path, f"input {name!r}", inputs[name], manifest.input.shape, roi)
     for spec in manifest.outputs:
         if spec.name not in outputs:
             raise ManifestError(
                 f"{path}: outputs: graph has no output {spec.name!r} (has {list(outputs)})"
             )
-        _same_dims(path, f"output {spec.name!r}", outputs[spec.name], spec.shape)
+        _same_dims(path, f"output {spec.name!r}", outputs[spec.name], spec.shape, roi)
 
 
-def _same_dims(path: Path, what: str, graph: list[int | str], manifest: list[int]) -> None:
+def _same_dims(
+    path: Path,
+    what: str,
+    graph: list[int | str],
+    manifest: list[int],
+    roi: list[int] | None = None,
+) -> None:
+    """Compare graph dims with the manifest's; ``roi`` is the chunk size of a chunked model.
+
+    A chunked model runs patches of ``roi`` voxels as well as whole volumes, so each spatial
+    axis must be symbolic in the graph, or fixed to a size equal to both the manifest's and the
+    roi's.
+    """
     if len(graph) != len(manifest):
         raise ManifestError(f"{path}: {what}: graph rank {len(graph)} != manifest {manifest}")
     if isinstance(graph[0], int) and graph[0] > 0:
         raise ManifestError(f"{path}: {what}: batch axis is fixed to {graph[0]}, must be dynamic")
-    if list(graph[1:]) != list(manifest[1:]):
+    if roi is None:
+        if list(graph[1:]) != list(manifest[1:]):
+            raise ManifestError(f"{path}: {what}: graph dims {graph} != manifest shape {manifest}")
+        return
+    if graph[1] != manifest[1]:
         raise ManifestError(f"{path}: {what}: graph dims {graph} != manifest shape {manifest}")
+    for axis, (dim, size, patch) in enumerate(zip(graph[2:], manifest[2:], roi, strict=True)):
+        if isinstance(dim, str):
+            continue
+        if dim != size or dim != patch:
+            raise ManifestError(
+                f"{path}: {what}: spatial axis {axis} is fixed to {dim} in the graph but the "
+                f"manifest chunks {manifest} into windows {roi}; export it with dynamic "
+                "spatial axes"
+            )
 
 
 def check_torchscript(path: Path) -> None:

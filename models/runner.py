@@ -142,6 +142,9 @@ class ModelRunner:
 
     def _check(self, batch: np.ndarray) -> None:
         expected = self.input_shape[1:]
+        chunking = self.manifest.runtime.chunking
+        if chunking is not None and tuple(batch.shape[2:]) == tuple(chunking.roi_size):
+            expected = (expected[0], *chunking.roi_size)  # one sliding-window patch per item
         if batch.ndim != len(self.input_shape) or tuple(batch.shape[1:]) != expected:
             raise InputShapeError(
                 f"{self.manifest.ident}: input shape {tuple(batch.shape)} does not match "

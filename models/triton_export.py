@@ -68,6 +68,16 @@ def preferred_batch_sizes(max_batch: int) -> list[int]:
     return sizes
 
 
+def tensor_dims(manifest: Manifest, shape: Sequence[int]) -> list[int]:
+    """Triton ``dims`` of a manifest tensor: without the batch axis (Triton adds it), and with
+    variable (-1) spatial axes when the model is chunked, so one config takes sliding-window
+    patches and whole volumes alike."""
+    dims = [int(n) for n in shape[1:]]
+    if manifest.runtime.chunking is not None:
+        dims = dims[:1] + [-1] * (len(dims) - 1)
+    return dims
+
+
 def build_config(
     manifest: Manifest,
     versions: Sequence[int],
@@ -97,7 +107,7 @@ def build_config(
         pb.ModelInput(
             name=manifest.input.name,
             data_type=getattr(pb, _DATA_TYPES[manifest.input.dtype]),
-            dims=manifest.input.shape[1:],  # Triton adds the batch axis itself
+            dims=tensor_dims(manifest, manifest.input.shape),
         )
     )
     for output in manifest.outputs:
@@ -105,7 +115,7 @@ def build_config(
             pb.ModelOutput(
                 name=output.name,
                 data_type=getattr(pb, _DATA_TYPES[output.dtype]),
-                dims=output.shape[1:],
+                dims=tensor_dims(manifest, output.shape),
             )
         )
     policy = pb.ModelQueuePolicy

@@ -32,6 +32,10 @@ def _parse(path: Path) -> pb.ModelConfig:
     return text_format.Parse(path.read_text(encoding="utf-8"), pb.ModelConfig())
 
 
+def _triton_dim(dim: int | str) -> int:
+    return dim if isinstance(dim, int) else -1
+
+
 def _check_against_graph(out: Path, version: ModelVersion) -> pb.ModelConfig:
     """config.pbtxt of ``version``'s model agrees with the exported ONNX graph and manifest."""
     manifest = version.manifest
@@ -44,11 +48,12 @@ def _check_against_graph(out: Path, version: ModelVersion) -> pb.ModelConfig:
     assert [i.name for i in config.input] == list(inputs)
     for tensor in config.input:
         assert tensor.data_type == pb.TYPE_FP32
-        assert list(tensor.dims) == inputs[tensor.name][1:]  # Triton leaves out the batch axis
+        # Triton leaves out the batch axis; symbolic graph axes (chunked models) are -1
+        assert list(tensor.dims) == [_triton_dim(d) for d in inputs[tensor.name][1:]]
         assert isinstance(inputs[tensor.name][0], str)  # ...which is symbolic in the graph
     assert {o.name for o in config.output} == set(outputs)
     for tensor in config.output:
-        assert list(tensor.dims) == outputs[tensor.name][1:]
+        assert list(tensor.dims) == [_triton_dim(d) for d in outputs[tensor.name][1:]]
     assert manifest.version in config.version_policy.specific.versions
     return config
 

@@ -6,6 +6,16 @@ device loops and postprocessing run on their own threads (numpy, torch and ONNX 
 the GIL in their kernels, and threads share volumes without copying them between processes).
 The scheduler stays a pure state machine: the engine calls it under one lock and does all
 waiting itself, with times read from the injected clock.
+
+Bounded non-preemption: a model entry with ``chunking`` has each input split into
+sliding-window patches (:mod:`serving.engine.chunking`); its task reaches the scheduler with
+one chunk per patch and item shape ``(C, *roi_size)``. A batch is built from the patches its
+work items name (items of several tasks of one model stack together); the outputs are merged
+per task on the postprocessing thread, and the task is postprocessed once its last patch is
+merged. A work item that stands for several chunks (a policy that does not chunk hands out a
+whole task as one item) runs all its patches back to back within that one batch, in backend
+calls of at most ``max_batch`` patches, so such a policy blocks for the whole volume, as it
+would unchunked. A failed batch fails each of its tasks once.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from serving.backends.base import Backend, RequestContext
+from serving.engine.chunking import ChunkingError, PatchMerger, pad_volume, patch, plan_windows
 from serving.engine.jobs import (
     EngineBusy,
     EngineStopped,
@@ -34,7 +45,13 @@ log = logging.getLogger(__name__)
 
 
 class _Job:
-    """Mutable bookkeeping of one job inside the engine."""
+    """Mutable bookkeeping of one job inside the engine.
+
+    ``padded`` and ``merger`` are set for a chunked job before it is ready; device threads only
+    read ``padded`` and the merger's immutable plan, and only the postprocessing thread adds to
+    the merger. ``finished`` turns true once, under the engine lock, when the future is
+    answered.
+    """
 
     def __init__(self, job: InferenceJob, deadline_s: float, received_s: float) -> None:
         self.job = job
@@ -43,6 +60,21 @@ class _Job:
         self.future: Future[JobResult] = Future()
         self.input: np.ndarray | None = job.prepared
         self.affine: np.ndarray | None = job.affine_ras
+        self.padded: np.ndarray | None = None
+        self.merger: PatchMerger | None = None
+        self.finished = False
+
+    @property
+    def chunks(self) -> int:
+        """Patches the input is split into (1 when it runs whole)."""
+        return 1 if self.merger is None else self.merger.plan.count
+
+    def item(self, window: int | None) -> np.ndarray:
+        """The backend input of one batch item: patch ``window``, or the whole input."""
+        if window is None or self.merger is None or self.padded is None:
+            assert self.input is not None
+            return self.input
+        return patch(self.padded, self.merger.plan, window)
 
 
 class Engine:
@@ -99,11 +131,15 @@ class Engine:
             EngineBusy: ``max_pending`` jobs are in the engine already (nothing was accepted).
             EngineStopped: The engine is stopped.
             KeyError: Unknown model.
+            ChunkingError: A prepared input cannot be split into the model's windows.
         """
         if job.model not in self.models:
             raise KeyError(f"unknown model {job.model}")
         if job.volume is None and job.prepared is None:
             raise ValueError(f"job {job.job_id}: give a volume or a prepared input")
+        chunked = None
+        if job.prepared is not None:
+            chunked = self._split(self.models[job.model], job.prepared)
         with self._lock:
             if self._stopping:
                 raise EngineStopped("engine stopped")
@@ -115,6 +151,8 @@ class Engine:
             default = self.scheduler.config.deadlines_s[job.priority]
             deadline = job.deadline_s if job.deadline_s is not None else now + default
             state = _Job(job, deadline, now)
+            if chunked is not None:
+                state.padded, state.merger = chunked
             self._jobs[job.job_id] = state
             if state.input is None:
                 heapq.heappush(self._preprocess_heap, (deadline, next(self._sequence), job.job_id))
@@ -139,7 +177,8 @@ class Engine:
         self._post.shutdown(wait=True)
         with self._lock:
             for state in self._jobs.values():
-                if not state.future.done():
+                if not state.finished:
+                    state.finished = True
                     state.future.set_exception(EngineStopped("engine stopped"))
             self._jobs.clear()
 
@@ -161,9 +200,30 @@ class Engine:
             except Exception as error:  # a bad volume fails its own job only
                 self._finish(state, None, f"preprocessing failed: {error}", 0)
                 continue
+            try:
+                chunked = self._split(entry, state.input)
+            except ChunkingError as error:
+                self._finish(state, None, f"chunking failed: {error}", 0)
+                continue
+            if chunked is not None:
+                state.padded, state.merger = chunked
             with self._lock:
                 self._make_ready(state, self.clock())
                 self._lock.notify_all()
+
+    @staticmethod
+    def _split(entry: ModelEntry, array: np.ndarray) -> tuple[np.ndarray, PatchMerger] | None:
+        """The padded input and an empty merger of a chunked model's input (None: unchunked).
+
+        Runs outside the lock (padding copies the volume when an axis is shorter than the roi).
+
+        Raises:
+            ChunkingError: ``array`` is not ``(C, *spatial)`` with the roi's spatial rank.
+        """
+        if entry.chunking is None:
+            return None
+        plan = plan_windows(np.shape(array)[1:], entry.chunking)
+        return pad_volume(array, plan), PatchMerger(plan)
 
     def _make_ready(self, state: _Job, now: float) -> None:
         """Hand a preprocessed job to the scheduler (caller holds the lock)."""
@@ -173,10 +233,11 @@ class Engine:
             TaskRecord(
                 state.job.job_id,
                 state.job.model,
-                entry.input_shape,
+                entry.item_shape,
                 state.job.priority,
                 now,
                 max(state.deadline_s, now),
+                chunks=state.chunks,
             ),
             now,
         )
@@ -200,7 +261,8 @@ class Engine:
                 batch_states = [self._jobs[item.task_id] for item in plan.items]
                 started = self.clock()
                 for state in batch_states:
-                    state.times.batch_started_s = started
+                    if state.times.batch_started_s is None:  # a chunked job's first batch
+                        state.times.batch_started_s = started
             self._run_batch(backend, plan, batch_states)
 
     def _next_plan(self) -> BatchPlan | None:
@@ -216,33 +278,84 @@ class Engine:
 
     def _run_batch(self, backend: Backend, plan: BatchPlan, states: list[_Job]) -> None:
         entry = self.models[plan.model]
-        batch = np.stack([s.input for s in states if s.input is not None])
+        # One unit per backend batch item: (job, patch index) or (job, None) for a whole input.
+        units: list[tuple[_Job, int | None]] = []
+        for item, state in zip(plan.items, states, strict=True):
+            if state.merger is None:
+                units.append((state, None))
+            else:
+                units += [(state, w) for w in range(item.index, item.index + item.cost_chunks)]
         most_urgent = min(states, key=lambda s: s.deadline_s)
-        context = RequestContext(
-            f"batch-{plan.batch_id}",
-            min((s.job.priority for s in states), key=lambda p: p.rank),
-            max(most_urgent.deadline_s - self.clock(), 0.0),
-        )
+        priority = min((s.job.priority for s in states), key=lambda p: p.rank)
+        step = max(entry.backend_model.max_batch, 1)
         error: str | None = None
-        outputs: Mapping[str, np.ndarray] = {}
-        try:
-            outputs = backend.infer(entry.backend_model, batch, context)
-        except Exception as exc:  # the batch fails; its jobs report it, the engine goes on
-            error = f"inference failed: {exc}"
+        results: list[tuple[_Job, int | None, dict[str, np.ndarray]]] = []
+        for first in range(0, len(units), step):
+            part = units[first : first + step]
+            batch = np.stack([state.item(window) for state, window in part])
+            context = RequestContext(
+                f"batch-{plan.batch_id}",
+                priority,
+                max(most_urgent.deadline_s - self.clock(), 0.0),
+            )
+            try:
+                outputs = backend.infer(entry.backend_model, batch, context)
+            except Exception as exc:  # the batch fails; its jobs report it, the engine goes on
+                error = f"inference failed: {exc}"
+                break
+            for k, (state, window) in enumerate(part):
+                results.append((state, window, {name: out[k] for name, out in outputs.items()}))
         finished = self.clock()
         with self._lock:
             self.scheduler.complete(plan.batch_id, finished, failed=error is not None)
             self._lock.notify_all()
-        for index, state in enumerate(states):
-            state.times.inferred_s = finished
-            item = None if error else {name: out[index] for name, out in outputs.items()}
-            self._post.submit(self._finish, state, item, error, plan.size)
+        if error is not None:
+            # The scheduler dropped every task of a failed batch: each fails here, once.
+            for state in dict.fromkeys(states):
+                self._post.submit(self._finish, state, None, error, plan.size, finished)
+            return
+        for state, window, outputs in results:
+            if window is None:
+                self._post.submit(self._finish, state, outputs, None, plan.size, finished)
+            else:
+                self._post.submit(self._merge, state, window, outputs, plan.size, finished)
 
     # ---- postprocessing stage ------------------------------------------------------------------
 
-    def _finish(
-        self, state: _Job, outputs: dict[str, np.ndarray] | None, error: str | None, size: int
+    def _merge(
+        self,
+        state: _Job,
+        window: int,
+        outputs: dict[str, np.ndarray],
+        size: int,
+        finished: float,
     ) -> None:
+        """Merge one patch's outputs; postprocess the job when its last patch is in."""
+        merger = state.merger
+        if state.finished or merger is None:
+            return  # an earlier chunk's failure answered the job already
+        try:
+            merger.add(window, outputs)
+            if not merger.complete:
+                return
+            merged = merger.result()
+        except ChunkingError as exc:
+            self._finish(state, None, f"merging chunks failed: {exc}", size, finished)
+            return
+        self._finish(state, merged, None, size, finished)
+
+    def _finish(
+        self,
+        state: _Job,
+        outputs: dict[str, np.ndarray] | None,
+        error: str | None,
+        size: int,
+        inferred_s: float | None = None,
+    ) -> None:
+        """Postprocess and answer the job's future, once (later calls for it do nothing).
+
+        ``inferred_s`` is when its (last) batch finished; None when it never reached one.
+        """
         findings: list[object] = []
         entry = self.models[state.job.model]
         if outputs is not None and entry.postprocess is not None:
@@ -250,8 +363,16 @@ class Engine:
                 findings = list(entry.postprocess(outputs, state.affine))
             except Exception as exc:
                 error = f"postprocessing failed: {exc}"
-        done = self.clock()
-        state.times.done_s = done
+        with self._lock:
+            if state.finished:  # answered already (a failed chunk, or stop)
+                return
+            state.finished = True
+            if inferred_s is not None:
+                state.times.inferred_s = inferred_s
+            done = self.clock()
+            state.times.done_s = done
+            self._jobs.pop(state.job.job_id, None)
+            self._lock.notify_all()
         result = JobResult(
             job_id=state.job.job_id,
             model=state.job.model,
@@ -261,8 +382,6 @@ class Engine:
             deadline_missed=done > state.deadline_s,
             batch_size=size,
             times=state.times,
+            chunks=state.chunks,
         )
-        with self._lock:
-            self._jobs.pop(state.job.job_id, None)
-            self._lock.notify_all()
         state.future.set_result(result)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from serving.backends.base import BackendModel
+from serving.engine.chunking import ChunkSpec
 from serving.scheduler.records import PriorityClass
 
 
@@ -25,16 +26,27 @@ class ModelEntry:
 
     Attributes:
         backend_model: Paths and tensor names for the backends (weights already verified).
-        input_shape: One item's input shape without the batch axis, e.g. ``(1, 64, 64, 32)``.
+        input_shape: One prepared input's shape without the batch axis, e.g. ``(1, 64, 64, 32)``.
         prepare: Volume → model input ``(C, *spatial)`` float32 and its RAS affine; runs in a
             preprocessing worker.
         postprocess: Raw outputs of one item (batch axis removed) and the affine → findings.
+        chunking: Sliding-window patches (``runtime.chunking`` of the manifest, see
+            :meth:`ChunkSpec.from_manifest`); None runs every input whole.
     """
 
     backend_model: BackendModel
     input_shape: tuple[int, ...]
     prepare: Any
     postprocess: Any = None
+    chunking: ChunkSpec | None = None
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """Shape of one batch item sent to the backend: a patch ``(C, *roi_size)`` when
+        chunked, else the whole input."""
+        if self.chunking is None:
+            return self.input_shape
+        return self.chunking.item_shape(self.input_shape)
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,9 @@ class StageTimes:
     """When a job passed each stage, seconds on the engine's clock.
 
     ``ready_s`` (preprocessing done, task handed to the scheduler) → ``done_s`` is the latency
-    the scheduling benchmark reports; ``received_s`` → ``done_s`` includes preprocessing.
+    the scheduling benchmark reports; ``received_s`` → ``done_s`` includes preprocessing. A
+    chunked job runs in several batches: ``batch_started_s`` is when its first chunk's batch
+    started, ``inferred_s`` when its last chunk's batch finished.
     """
 
     received_s: float = 0.0
@@ -87,8 +101,9 @@ class JobResult:
         findings: Postprocessed findings (empty when the entry has no postprocess).
         error: One-line reason when the job failed (preprocessing, backend), else None.
         deadline_missed: Finished after its deadline.
-        batch_size: Size of the batch it ran in.
+        batch_size: Size of the batch it ran in (of its last chunk's batch, when chunked).
         times: Per-stage timestamps.
+        chunks: Sliding-window patches its input was split into (1: run whole).
     """
 
     job_id: str
@@ -99,3 +114,4 @@ class JobResult:
     deadline_missed: bool = False
     batch_size: int = 0
     times: StageTimes = field(default_factory=StageTimes)
+    chunks: int = 1

@@ -2,6 +2,13 @@
 
 Profiles come from ``statlane models profile`` (median seconds per batch size). Between measured
 sizes the time is interpolated linearly; beyond the largest it is extrapolated from the last two.
+
+The unit of a batch is the scheduler's item: one chunk. For a chunked model (manifest
+``runtime.chunking``) that is one sliding-window patch ``(C, *roi_size)``, so its profile must be
+measured per patch batch: ``seconds(b)`` is the time of b patches in one backend call, and a
+whole task of N chunks costs ``seconds(N)`` when it runs as one unit (extrapolated past
+``max_batch``, where the engine runs its patches back to back). For an unchunked model an item
+is a whole input.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ModelLatency:
-    """Measured service time of one model per batch size.
+    """Measured service time of one model per batch size (items: patches when chunked).
 
     Attributes:
         points: ``(batch_size, seconds)`` sorted by batch size, sizes >= 1.
