@@ -199,6 +199,13 @@ def import_bundle(
     try:
         weights, backends = _copy_weights(bundle, staging)
         chunking = chunking_from(config, tensors.spatial)
+        sparse = [o.name for o in tensors.outputs if len(o.shape) != len(tensors.input.shape)]
+        if chunking and sparse:  # windows of a classifier cannot be stitched back together
+            report.notes.append(
+                f"SlidingWindowInferer not used: output {sparse[0]!r} is not per-voxel, so "
+                "the model runs on whole inputs"
+            )
+            chunking = None
         manifest = Manifest(
             name=name,
             version=version,

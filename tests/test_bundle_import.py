@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from models.bundle import BundleImportError, import_bundle
+from models.bundle_config import chunking_from
 from models.manifest import BackendKind, Task, load_manifest
 from models.registry import Registry
 from serving.cli import main
@@ -194,7 +195,14 @@ def test_symbolic_shape_needs_a_concrete_size(tmp_path: Path) -> None:
     assert load_manifest(report.folder).input.shape == [-1, 1, *SPATIAL]
 
 
-def test_sliding_window_inferer_sets_size_and_chunking(tmp_path: Path) -> None:
+def test_sliding_window_inferer_settings_are_read() -> None:
+    config = {
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 8], "overlap": 0.5}
+    }
+    assert chunking_from(config, [32, 32, 16]) == {"roi_size": [16, 16, 8], "overlap": 0.5}
+
+
+def test_sliding_window_inferer_on_a_classifier_is_reported_not_chunked(tmp_path: Path) -> None:
     config = _inference(tmp_path / "sentinel")
     config["inferer"] = {
         "_target_": "SlidingWindowInferer",
@@ -205,9 +213,8 @@ def test_sliding_window_inferer_sets_size_and_chunking(tmp_path: Path) -> None:
     report = import_bundle(bundle, tmp_path / "repo")
     manifest = load_manifest(report.folder)
     assert manifest.input.shape == [-1, 1, *SPATIAL]
-    assert manifest.runtime.chunking is not None
-    assert manifest.runtime.chunking.roi_size == list(SPATIAL)
-    assert manifest.runtime.chunking.overlap == 0.5
+    assert manifest.runtime.chunking is None  # windows of class scores cannot be merged
+    assert any("SlidingWindowInferer not used" in note for note in report.notes)
 
 
 def test_nothing_mappable_is_refused(tmp_path: Path) -> None:
