@@ -16,42 +16,16 @@ import pydicom
 
 from models.postprocess import Finding
 from models.synthetic import generate_study
-from router.result import AIResult, Algorithm, KeyImage, Mode, SourceInstance, StudyIdentity
+from router.result import AIResult, Algorithm, KeyImage, Mode, SourceInstance
+from serving.service.results import source_instance, study_identity
 
-
-def identity_of(ds: pydicom.Dataset) -> StudyIdentity:
-    """The study identity of a source instance."""
-    return StudyIdentity(
-        patient_id=str(ds.get("PatientID", "")),
-        patient_name=str(ds.get("PatientName", "")),
-        study_instance_uid=str(ds.StudyInstanceUID),
-        accession_number=str(ds.get("AccessionNumber", "")),
-        patient_birth_date=str(ds.get("PatientBirthDate", "")),
-        patient_sex=str(ds.get("PatientSex", "")),
-        study_id=str(ds.get("StudyID", "")),
-        study_date=str(ds.get("StudyDate", "")),
-        study_time=str(ds.get("StudyTime", "")),
-        referring_physician_name=str(ds.get("ReferringPhysicianName", "")),
-        study_description=str(ds.get("StudyDescription", "")),
-    )
+# The service's own readers of source headers: tests build results the way production does.
+identity_of = study_identity
 
 
 def source_instance_of(ds: pydicom.Dataset, path: Path) -> SourceInstance:
-    """Geometry of one source instance."""
-    ipp = ds.get("ImagePositionPatient")
-    iop = ds.get("ImageOrientationPatient")
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    return SourceInstance(
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        sop_class_uid=str(ds.SOPClassUID),
-        series_instance_uid=str(ds.SeriesInstanceUID),
-        rows=int(ds.Rows),
-        columns=int(ds.Columns),
-        position_lps=tuple(float(v) for v in ipp) if ipp else None,  # type: ignore[arg-type]
-        orientation=tuple(float(v) for v in iop) if iop else None,  # type: ignore[arg-type]
-        pixel_spacing_mm=tuple(float(v) for v in spacing) if spacing else None,  # type: ignore[arg-type]
-        path=str(path),
-    )
+    """Geometry of one source instance (the service's reader)."""
+    return source_instance(ds, str(path))
 
 
 def algorithm(name: str = "ich-ct-head", version: str = "2") -> Algorithm:
