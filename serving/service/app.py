@@ -19,7 +19,7 @@ from models.registry import Registry
 from router.delivery import DeliveryError, Destination, build_destination
 from router.result import Mode
 from router.rules import RuleSet, default_rules, load_rules
-from router.worklist import Row, Worklist, rank_changes, signal_payload
+from router.worklist import Row, rank_changes, signal_payload
 from serving.config import ServiceConfig
 from serving.gateway.dimse import AssociationSummary, DicomGateway
 from serving.gateway.hl7_orders import OrderReceiver
@@ -35,6 +35,7 @@ from serving.service.records import rules_digest
 from serving.service.rest import RestApi
 from serving.service.runtime import Runtime, build_runtime
 from serving.service.streaming import StreamingVolumes
+from serving.service.worklist import SharedWorklist
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class Service:
             for name, spec in config.destinations.items()
         }
         self.destination_types = {n: str(s["type"]) for n, s in config.destinations.items()}
-        self.worklist = Worklist(
+        self.worklist = SharedWorklist(
             max_wait_s=config.worklist.max_wait_s, ai_late_s=config.worklist.ai_late_s, clock=utc
         )
         self.results = ResultDelivery(
@@ -212,6 +213,13 @@ class Service:
                 target=self.coordinator.run_results,
                 args=(self._stopping,),
                 name="results",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=self.coordinator.run_results,
+                args=(self._stopping,),
+                kwargs={"stat_only": True},
+                name="results-stat",
                 daemon=True,
             ),
         ]

@@ -526,18 +526,24 @@ class Coordinator:
         for task, attempt in waiting:
             self._submit(task, attempt)
 
-    def run_results(self, stopping: threading.Event) -> None:
+    def run_results(self, stopping: threading.Event, *, stat_only: bool = False) -> None:
         """The results thread: finished jobs become results, most urgent class first.
 
         Object building and delivery enqueueing take tenths of a second per result on a small
         CPU; doing them here keeps the coordinator loop (assembly, routing) responsive, and a
-        stat result never waits behind a queue of routine ones (at most behind one).
+        stat result never waits behind a queue of routine ones. With ``stat_only`` the thread
+        takes stat results only: the service runs one such thread next to the general one, so
+        a stat result does not even wait for the routine result in hand.
         """
+
+        def ready() -> bool:
+            return bool(self._results) and (not stat_only or self._results[0][0] == 0)
+
         while True:
             with self._results_ready:
-                while not self._results and not stopping.is_set():
+                while not ready() and not stopping.is_set():
                     self._results_ready.wait(timeout=0.2)
-                if not self._results:
+                if not ready():
                     return
                 _, _, _, launched, future = heapq.heappop(self._results)
             self._handle_result(launched, future)
