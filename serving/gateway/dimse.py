@@ -25,6 +25,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from io import BytesIO
 from types import TracebackType
 from typing import Any, cast
 
@@ -43,11 +44,14 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from serving.gateway.errors import InvalidInstance, OutOfResources, UnknownCaller
+from serving.gateway.part10 import part10_header
+from serving.gateway.reactor import PromptRequestHandler
 from serving.gateway.spool import InstanceSource, Spool, StoredInstance
 
 __all__ = [
@@ -118,6 +122,21 @@ def _status(code: int, comment: str) -> Dataset:
 
 def _ignore(_: Any) -> None:
     return None
+
+
+def _part10(event: Event) -> bytes:
+    """The received C-STORE data set as a Part-10 file, without decoding the data set."""
+    request = cast(C_STORE, event.request)
+    data_set = request.DataSet
+    if data_set is None:
+        raise InvalidInstance("the C-STORE request carries no data set")
+    raw = data_set.getvalue() if isinstance(data_set, BytesIO) else bytes(data_set)
+    header = part10_header(
+        str(request.AffectedSOPClassUID),
+        str(request.AffectedSOPInstanceUID),
+        str(event.context.transfer_syntax),
+    )
+    return header + raw
 
 
 class DicomGateway:
@@ -208,11 +227,17 @@ class DicomGateway:
             (evt.EVT_RELEASED, self._handle_released),
             (evt.EVT_ABORTED, self._handle_aborted),
         ]
-        self._server = ae.start_server(
+        server = ae.make_server(
             (self.host, self._requested_port),
-            block=False,
             evt_handlers=cast(list[EventHandlerType], handlers),
+            server_class=ThreadedAssociationServer,
+            request_handler=PromptRequestHandler,
         )
+        threading.Thread(
+            target=server.serve_forever, name=f"dicom-gateway-{self.ae_title}", daemon=True
+        ).start()
+        ae._servers.append(server)  # as start_server does: server.shutdown() removes it
+        self._server = server
         LOGGER.info("DICOM gateway %s listening on %s:%d", self.ae_title, self.host, self.port)
 
     def stop(self) -> None:
@@ -272,7 +297,7 @@ class DicomGateway:
         if state is None:  # cannot happen after EVT_ESTABLISHED; refuse rather than guess
             return _status(STATUS_UNABLE_TO_PROCESS, "association state unknown")
         try:
-            stored = self.spool.store(event.encoded_dataset(include_meta=True), state.source)
+            stored = self.spool.store(_part10(event), state.source)
         except OutOfResources as exc:
             state.failed += 1
             LOGGER.error("association %s: %s", state.source.association_id, exc)
