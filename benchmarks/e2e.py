@@ -656,6 +656,7 @@ def runtime_facts(service: Service) -> dict[str, Any]:
         "models": sorted(models),
         "chunked_models": chunked,
         "max_blocking_s": getattr(runtime.engine.scheduler.policy, "max_blocking_s", None),
+        "stat_lanes": runtime.engine.scheduler.config.stat_lanes,
     }
 
 

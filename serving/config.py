@@ -75,9 +75,22 @@ class RuntimeConfig(_Strict):
     triton_url: str | None = None
     policy: Literal["fifo", "strict-priority", "edf"] = "edf"
     max_blocking_s: float | None = Field(
-        default=None,
+        default=1.0,
         gt=0,
-        description="edf: longest a non-stat batch may run, seconds (None: deadlines only)",
+        description=(
+            "edf: longest a non-stat batch (or patch batch of a chunked model) may run, "
+            "seconds, from the latency profile; it bounds how long a stat waits for the device. "
+            "At least one patch always runs. null: bounded by deadlines only"
+        ),
+    )
+    stat_lanes: int = Field(
+        default=1,
+        ge=0,
+        le=8,
+        description=(
+            "edf: stat batches that may start next to a busy device's batch (a second model "
+            "instance), so a stat waits for no batch; 0: one batch per device"
+        ),
     )
     preprocess_workers: int = Field(default=2, ge=1, le=64)
     max_pending: int = Field(default=256, ge=1)

@@ -74,9 +74,11 @@ def tiny(tmp_path: Path) -> BackendModel:
     return BackendModel.from_package(load_manifest(folder), folder)
 
 
-def _engine(tiny: BackendModel, backend: object, max_batch: int = 4, **kw: object) -> Engine:
+def _engine(
+    tiny: BackendModel, backend: object, max_batch: int = 4, stat_lanes: int = 0, **kw: object
+) -> Engine:
     latency = LatencyTable({tiny.ident: ModelLatency.from_mapping({1: 0.01, 4: 0.02}, max_batch)})
-    config = SchedulerConfig(max_queue_delay_s=0.0)
+    config = SchedulerConfig(max_queue_delay_s=0.0, stat_lanes=stat_lanes)
     entry = ModelEntry(
         tiny,
         (1, *SPATIAL),
@@ -136,6 +138,67 @@ def test_stat_overtakes_queued_routine_work_and_batches_share_a_model(tiny: Back
     assert backend.contexts[1].priority is STAT
     assert all(r.error is None for r in results)
     assert sorted(label for b in backend.batches for label in b) == ["1", "2", "3", "4", "9"]
+
+
+class LaneBackend:
+    """Routine batches block until released; stat batches return at once."""
+
+    name = "lanes"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.routine_running = threading.Event()
+        self.active = 0
+        self.most_active = 0
+        self._lock = threading.Lock()
+
+    def load(self, model: BackendModel) -> None:
+        return None
+
+    def infer(
+        self, model: BackendModel, batch: np.ndarray, context: RequestContext
+    ) -> Mapping[str, np.ndarray]:
+        with self._lock:
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+        try:
+            if context.priority is not STAT:
+                self.routine_running.set()
+                assert self.release.wait(timeout=30)
+            return {OUTPUT_NAME: batch.reshape(len(batch), -1)[:, :2]}
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def healthy(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("lanes", [0, 1])
+def test_a_stat_lane_runs_a_stat_next_to_a_running_routine_batch(
+    tiny: BackendModel, lanes: int
+) -> None:
+    backend = LaneBackend()
+    engine = _engine(tiny, backend, stat_lanes=lanes)
+    routine = engine.submit(_job(1))
+    assert backend.routine_running.wait(timeout=30)
+    stat = engine.submit(_job(9, STAT))
+    try:
+        if lanes:
+            assert stat.result(timeout=30).error is None  # while the routine batch still runs
+            assert not routine.done()
+            assert backend.most_active == 2
+        else:
+            with pytest.raises(TimeoutError):
+                stat.result(timeout=0.5)  # one batch per device: the stat waits
+    finally:
+        backend.release.set()
+    assert routine.result(timeout=30).error is None
+    assert stat.result(timeout=30).error is None
+    engine.stop()
 
 
 def test_backpressure_refuses_without_losing_accepted_jobs(tiny: BackendModel) -> None:

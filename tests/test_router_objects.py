@@ -384,3 +384,10 @@ def test_dcmpschk_passes_the_gsps(files: dict[str, Path]) -> None:
     failures = [line for line in output if line.startswith("E:") or "Test failed" in line]
     assert not failures, "\n".join(failures)
     assert any("Test passed" in line for line in output)
+
+
+def test_build_objects_refuses_an_unknown_kind(tmp_path: Path) -> None:
+    from router.objects import build_objects
+
+    with pytest.raises(ValueError, match="unknown result object kinds"):
+        build_objects(cxr_result(tmp_path), kinds=("sr", "pdf"))

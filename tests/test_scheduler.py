@@ -241,3 +241,59 @@ def test_protocol_errors_are_typed() -> None:
         Scheduler(latency(ich={1: 1.0}), "lifo")
     with pytest.raises(ValueError, match="deadline before arrival"):
         task("c", arrival=5.0, deadline=1.0)
+
+
+# ---- stat lanes --------------------------------------------------------------------------------
+
+
+def lane_scheduler(lanes: int = 1) -> Scheduler:
+    return Scheduler(
+        latency(ich={1: 0.2, 4: 0.4}, chest={1: 0.6}),
+        "edf",
+        SchedulerConfig(stat_lanes=lanes, max_queue_delay_s=0.0),
+    )
+
+
+def test_a_stat_starts_on_the_lane_while_the_device_runs_a_routine_batch() -> None:
+    s = lane_scheduler()
+    s.submit(task("chest", ROUTINE, model="chest", chunks=3), 0.0)
+    routine = dispatch(s, 0.0)
+    assert not routine.stat_lane
+    s.submit(task("head", STAT, deadline=10.0), 0.1)
+    assert s.next_batch(0.1) == Wait(None)  # the device is busy
+    lane = s.next_batch(0.1, stat_lane=True)
+    assert isinstance(lane, BatchPlan) and lane.stat_lane and ids(lane) == ["head"]
+    s.complete(lane.batch_id, 0.3)
+    s.complete(routine.batch_id, 0.6)
+    assert ids(dispatch(s, 0.6)) == ["chest"]  # the routine task goes on where it stopped
+
+
+def test_the_lane_takes_stat_items_only_and_one_batch_per_lane() -> None:
+    s = lane_scheduler()
+    s.submit(task("r1", ROUTINE), 0.0)
+    busy = dispatch(s, 0.0)
+    s.submit(task("s1", STAT, deadline=5.0), 0.0)
+    s.submit(task("s2", STAT, deadline=6.0), 0.0)
+    s.submit(task("r2", ROUTINE, deadline=7.0), 0.0)  # same model: would fill a device batch
+    lane = s.next_batch(0.0, stat_lane=True)
+    assert isinstance(lane, BatchPlan) and ids(lane) == ["s1", "s2"]
+    s.submit(task("s3", STAT, deadline=8.0), 0.0)
+    assert s.next_batch(0.0, stat_lane=True) == Wait(None)  # the only lane is taken
+    s.complete(busy.batch_id, 0.2)
+    assert ids(dispatch(s, 0.2)) == ["r2", "s3"]  # earliest deadline first, as always
+
+
+def test_the_lane_leaves_free_devices_and_non_stat_heads_alone() -> None:
+    s = lane_scheduler()
+    s.submit(task("s1", STAT, deadline=5.0), 0.0)
+    assert s.next_batch(0.0, stat_lane=True) == Wait(None)  # the device is free: it runs there
+    device = dispatch(s, 0.0)
+    s.submit(task("u1", URGENT, deadline=1.0), 0.0)
+    s.submit(task("s2", STAT, deadline=5.0), 0.0)
+    assert s.next_batch(0.0, stat_lane=True) == Wait(None)  # an urgent task is more urgent
+    s.complete(device.batch_id, 0.2)
+    no_lanes = lane_scheduler(lanes=0)
+    no_lanes.submit(task("r", ROUTINE), 0.0)
+    dispatch(no_lanes, 0.0)
+    no_lanes.submit(task("s", STAT, deadline=5.0), 0.0)
+    assert no_lanes.next_batch(0.0, stat_lane=True) == Wait(None)

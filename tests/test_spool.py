@@ -103,6 +103,18 @@ def test_store_writes_the_exact_bytes_at_the_hashed_path(tmp_path: Path) -> None
     assert not stored.duplicate and not stored.replaced
 
 
+def test_the_stored_instance_carries_its_header_without_pixel_data(tmp_path: Path) -> None:
+    stored = make_spool(tmp_path).store(make_instance(), SOURCE)
+    assert stored.header is not None
+    assert stored.header.SOPInstanceUID == stored.sop_instance_uid
+    assert stored.header.StudyInstanceUID == STUDY
+    assert stored.header.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert "PixelData" not in stored.header
+    assert not hasattr(stored.header, "buffer")  # the received bytes are not kept alive
+    rescanned = next(make_spool(tmp_path).iter_instances())
+    assert rescanned.header is None  # a rescan reads identity tags only
+
+
 def test_a_dataset_with_file_meta_is_stored_like_its_bytes(tmp_path: Path) -> None:
     stored = make_spool(tmp_path).store(make_dataset(), SOURCE)
     assert stored.path.read_bytes() == make_instance()

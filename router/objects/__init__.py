@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,21 +56,36 @@ class ResultObject:
         return str(self.dataset.SOPInstanceUID)
 
 
-def build_objects(result: AIResult) -> list[ResultObject]:
-    """Every object that applies to ``result``, in :data:`KINDS` order.
+_BUILDERS: dict[str, Callable[[AIResult], Dataset | None]] = {
+    "sr": build_sr,
+    "gsps": build_gsps,
+    "sc": build_sc,
+    "seg": build_seg,
+}
+
+
+def build_objects(result: AIResult, kinds: Iterable[str] = KINDS) -> list[ResultObject]:
+    """Every object of ``kinds`` that applies to ``result``, in :data:`KINDS` order.
 
     The SR always; GSPS and SC when a present finding has a key image; SEG when there is a
-    non-empty mask for a located finding.
+    non-empty mask for a located finding. ``kinds`` lets a caller build the SR first and send
+    it while the others are built.
 
     Raises:
         ResultObjectError: The result cannot be turned into a valid object (message names the
             study by UID and the problem).
+        ValueError: ``kinds`` names an unknown kind.
     """
-    built = [ResultObject("sr", build_sr(result))]
-    for kind, build in (("gsps", build_gsps), ("sc", build_sc), ("seg", build_seg)):
-        dataset = build(result)
-        if dataset is not None:
-            built.append(ResultObject(kind, dataset))
+    wanted = set(kinds)
+    unknown = wanted - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown result object kinds {sorted(unknown)}; expected {KINDS}")
+    built = []
+    for kind in KINDS:
+        if kind in wanted:
+            dataset = _BUILDERS[kind](result)
+            if dataset is not None:
+                built.append(ResultObject(kind, dataset))
     return built
 
 

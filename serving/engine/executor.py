@@ -119,6 +119,18 @@ class Engine:
             threading.Thread(target=self._device_loop, args=(d,), name=f"device-{d}", daemon=True)
             for d in range(len(backends))
         ]
+        # Stat lanes run stat batches next to a busy device's batch, on its backend (one
+        # backend accepts concurrent calls: ONNX Runtime sessions, TorchScript modules and
+        # Triton clients are thread-safe), so a stat never waits for a routine batch to end.
+        self._threads += [
+            threading.Thread(
+                target=self._device_loop,
+                args=(lane % len(backends), True),
+                name=f"stat-lane-{lane}",
+                daemon=True,
+            )
+            for lane in range(scheduler.config.stat_lanes)
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -251,11 +263,11 @@ class Engine:
 
     # ---- inference stage -----------------------------------------------------------------------
 
-    def _device_loop(self, device: int) -> None:
+    def _device_loop(self, device: int, stat_lane: bool = False) -> None:
         backend = self.backends[device]
         while True:
             with self._lock:
-                plan = self._next_plan()
+                plan = self._next_plan(stat_lane)
                 if plan is None:
                     return
                 batch_states = [self._jobs[item.task_id] for item in plan.items]
@@ -265,10 +277,10 @@ class Engine:
                         state.times.batch_started_s = started
             self._run_batch(backend, plan, batch_states)
 
-    def _next_plan(self) -> BatchPlan | None:
+    def _next_plan(self, stat_lane: bool = False) -> BatchPlan | None:
         """Wait (holding the condition) until the scheduler hands out a batch or we stop."""
         while not self._stopping:
-            answer = self.scheduler.next_batch(self.clock())
+            answer = self.scheduler.next_batch(self.clock(), stat_lane=stat_lane)
             if isinstance(answer, BatchPlan):
                 return answer
             assert isinstance(answer, Wait)

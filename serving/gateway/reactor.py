@@ -18,6 +18,7 @@ two threads wait:
 * :class:`BulkSocket` reads a PDU with ``recv_into`` into one buffer instead of 4 KiB
   ``recv`` calls joined together (a 512 KiB slice was ~128 calls and copies).
 * :class:`PromptRequestHandler` makes the server create these for every incoming association.
+* pynetdicom's standard logging handlers (a debug summary of every PDU) are not bound.
 
 The loops are adapted from pynetdicom 3.0 (MIT licence); ``pyproject.toml`` pins pynetdicom to
 3.0.x because they override its private methods, and the gateway's tests run every code path
@@ -175,6 +176,13 @@ class PromptAssociation(Association):
         # Timeouts are copied onto the DUL's timers when set; set them again on the new DUL.
         self.acse_timeout = self.ae.acse_timeout
         self.network_timeout = self.ae.network_timeout
+
+    def _bind_defaults(self) -> None:
+        """Intervention handlers only: pynetdicom's standard notification handlers format a
+        debug summary of every PDU and DIMSE message (~5% of the gateway's CPU per instance),
+        which statlane never logs (its own log names AE titles and counts, not messages)."""
+        for event in evt._INTERVENTION_EVENTS:
+            self.bind(event, evt.get_default_handler(event))
 
     def _run_reactor(self) -> None:
         """pynetdicom's acceptor loop, blocking up to IDLE_WAIT_S for the next message."""

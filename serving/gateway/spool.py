@@ -25,7 +25,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
@@ -50,6 +50,7 @@ __all__ = [
     "StoredInstance",
     "disk_free_bytes",
     "is_valid_uid",
+    "read_header",
     "read_identity",
     "utc_now",
 ]
@@ -90,6 +91,9 @@ class StoredInstance:
         received_at: When the spool accepted it (injected clock; file mtime for rescans).
         duplicate: The same bytes were already stored; nothing was written.
         replaced: Different bytes were stored under this SOP Instance UID and were replaced.
+        header: The data set as the spool parsed it to validate it, without its pixel data
+            (None for a rescan): whoever records the instance needs no second read of the file.
+            Shared, not copied: treat it as read-only.
     """
 
     sop_instance_uid: str
@@ -103,6 +107,7 @@ class StoredInstance:
     source: InstanceSource
     duplicate: bool = False
     replaced: bool = False
+    header: Dataset | None = field(default=None, compare=False, repr=False)
 
 
 def disk_free_bytes(path: Path) -> int:
@@ -271,6 +276,13 @@ def read_identity(data: bytes, *, expected_study_uid: str | None = None) -> Inst
             Pixel Data inconsistent with the image attributes.
         StudyMismatch: ``expected_study_uid`` is set and the instance belongs to another study.
     """
+    return read_header(data, expected_study_uid=expected_study_uid)[0]
+
+
+def read_header(
+    data: bytes, *, expected_study_uid: str | None = None
+) -> tuple[InstanceIdentity, Dataset]:
+    """As :func:`read_identity`, also returning the parsed data set without its pixel data."""
     try:
         dataset = dcmread(BytesIO(data))
     except Exception as exc:  # pydicom raises many types for garbage; all mean "unreadable"
@@ -286,7 +298,13 @@ def read_identity(data: bytes, *, expected_study_uid: str | None = None) -> Inst
         )
     _check_complete(dataset, data, identity)
     _check_pixel_data(dataset, identity)
-    return identity
+    # A plain Dataset of the elements: the FileDataset keeps the whole received buffer, and the
+    # pixel data is megabytes; neither is kept with the header.
+    header = Dataset(dataset)
+    header.file_meta = dataset.file_meta
+    for tag in (_PIXEL_DATA, *_OTHER_PIXEL_DATA):
+        header.pop(tag, None)
+    return identity, header
 
 
 def _read_stored_identity(handle: BinaryIO) -> InstanceIdentity:
@@ -362,7 +380,7 @@ class Spool:
             OutOfResources: Writing would leave less than ``min_free_bytes`` free.
         """
         data = _encode(instance)
-        identity = read_identity(data, expected_study_uid=expected_study_uid)
+        identity, header = read_header(data, expected_study_uid=expected_study_uid)
         path = self.path_for(
             identity.study_instance_uid,
             identity.series_instance_uid,
@@ -379,7 +397,7 @@ class Spool:
             if not duplicate:
                 self._check_space(len(data))
                 self._write_durably(path, data)
-        stored = self._stored(identity, path, len(data), source, duplicate, replaced)
+        stored = self._stored(identity, path, len(data), source, duplicate, replaced, header)
         LOGGER.debug(
             "spooled SOP instance %s (%d bytes, duplicate=%s, replaced=%s)",
             identity.sop_instance_uid,
@@ -483,6 +501,7 @@ class Spool:
         source: InstanceSource,
         duplicate: bool,
         replaced: bool,
+        header: Dataset | None = None,
     ) -> StoredInstance:
         return StoredInstance(
             sop_instance_uid=identity.sop_instance_uid,
@@ -496,4 +515,5 @@ class Spool:
             source=source,
             duplicate=duplicate,
             replaced=replaced,
+            header=header,
         )

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from router.context import OrderContext, OrderPriority
+from serving.jobstore.arrivals import record_arrivals
 from serving.jobstore.schema import (
     WRITE_OPTION,
     AuditEvent,
@@ -140,18 +141,31 @@ class StateChanges:
         detail: Mapping[str, Any] | None = None,
     ) -> None:
         """Check a change against its state machine and add its transition row."""
+        values = self.transition_values(kind, entity_id, from_state, to_state, detail)
+        self.session.add(Transition(**values))
+
+    def transition_values(
+        self,
+        kind: EntityKind,
+        entity_id: str | int,
+        from_state: StrEnum | None,
+        to_state: StrEnum,
+        detail: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Check a change against its state machine; the column values of its transition row.
+
+        For bulk writers that insert many transition rows with one statement.
+        """
         check_transition(kind, str(entity_id), from_state, to_state)
         reject_phi(detail)
-        self.session.add(
-            Transition(
-                entity_kind=str(kind),
-                entity_id=str(entity_id),
-                from_state=None if from_state is None else str(from_state),
-                to_state=str(to_state),
-                at=self.at,
-                detail=dict(detail) if detail else None,
-            )
-        )
+        return {
+            "entity_kind": str(kind),
+            "entity_id": str(entity_id),
+            "from_state": None if from_state is None else str(from_state),
+            "to_state": str(to_state),
+            "at": self.at,
+            "detail": dict(detail) if detail else None,
+        }
 
     def move(
         self,
@@ -292,83 +306,19 @@ class JobStore:
         """Record several instances in one transaction (one commit, one fsync), in order.
 
         Each behaves as :meth:`record_instance`; the gateway batches what arrived while the
-        previous commit was on its way to disk.
+        previous commit was on its way to disk. A batch costs a handful of SQL statements, not
+        a few per instance (see :mod:`serving.jobstore.arrivals`).
         """
         if not arrivals:
             return []
 
+        hashed = {a.patient_id: hash_patient_id(a.patient_id) for a in arrivals}
+        digests = [hashed[a.patient_id] for a in arrivals]
+
         def work(changes: StateChanges) -> list[InstanceRecordResult]:
-            return [self._record_one(changes, a) for a in arrivals]
+            return record_arrivals(changes, arrivals, digests)
 
         return self.write_retrying(work)
-
-    def _record_one(self, changes: StateChanges, a: InstanceArrival) -> InstanceRecordResult:
-        study_uid, series_uid, sop_uid = a.study_uid, a.series_uid, a.sop_uid
-        accession, calling_ae, modality, path = a.accession, a.calling_ae, a.modality, a.path
-        digest = hash_patient_id(a.patient_id)
-        session, now = changes.session, changes.at
-        conflicts: list[str] = []
-        study = session.get(Study, study_uid)
-        if study is None:
-            study = Study(
-                study_instance_uid=study_uid,
-                accession_number=accession,
-                patient_id_hash=digest,
-                state=StudyState.RECEIVING,
-                first_seen_at=now,
-                calling_ae=calling_ae,
-            )
-            session.add(study)
-            session.flush()  # before its series: no ORM relationship orders the inserts
-            detail = {"calling_ae": calling_ae}
-            changes.record(EntityKind.STUDY, study_uid, None, StudyState.RECEIVING, detail)
-        else:
-            conflicts += _study_conflicts(study, accession, digest)
-        conflicts += _order_conflicts(
-            session.get(Order, accession) if accession else None, study_uid, digest
-        )
-        late = study.state != StudyState.RECEIVING
-        if session.get(Instance, sop_uid) is not None:
-            return InstanceRecordResult(False, _joined(conflicts), late)
-        series = session.get(Series, series_uid)
-        if series is None:
-            series = Series(
-                series_instance_uid=series_uid,
-                study_instance_uid=study_uid,
-                modality=modality,
-                instance_count=0,
-                last_instance_at=now,
-            )
-            session.add(series)
-            changes.record(EntityKind.SERIES, series_uid, None, SeriesState.RECEIVING)
-        elif series.study_instance_uid != study_uid:
-            conflicts.append("SeriesInstanceUID already belongs to another study")
-        if series.complete_at is not None:
-            series.complete_at = None
-            change = (SeriesState.COMPLETE, SeriesState.RECEIVING)
-            changes.record(EntityKind.SERIES, series_uid, *change, {"reason": "late"})
-        session.flush()
-        # Count in SQL so concurrent writers on PostgreSQL never lose an increment.
-        session.execute(
-            update(Series)
-            .where(Series.series_instance_uid == series_uid)
-            .values(instance_count=Series.instance_count + 1, last_instance_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        seq = session.scalar(
-            select(Series.instance_count).where(Series.series_instance_uid == series_uid)
-        )
-        session.add(
-            Instance(
-                sop_instance_uid=sop_uid,
-                series_instance_uid=series_uid,
-                seq=int(seq or 0),
-                path=path,
-                received_at=now,
-            )
-        )
-        session.flush()  # the next arrival of the same batch must see this instance
-        return InstanceRecordResult(True, _joined(conflicts), late)
 
     def mark_study_complete(self, study_uid: str, series_counts: Mapping[str, int]) -> StudyRow:
         """Receiving → complete; ``series_counts`` (series UID → instances) become expected counts.
@@ -755,31 +705,3 @@ _ORDER_TEXT_FIELDS = (
     "study_instance_uid",
     "message_control_id",
 )
-
-
-def _study_conflicts(study: Study, accession: str, digest: str | None) -> list[str]:
-    """Identity fields that disagree with the study's first instance; fills in its blanks."""
-    conflicts = []
-    if digest and study.patient_id_hash and digest != study.patient_id_hash:
-        conflicts.append("PatientID differs from the study's first instance")
-    if accession and study.accession_number and accession != study.accession_number:
-        conflicts.append("AccessionNumber differs from the study's first instance")
-    study.patient_id_hash = study.patient_id_hash or digest
-    study.accession_number = study.accession_number or accession
-    return conflicts
-
-
-def _order_conflicts(order: Order | None, study_uid: str, digest: str | None) -> list[str]:
-    """Identity fields that disagree with the order of the instance's accession."""
-    if order is None:
-        return []
-    conflicts = []
-    if digest and order.patient_id_hash and digest != order.patient_id_hash:
-        conflicts.append("PatientID differs from the order's")
-    if order.study_instance_uid and order.study_instance_uid != study_uid:
-        conflicts.append("StudyInstanceUID differs from the order's")
-    return conflicts
-
-
-def _joined(conflicts: list[str]) -> str | None:
-    return "; ".join(conflicts) if conflicts else None

@@ -77,6 +77,7 @@ class BatchPlan:
         items: Chunks (or whole tasks) in the batch, most urgent first.
         started_s: When it was handed out.
         predicted_s: Predicted service time from the latency profile, seconds.
+        stat_lane: Runs on a stat lane, next to a batch already on the device.
     """
 
     batch_id: int
@@ -85,6 +86,7 @@ class BatchPlan:
     items: tuple[WorkItem, ...]
     started_s: float
     predicted_s: float
+    stat_lane: bool = False
 
     @property
     def size(self) -> int:
@@ -135,6 +137,10 @@ class SchedulerConfig:
         devices: Batches that may run at the same time (one per device).
         max_queue_delay_s: Longest a partial batch is held back waiting to fill.
         chunking: Split chunked tasks into chunk items (bounded non-preemption).
+        stat_lanes: Stat batches that may start while every device is busy, each running next
+            to the batch in progress (a second model instance / execution stream, as Triton's
+            instance groups): a stat then waits for no batch at all, at the price of sharing
+            the device with it for a moment. 0 keeps strictly one batch per device.
     """
 
     deadlines_s: dict[PriorityClass, float] = field(
@@ -154,3 +160,4 @@ class SchedulerConfig:
     devices: int = 1
     max_queue_delay_s: float = 0.05
     chunking: bool = True
+    stat_lanes: int = 0

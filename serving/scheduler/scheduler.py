@@ -19,6 +19,7 @@ from serving.scheduler.records import (
     Admission,
     BatchPlan,
     Completion,
+    PriorityClass,
     SchedulerConfig,
     TaskRecord,
     Wait,
@@ -93,16 +94,34 @@ class Scheduler:
         self.at_risk_count += at_risk
         return Admission(task.task_id, finish, at_risk)
 
-    def next_batch(self, now: float) -> BatchPlan | Wait:
-        """The batch a free device should run now, or how long to wait before asking again."""
-        if len(self._in_flight) >= self.config.devices:
-            return Wait(None)
+    def next_batch(self, now: float, *, stat_lane: bool = False) -> BatchPlan | Wait:
+        """The batch a free device should run now, or how long to wait before asking again.
+
+        With ``stat_lane`` the caller is a stat lane (see ``SchedulerConfig.stat_lanes``): it
+        gets a batch only while every device is busy, a lane is free and the most urgent task
+        is stat, and then only stat items.
+        """
+        lanes = sum(1 for p in self._in_flight.values() if p.stat_lane)
+        on_devices = len(self._in_flight) - lanes
         if not self._order:
             return Wait(None)
+        if stat_lane:
+            if lanes >= self.config.stat_lanes or on_devices < self.config.devices:
+                return Wait(None)
+        elif on_devices >= self.config.devices:
+            return Wait(None)
         head = self._tasks[self._order[0][1]]
+        if stat_lane and head.record.priority is not PriorityClass.STAT:
+            return Wait(None)
         group_key = self._group(head)
         model_latency = self.latency.model(head.record.model)
         group, others = self._scan(group_key, model_latency.max_batch)
+        if stat_lane:
+            stat_run = next(
+                (i for i, c in enumerate(group) if c.task.priority is not PriorityClass.STAT),
+                len(group),
+            )
+            group = group[:stat_run]
         decision = self.policy.decide(group, others, model_latency, now, self.config)
         if decision.size == 0:
             return Wait(decision.wait_until_s)
@@ -115,6 +134,7 @@ class Scheduler:
             items=items,
             started_s=now,
             predicted_s=batch_seconds(model_latency, chosen, len(chosen)),
+            stat_lane=stat_lane,
         )
         self._in_flight[plan.batch_id] = plan
         return plan
@@ -231,7 +251,9 @@ class Scheduler:
         else:
             behind_s = sum(self._work_s(self._tasks[t]) for _, t in self._order[position:])
             ahead_s = self._pending_work_s - behind_s
-        busy_until = [p.started_s + p.predicted_s for p in self._in_flight.values()]
+        busy_until = [
+            p.started_s + p.predicted_s for p in self._in_flight.values() if not p.stat_lane
+        ]
         free_at = max(now, min(busy_until)) if len(busy_until) >= self.config.devices else now
         own_s = sum(
             self.latency.seconds(state.record.model, item.cost_chunks) for item in state.pending

@@ -187,6 +187,7 @@ class Service:
                 max_pending=self.config.runtime.max_pending,
                 triton_url=self.config.runtime.triton_url,
                 max_blocking_s=self.config.runtime.max_blocking_s,
+                stat_lanes=self.config.runtime.stat_lanes,
             )
         except Exception as error:  # AI down: ingest, worklist and audit keep working
             log.error("inference runtime unavailable (%s): studies get 'AI unavailable'", error)

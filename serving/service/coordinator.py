@@ -76,6 +76,9 @@ class _Launched:
     attempt: int
     source: SeriesSource
     started_mono: float
+    #: SOP Instance UID → (header, path) of the series as read at ingest; None after a restart
+    #: (the results thread then reads the headers from the spool).
+    headers: Mapping[str, tuple[pydicom.Dataset, str]] | None = None
 
 
 class Coordinator:
@@ -137,7 +140,8 @@ class Coordinator:
         self._quiet_cache: dict[str, tuple[int, float]] = {}
         self._facts_cache: dict[str, tuple[int, OrderContext | None, Any]] = {}
         self._stat_cache: dict[str, bool] = {}
-        self._waiting: list[tuple[TaskRow, int]] = []  # started, refused by a busy engine
+        # started, refused by a busy engine: (task, attempt, ingest headers by SOP UID)
+        self._waiting: list[tuple[TaskRow, int, Mapping[str, pydicom.Dataset] | None]] = []
         # finished jobs, most urgent first: (class rank, deadline, sequence, job)
         self._results: list[tuple[int, float, int, _Launched, Future[JobResult]]] = []
         self._result_sequence = itertools.count()
@@ -196,11 +200,13 @@ class Coordinator:
         pending: list[tuple[str, pydicom.Dataset, str, str, float]] = []
         for kind, value, at in items:
             if kind == "stored":
-                try:
-                    header = pydicom.dcmread(value.path, stop_before_pixels=True)
-                except Exception:  # the spool validated it; a vanished file is healed on restart
-                    log.exception("a spooled instance could not be read back")
-                    continue
+                header = value.header
+                if header is None:
+                    try:
+                        header = pydicom.dcmread(value.path, stop_before_pixels=True)
+                    except Exception:  # the spool validated it; a vanished file heals on restart
+                        log.exception("a spooled instance could not be read back")
+                        continue
                 calling_ae = value.source.calling_ae or ""
                 pending.append((value.study_instance_uid, header, str(value.path), calling_ae, at))
             else:
@@ -412,6 +418,7 @@ class Coordinator:
         )
         accession = str(headers[0].get("AccessionNumber", ""))
         self._add_to_worklist(uid, accession, headers[0], order, decision)
+        by_sop = {str(h.SOPInstanceUID): h for h in headers}
         for planned in decision.tasks:
             name, version = planned.model.split("@", 1)
             task = self.store.create_task(
@@ -430,7 +437,7 @@ class Coordinator:
                 "statlane_tasks_created_total", priority=task.priority.value, model=task.model
             )
             if task.state is TaskState.QUEUED:
-                self.launch(task)
+                self.launch(task, by_sop)
         if not decision.tasks:
             self.store.set_study_state(uid, StudyState.DONE)
         with self.lock:
@@ -473,18 +480,28 @@ class Coordinator:
 
     # ---- running tasks -----------------------------------------------------------------------
 
-    def launch(self, task: TaskRow) -> None:
-        """Start ``task`` on the runtime (or mark AI unavailable when there is none)."""
+    def launch(self, task: TaskRow, headers: Mapping[str, pydicom.Dataset] | None = None) -> None:
+        """Start ``task`` on the runtime (or mark AI unavailable when there is none).
+
+        ``headers`` (SOP Instance UID → header, as read at ingest) spare the results thread a
+        second read of every source header.
+        """
         attempt = self.store.start_task(task.task_id)
         if self.runtime is None:
             self.store.fail_task(task.task_id, attempt, "AI unavailable: no inference backend")
             self._ai_status(task.study_instance_uid, AIStatus.UNAVAILABLE)
             return
-        self._submit(task, attempt)
+        self._submit(task, attempt, headers)
 
-    def _submit(self, task: TaskRow, attempt: int) -> None:
+    def _submit(
+        self, task: TaskRow, attempt: int, headers: Mapping[str, pydicom.Dataset] | None = None
+    ) -> None:
         assert self.runtime is not None
-        paths = [row.path for row in self.store.instances_of(task.series_instance_uid)]
+        rows = self.store.instances_of(task.series_instance_uid)
+        paths = [row.path for row in rows]
+        known: dict[str, tuple[pydicom.Dataset, str]] | None = None
+        if headers is not None and all(r.sop_instance_uid in headers for r in rows):
+            known = {r.sop_instance_uid: (headers[r.sop_instance_uid], r.path) for r in rows}
         source = SeriesSource(paths, loader=self._loader(task.series_instance_uid))
         deadline_mono = self.mono() + (task.deadline_at - self.utc()).total_seconds()
         job = InferenceJob(
@@ -494,9 +511,9 @@ class Coordinator:
             future = self.runtime.engine.submit(job)
         except EngineBusy:  # backpressure: the task stays running in the store and waits here
             with self.lock:
-                self._waiting.append((task, attempt))
+                self._waiting.append((task, attempt, headers))
             return
-        launched = _Launched(task, attempt, source, self.mono())
+        launched = _Launched(task, attempt, source, self.mono(), known)
 
         rank = task.priority.rank
 
@@ -523,8 +540,8 @@ class Coordinator:
     def _submit_waiting(self) -> None:
         with self.lock:
             waiting, self._waiting = self._waiting, []
-        for task, attempt in waiting:
-            self._submit(task, attempt)
+        for task, attempt, headers in waiting:
+            self._submit(task, attempt, headers)
 
     def run_results(self, stopping: threading.Event, *, stat_only: bool = False) -> None:
         """The results thread: finished jobs become results, most urgent class first.
@@ -585,7 +602,7 @@ class Coordinator:
             return
         assert self.runtime is not None
         manifest = self.runtime.manifests[task.model]
-        ai = self._ai_result(task, manifest, launched.source, job)
+        ai = self._ai_result(task, manifest, launched, job)
         document = result_json(ai, job)
         # Deliveries are enqueued before the task is finished: a crash in between re-runs the
         # task and enqueues the same items again (deterministic objects, deduplicated keys),
@@ -640,13 +657,17 @@ class Coordinator:
         return row.context() if row is not None else None
 
     def _ai_result(
-        self, task: TaskRow, manifest: Manifest, source: SeriesSource, job: JobResult
+        self, task: TaskRow, manifest: Manifest, launched: _Launched, job: JobResult
     ) -> AIResult:
+        source = launched.source
         volume = source.load()
-        by_uid: dict[str, Any] = {}
-        for path in source.paths:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-            by_uid[str(header.SOPInstanceUID)] = (header, path)
+        by_uid: Mapping[str, tuple[pydicom.Dataset, str]] | None = launched.headers
+        if by_uid is None:  # launched after a restart: read the headers back from the spool
+            read: dict[str, tuple[pydicom.Dataset, str]] = {}
+            for path in source.paths:
+                header = pydicom.dcmread(path, stop_before_pixels=True)
+                read[str(header.SOPInstanceUID)] = (header, path)
+            by_uid = read
         ordered = [by_uid[uid] for uid in volume.sop_instance_uids if uid in by_uid]
         instances = [source_instance(h, str(p)) for h, p in ordered]
         mask = None

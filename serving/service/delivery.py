@@ -13,6 +13,7 @@ while a task re-run after a crash finds its items already queued.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -21,12 +22,14 @@ from typing import Any
 from router.context import OrderContext
 from router.delivery import Payload
 from router.messages import build_fhir_bundle, build_oru
-from router.objects import build_objects, write_objects
+from router.objects import ResultObjectError, build_objects, write_objects
 from router.result import AIResult, Mode
 from serving.jobstore import JobStore, Outbox, OutboxItem, TaskRow
 from serving.metrics import Metrics
 
 _DICOM_DESTINATIONS = ("dicom", "stow", "folder")
+
+log = logging.getLogger(__name__)
 
 
 class ResultDelivery:
@@ -70,32 +73,71 @@ class ResultDelivery:
                 "shadow-result-kept", study_uid=task.study_instance_uid, task_id=task.task_id
             )
             return
-        objects_written: list[tuple[str, Path]] = []
-        if mode is Mode.ASSISTANT:
-            objects = build_objects(ai)
-            folder = self.results_dir / "objects" / task.task_id
-            paths = write_objects(objects, folder)
-            objects_written = [(o.kind, p) for o, p in zip(objects, paths, strict=True)]
-        generation = task.generation
+        known: list[str] = []
         for name in task.destinations:
-            kind = self.destination_types.get(name)
-            if kind is None:
+            if name in self.destination_types:
+                known.append(name)
+            else:
                 self.store.audit(
                     "unknown-destination", task_id=task.task_id, detail={"destination": name}
                 )
-                continue
-            key = f"{name}:{task.study_instance_uid}:{task.model}:{generation}"
-            if kind in _DICOM_DESTINATIONS:
-                for object_kind, path in objects_written:
-                    self.outbox.enqueue(
-                        task.task_id,
-                        name,
-                        object_kind,
-                        payload_path=str(path),
-                        dedupe_key=f"{key}:{object_kind}",
-                        priority=task.priority,
-                    )
-            elif kind == "mllp" and mode is Mode.ASSISTANT:
+        if mode is Mode.ASSISTANT:
+            # The SR is what the PACS and the reporting system wait for: it is written and
+            # queued (and the delivery workers woken) before GSPS, SC and SEG are built.
+            self._enqueue_objects(task, ai, known, kinds=("sr",))
+            self.on_enqueued()
+        self._enqueue_messages(task, ai, order, known, mode)
+        if mode is Mode.ASSISTANT:
+            try:
+                self._enqueue_objects(task, ai, known, kinds=("gsps", "sc", "seg"))
+            except ResultObjectError as error:  # the SR is queued already: report, keep it
+                log.error("task %s: GSPS/SC/SEG not built (%s)", task.task_id, type(error).__name__)
+                self.store.audit(
+                    "result-objects-failed",
+                    study_uid=task.study_instance_uid,
+                    task_id=task.task_id,
+                    detail={"kinds": ["gsps", "sc", "seg"], "error": str(error)},
+                )
+                self.metrics.inc("statlane_result_object_failures_total", model=task.model)
+        self.metrics.inc("statlane_results_total", mode=mode.value, model=task.model)
+        self.on_enqueued()
+
+    def _key(self, task: TaskRow, destination: str) -> str:
+        return f"{destination}:{task.study_instance_uid}:{task.model}:{task.generation}"
+
+    def _enqueue_objects(
+        self, task: TaskRow, ai: AIResult, destinations: list[str], kinds: tuple[str, ...]
+    ) -> None:
+        """Build, write and queue the result objects of ``kinds`` for the DICOM destinations."""
+        targets = [d for d in destinations if self.destination_types[d] in _DICOM_DESTINATIONS]
+        if not targets:
+            return
+        objects = build_objects(ai, kinds)
+        paths = write_objects(objects, self.results_dir / "objects" / task.task_id)
+        for name in targets:
+            for obj, path in zip(objects, paths, strict=True):
+                self.outbox.enqueue(
+                    task.task_id,
+                    name,
+                    obj.kind,
+                    payload_path=str(path),
+                    dedupe_key=f"{self._key(task, name)}:{obj.kind}",
+                    priority=task.priority,
+                )
+
+    def _enqueue_messages(
+        self,
+        task: TaskRow,
+        ai: AIResult,
+        order: OrderContext | None,
+        destinations: list[str],
+        mode: Mode,
+    ) -> None:
+        """Queue the HL7 ORU, FHIR bundle and webhook signal the destinations take."""
+        for name in destinations:
+            kind = self.destination_types[name]
+            key = self._key(task, name)
+            if kind == "mllp" and mode is Mode.ASSISTANT:
                 text = build_oru(ai, order, message_control_id=task.task_id[:20], now=self.utc())
                 self.outbox.enqueue(
                     task.task_id,
@@ -141,8 +183,6 @@ class ResultDelivery:
                     dedupe_key=f"{key}:webhook",
                     priority=task.priority,
                 )
-        self.metrics.inc("statlane_results_total", mode=mode.value, model=task.model)
-        self.on_enqueued()
 
 
 def payload_of(item: OutboxItem) -> Payload:

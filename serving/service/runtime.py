@@ -123,6 +123,7 @@ def build_runtime(
     max_pending: int = 256,
     triton_url: str | None = None,
     max_blocking_s: float | None = None,
+    stat_lanes: int = 0,
 ) -> Runtime:
     """Load ``refs`` (``name`` or ``name@version``) onto ``backend`` and start an engine.
 
@@ -152,7 +153,10 @@ def build_runtime(
         )
         manifests[manifest.ident] = manifest
         latency[manifest.ident] = latency_of(manifest)
-    config = SchedulerConfig(deadlines_s=dict(deadlines_s))
+    # Stat lanes are part of statlane's deadline-aware policy; the fifo and strict-priority
+    # baselines keep one batch per device.
+    lanes = stat_lanes if policy == "edf" else 0
+    config = SchedulerConfig(deadlines_s=dict(deadlines_s), stat_lanes=lanes)
     scheduler = Scheduler(
         LatencyTable(latency), make_policy(policy, max_blocking_s=max_blocking_s), config
     )
