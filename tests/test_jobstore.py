@@ -422,3 +422,26 @@ def test_an_in_memory_store_serves_single_threaded_tests(clock: FakeClock) -> No
     store = JobStore("sqlite://", clock=clock)
     receive(store, "1.1")
     assert present(store.study(STUDY)).state == StudyState.RECEIVING
+
+
+def test_instance_records_skip_the_fsync_and_everything_else_keeps_it(store: JobStore) -> None:
+    """Instance records are rebuilt from the spool, so their commit is not fsynced; the
+    study's completion and its tasks are (and take the earlier records to disk with them)."""
+    from sqlalchemy import event
+
+    modes: list[str] = []
+
+    def spy(conn: object, cursor: object, statement: str, *_: object) -> None:
+        if statement.startswith("PRAGMA synchronous="):
+            modes.append(statement.rsplit("=", 1)[1])
+
+    event.listen(store.engine, "before_cursor_execute", spy)
+    receive(store, f"{SERIES}.1")
+    receive(store, f"{SERIES}.2")
+    store.mark_study_complete(STUDY, {SERIES: 2})
+    receive(store, f"{SERIES}.3")
+    new_task(store)
+
+    assert modes == ["NORMAL", "FULL", "NORMAL", "FULL"]  # switched only when it changes
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL

@@ -44,6 +44,9 @@ from serving.jobstore.states import EntityKind, OrderState, OutboxState, StudySt
 from serving.scheduler.records import PriorityClass
 
 WRITE_OPTION = "statlane_write"
+#: Execution option: a write transaction whose commit need not reach the disk before it returns
+#: (SQLite ``synchronous=NORMAL``), for records that can be rebuilt from elsewhere.
+RELAXED_SYNC_OPTION = "statlane_relaxed_sync"
 """Execution option that marks an engine/connection whose transactions will write."""
 
 UID = String(64)  # DICOM UIDs are at most 64 characters
@@ -280,7 +283,16 @@ def make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
-        writes = connection.get_execution_options().get(WRITE_OPTION, False)
+        options = connection.get_execution_options()
+        writes = options.get(WRITE_OPTION, False)
+        if writes:
+            # Durability per transaction: FULL fsyncs the WAL at commit, NORMAL leaves it to
+            # the next FULL commit or checkpoint (still atomic and consistent; only the newest
+            # NORMAL commits can be lost in a power cut, never in a process crash).
+            sync = "NORMAL" if options.get(RELAXED_SYNC_OPTION, False) else "FULL"
+            if connection.info.get("synchronous") != sync:
+                connection.exec_driver_sql(f"PRAGMA synchronous={sync}")
+                connection.info["synchronous"] = sync
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
     return engine

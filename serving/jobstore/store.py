@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from router.context import OrderContext, OrderPriority
 from serving.jobstore.arrivals import record_arrivals
 from serving.jobstore.schema import (
+    RELAXED_SYNC_OPTION,
     WRITE_OPTION,
     AuditEvent,
     AuditRow,
@@ -233,6 +234,8 @@ class JobStore:
         self._reads = sessionmaker(bind=self._engine, expire_on_commit=False)
         writer = self._engine.execution_options(**{WRITE_OPTION: True})
         self._writes = sessionmaker(bind=writer, expire_on_commit=False)
+        relaxed = self._engine.execution_options(**{WRITE_OPTION: True, RELAXED_SYNC_OPTION: True})
+        self._relaxed_writes = sessionmaker(bind=relaxed, expire_on_commit=False)
 
     @property
     def engine(self) -> Engine:
@@ -248,12 +251,18 @@ class JobStore:
         self._engine.dispose()
 
     @contextmanager
-    def writing(self, at: datetime | None = None) -> Iterator[StateChanges]:
+    def writing(
+        self, at: datetime | None = None, *, durable: bool = True
+    ) -> Iterator[StateChanges]:
         """A write transaction whose changes are stamped ``at`` (default: now), committed on exit.
 
-        For the job store's own modules (the outbox); callers use the methods.
+        For the job store's own modules (the outbox); callers use the methods. ``durable=False``
+        (SQLite): the commit returns before it is on disk; it becomes durable with the next
+        durable commit. Only for what can be rebuilt after a power cut (instance records: the
+        spool is rescanned at start-up).
         """
-        with self._writes.begin() as session:
+        sessions = self._writes if durable else self._relaxed_writes
+        with sessions.begin() as session:
             yield StateChanges(session, self.now() if at is None else utc_now(lambda: at))
 
     @contextmanager
@@ -262,15 +271,18 @@ class JobStore:
         with self._reads.begin() as session:
             yield session
 
-    def write_retrying(self, work: Callable[[StateChanges], T], at: datetime | None = None) -> T:
+    def write_retrying(
+        self, work: Callable[[StateChanges], T], at: datetime | None = None, *, durable: bool = True
+    ) -> T:
         """Run ``work`` in a write transaction, again if a concurrent insert won a unique key.
 
         On SQLite writers are serialised and this never retries; on PostgreSQL two threads may
         both insert the first instance of a study, and the loser re-reads the winner's row.
+        ``durable`` as for :meth:`writing`.
         """
         for attempt in range(_CONFLICT_RETRIES):
             try:
-                with self.writing(at) as changes:
+                with self.writing(at, durable=durable) as changes:
                     return work(changes)
             except IntegrityError:
                 if attempt == _CONFLICT_RETRIES - 1:
@@ -303,11 +315,17 @@ class JobStore:
         return self.record_instances([arrival])[0]
 
     def record_instances(self, arrivals: Sequence[InstanceArrival]) -> list[InstanceRecordResult]:
-        """Record several instances in one transaction (one commit, one fsync), in order.
+        """Record several instances in one transaction, in order.
 
         Each behaves as :meth:`record_instance`; the gateway batches what arrived while the
-        previous commit was on its way to disk. A batch costs a handful of SQL statements, not
-        a few per instance (see :mod:`serving.jobstore.arrivals`).
+        previous commit was being written. A batch costs a handful of SQL statements, not a
+        few per instance (see :mod:`serving.jobstore.arrivals`).
+
+        The commit is not fsynced (SQLite ``synchronous=NORMAL``): the instance is durable in
+        the spool already, which is rescanned at start-up, so an fsync here would only compete
+        with the spool's own fsync before the next acknowledgement. The next durable commit
+        (study complete, task created) makes these records durable too (the WAL is written in
+        order).
         """
         if not arrivals:
             return []
@@ -318,7 +336,7 @@ class JobStore:
         def work(changes: StateChanges) -> list[InstanceRecordResult]:
             return record_arrivals(changes, arrivals, digests)
 
-        return self.write_retrying(work)
+        return self.write_retrying(work, durable=False)
 
     def mark_study_complete(self, study_uid: str, series_counts: Mapping[str, int]) -> StudyRow:
         """Receiving → complete; ``series_counts`` (series UID → instances) become expected counts.
