@@ -757,49 +757,38 @@ def largest_stages(run: dict[str, Any], skip: Sequence[str] = ()) -> list[tuple[
 # is about; ``queue`` depends on whether the service's engine chunks the chest CT.
 CAUSES = {
     "queue_whole": (
-        "the stat waited in the engine behind routine chest CTs already on the device: here EDF "
-        "ran chest CTs in batches of up to {batch} whole volumes, {inference:.1f} s per task at "
-        "the median ({profile:.2f} s in the manifest's latency profile, which the scheduler "
-        "plans with). The service's runtime does not chunk (`serving/service/runtime.py` "
-        "`build_runtime` builds each `ModelEntry` without "
-        "`chunking=ChunkSpec.from_manifest(manifest)`, although the engine and the chest CT "
-        "manifest support it) and {blocking}, so a batch of whole volumes is one "
-        "non-preemptible unit and EDF can only put the stat next in line. Chunking with a "
-        "per-patch latency profile and a `max_blocking_s` of about one patch would bound the "
-        "wait to one patch."
+        "the stat waited in the engine behind routine chest CTs already on the device, run as "
+        "whole volumes (the chest CT model is not chunked here) in batches of up to {batch}, "
+        "{inference:.1f} s per task at the median ({profile:.2f} s in the latency profile); "
+        "{blocking}, and {lanes}. Chunking the model (`runtime.chunking` in its manifest) bounds "
+        "the wait to one patch batch; a stat lane removes it."
     ),
     "queue_chunked": (
-        "the stat waited in the engine for the chest CT patch batch on the device (here batches "
-        "of up to {batch} patches, {inference:.1f} s per chest CT task at the median) and for a "
-        "preprocessing worker. The scheduler sizes patch batches with the manifest's latency "
-        "profile, which was measured on whole volumes ({profile:.2f} s for one), and "
-        "{blocking}. A per-patch latency profile and a `max_blocking_s` of about one patch "
-        "would bound the wait to one patch."
+        "the stat waited in the engine for a preprocessing worker and for the device: here "
+        "chest CT patch batches of up to {batch} patches ({inference:.1f} s per chest CT task "
+        "at the median, {profile:.2f} s per patch in the latency profile), {blocking}, and "
+        "{lanes}. A stat lane lets a stat start next to the batch on the device instead of "
+        "after it (`runtime.stat_lanes`)."
     ),
     "assembly_wait": (
-        "instances are recorded after their acknowledgement by one ingest thread in arrival "
-        "order (`Coordinator.run_ingest` → `ingest` → `_record_batch`: a `pydicom.dcmread` of "
-        "every header, a batched job-store write, streaming decode of stat-eligible series), and "
-        "the quiet period starts when the last instance is recorded, so a stat CT head's "
-        "instances wait behind the routine chest CT instances arriving on other associations; "
-        "completion then waits for the coordinator loop. Starting the quiet period at the "
-        "gateway's acknowledgement time (carried in the ingest queue item) and recording "
-        "stat-eligible studies first would take the ingest lag out of it."
+        "the quiet period counts from the gateway's acknowledgement, but a study completes only "
+        "once the ingest thread has recorded its last instance (`Coordinator.run_ingest` → "
+        "`_record_batch`: one job-store transaction per batch, streaming decode of stat-eligible "
+        "series) behind the routine instances of other associations, and then waits for the "
+        "coordinator loop to route it. Recording stat-eligible studies first would take the "
+        "ingest lag out of it."
     ),
     "object_building": (
-        "the engine's answer becomes an SR in the outbox on the results thread "
-        "(`Coordinator.run_results` → `result_ready`: `_ai_result` reads every source header "
-        "and places the mask on the source grid; `serving/service/delivery.py` "
-        "`enqueue_results` builds and writes SR, GSPS, SC and SEG before it enqueues any). The "
-        "thread takes the most urgent finished job first, but a stat result still waits for the "
-        "one in hand (a routine chest CT's takes seconds here) and shares the interpreter with "
-        "the ingest, coordinator and preprocessing threads.{split} Enqueuing the SR as soon as "
-        "it is written, and reusing the headers read at ingest, would shorten it."
+        "the engine's answer becomes an SR in the outbox on the stat results thread "
+        "(`Coordinator.run_results` → `result_ready`: `_ai_result` places the mask on the "
+        "source grid with the headers kept from ingest; `serving/service/delivery.py` "
+        "`enqueue_results` writes and queues the SR before GSPS, SC and SEG are built). It "
+        "shares the interpreter with the ingest, coordinator and preprocessing threads.{split}"
     ),
     "delivery": (
-        "the outbox workers poll every 0.2 s when idle (`Service._delivery_loop`) and open a new "
-        "association for every object (`DicomStoreDestination.deliver`); waking a worker when "
-        "a stat item is enqueued and keeping an association per destination would shorten it."
+        "an outbox worker is woken when the SR is queued (`Service._delivery_loop`), but opens "
+        "a new association for every object (`DicomStoreDestination.deliver`) and may be busy "
+        "with a routine object; keeping an association per destination would shorten it."
     ),
     "routing": (
         "routing runs on the coordinator thread (rules, routing decision, worklist, task "
@@ -833,6 +822,11 @@ def cause(stage: str, run: dict[str, Any]) -> str:
                 if blocking is None
                 else f"routine batches are bounded to {blocking} s (`max_blocking_s`)"
             ),
+            lanes=(
+                f"{run['runtime'].get('stat_lanes')} stat lane(s) ran stats next to a busy device"
+                if run["runtime"].get("stat_lanes")
+                else "no stat lane was configured, so a stat waits for the batch on the device"
+            ),
             batch=max((int(b) for b in chest.get("batch_sizes", {})), default=1),
             inference=chest.get("inference_median_s", math.nan),
             profile=chest.get("profile_batch1_median_s", math.nan),
@@ -843,7 +837,7 @@ def cause(stage: str, run: dict[str, Any]) -> str:
         text = ""
         if pos.get("count") and neg.get("count"):
             text = (
-                f" Stat studies with a finding (their SR waits for GSPS, SC and SEG) took "
+                f" Stat studies with a finding took "
                 f"{pos['p50_s']:.2f} s at the median, those without {neg['p50_s']:.2f} s."
             )
         return CAUSES["object_building"].format(split=text)
@@ -925,7 +919,8 @@ Notes:
 - Stages sum to the latency. `assembly wait` runs from the acknowledgement to the study being
   complete (the quiet period and whatever delayed its start or its end); `queue` is the
   engine's waiting (for a preprocessing worker and for a batch); `object building` is the
-  engine's answer → SR in the outbox (results thread, AI result, SR/GSPS/SC/SEG written);
+  engine's answer → SR in the outbox (results thread, AI result, SR written; GSPS, SC and
+  SEG are built after the SR is queued);
   `delivery` includes the outbox poll interval and the association to Orthanc.
 - Orchestration overhead = latency − quiet period actually waited (assembly wait, capped at the
   configured quiet period, so a late completion counts as overhead) − preprocessing − inference.

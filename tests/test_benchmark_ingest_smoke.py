@@ -52,3 +52,4 @@ def test_smoke_writes_json_markdown_and_png(tmp_path: Path) -> None:
     assert set(doc["targets"]) == set(TARGETS) and set(TARGETS) <= set(doc["ratios"])
     md = (out / "ingest.smoke.md").read_text()
     assert "| statlane-durable |" in md and "| dcmtk-storescp |" in md and "smoke" in md
+    assert "| gateway-spool |" in md and "| gateway-ack-only |" in md
