@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -92,3 +93,24 @@ def test_shadow_mode_queues_nothing(tmp_path: Path, positive: AIResult) -> None:
     recorder = Recorder()
     delivery(tmp_path, recorder).enqueue_results(task(Mode.SHADOW), positive, None)
     assert recorder.events == [("audit", "shadow-result-kept")]
+
+
+def test_the_mask_is_added_after_the_sr_is_queued_and_feeds_the_seg(
+    tmp_path: Path, positive: AIResult
+) -> None:
+    assert positive.mask is not None
+    recorder = Recorder()
+
+    def add_mask(result: AIResult) -> AIResult:
+        recorder.events.append(("mask", ""))
+        return dataclasses.replace(result, mask=positive.mask)
+
+    unmasked = dataclasses.replace(positive, mask=None)
+    delivery(tmp_path, recorder).enqueue_results(task(), unmasked, None, add_mask)
+    order = [what or event for event, what in recorder.events if event != "woken"]
+    assert order == [
+        "pacs:sr", "ris:hl7", "hook:webhook", "mask", "pacs:gsps", "pacs:sc", "pacs:seg"
+    ]  # fmt: skip
+    recorder = Recorder()
+    delivery(tmp_path, recorder).enqueue_results(task(), unmasked, None)
+    assert "pacs:seg" not in [what for _, what in recorder.events]  # no mask, no SEG

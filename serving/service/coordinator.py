@@ -17,6 +17,7 @@ runs; every step writes its state to the job store before acting on it:
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -92,7 +93,8 @@ class Coordinator:
         runtime: The inference runtime, or None when AI is unavailable (backend missing).
         worklist: The worklist to update.
         metrics: Service metrics.
-        deliver: ``(task, ai_result, order) -> None``: enqueues results by mode and destinations.
+        deliver: ``(task, ai_result, order, add_mask) -> None``: enqueues results by mode and
+            destinations; ``add_mask`` returns the result with its mask (for the SEG).
         quiet_period_s: Quiet period per priority class, seconds.
         mono: Monotonic clock, seconds (assembly and deadlines on the engine's clock).
         utc: Wall clock, timezone-aware UTC (job store timestamps).
@@ -111,7 +113,9 @@ class Coordinator:
         runtime: Runtime | None,
         worklist: Worklist,
         metrics: Metrics,
-        deliver: Callable[[TaskRow, AIResult, OrderContext | None], None],
+        deliver: Callable[
+            [TaskRow, AIResult, OrderContext | None, Callable[[AIResult], AIResult]], None
+        ],
         quiet_period_s: Mapping[PriorityClass, float],
         mono: Callable[[], float],
         utc: Callable[[], datetime],
@@ -616,13 +620,13 @@ class Coordinator:
             return
         assert self.runtime is not None
         manifest = self.runtime.manifests[task.model]
-        ai = self._ai_result(task, manifest, launched, job)
+        ai, with_mask = self._ai_result(task, manifest, launched, job)
         document = result_json(ai, job)
         # Deliveries are enqueued before the task is finished: a crash in between re-runs the
         # task and enqueues the same items again (deterministic objects, deduplicated keys),
         # while a crash after finishing can no longer lose them.
         order = self._order_for_accession(ai.study.accession_number)
-        self.deliver(task, ai, order)
+        self.deliver(task, ai, order, with_mask)
         if not self.store.finish_task(task.task_id, launched.attempt, document):
             self.store.audit(
                 "duplicate-completion-ignored",
@@ -672,7 +676,12 @@ class Coordinator:
 
     def _ai_result(
         self, task: TaskRow, manifest: Manifest, launched: _Launched, job: JobResult
-    ) -> AIResult:
+    ) -> tuple[AIResult, Callable[[AIResult], AIResult]]:
+        """The result without its mask, and how to add the mask on the source grid.
+
+        The mask only feeds the SEG; resampling it takes tenths of a second on a small CPU,
+        so delivery adds it after the SR is queued.
+        """
         source = launched.source
         volume = source.load()
         by_uid: Mapping[str, tuple[pydicom.Dataset, str]] | None = launched.headers
@@ -684,15 +693,7 @@ class Coordinator:
             by_uid = read
         ordered = [by_uid[uid] for uid in volume.sop_instance_uids if uid in by_uid]
         instances = [source_instance(h, str(p)) for h, p in ordered]
-        mask = None
-        if manifest.task is not Task.CLASSIFICATION and job.outputs is not None:
-            assert source.affine_ras is not None
-            mask = mask_on_source(
-                job.outputs, manifest, source.affine_ras, volume.affine, volume.shape
-            )
-            if mask is not None and mask.shape[0] != len(instances):
-                mask = None  # multi-frame source: SEG from frames is not supported yet
-        return build_result(
+        ai = build_result(
             task_id=task.task_id,
             study=study_identity(ordered[0][0]),
             instances=instances,
@@ -700,8 +701,20 @@ class Coordinator:
             findings=job.findings,
             completed_at=self.utc(),
             mode=Mode(task.mode),
-            mask=mask,
         )
+
+        def with_mask(result: AIResult) -> AIResult:
+            if manifest.task is Task.CLASSIFICATION or job.outputs is None:
+                return result
+            assert source.affine_ras is not None
+            mask = mask_on_source(
+                job.outputs, manifest, source.affine_ras, volume.affine, volume.shape
+            )
+            if mask is None or mask.shape[0] != len(instances) or not mask.any():
+                return result  # multi-frame source: SEG from frames is not supported yet
+            return dataclasses.replace(result, mask=mask)
+
+        return ai, with_mask
 
     def _ai_status(self, study_uid: str, status: AIStatus) -> None:
         try:

@@ -22,7 +22,7 @@ from typing import Any
 from router.context import OrderContext
 from router.delivery import Payload
 from router.messages import build_fhir_bundle, build_oru
-from router.objects import ResultObjectError, build_objects, write_objects
+from router.objects import build_objects, write_objects
 from router.result import AIResult, Mode
 from serving.jobstore import JobStore, Outbox, OutboxItem, TaskRow
 from serving.metrics import Metrics
@@ -65,8 +65,20 @@ class ResultDelivery:
         self.utc = utc
         self.on_enqueued = on_enqueued
 
-    def enqueue_results(self, task: TaskRow, ai: AIResult, order: OrderContext | None) -> None:
-        """Put a task's results in the outbox, as its mode allows."""
+    def enqueue_results(
+        self,
+        task: TaskRow,
+        ai: AIResult,
+        order: OrderContext | None,
+        complete: Callable[[AIResult], AIResult] | None = None,
+    ) -> None:
+        """Put a task's results in the outbox, as its mode allows.
+
+        In assistant mode the SR is written and queued first and the delivery workers woken;
+        then the HL7 and FHIR messages and signals; then ``complete`` (which adds the mask on
+        the source grid, needed by the SEG only) and GSPS, SC and SEG. A failure after the SR
+        is queued keeps the SR and is audited.
+        """
         mode = Mode(task.mode)
         if mode is Mode.SHADOW:
             self.store.audit(
@@ -89,9 +101,11 @@ class ResultDelivery:
         self._enqueue_messages(task, ai, order, known, mode)
         if mode is Mode.ASSISTANT:
             try:
-                self._enqueue_objects(task, ai, known, kinds=("gsps", "sc", "seg"))
-            except ResultObjectError as error:  # the SR is queued already: report, keep it
+                full = complete(ai) if complete is not None else ai
+                self._enqueue_objects(task, full, known, kinds=("gsps", "sc", "seg"))
+            except Exception as error:  # the SR is queued already: report, keep it
                 log.error("task %s: GSPS/SC/SEG not built (%s)", task.task_id, type(error).__name__)
+                log.debug("GSPS/SC/SEG failure", exc_info=True)
                 self.store.audit(
                     "result-objects-failed",
                     study_uid=task.study_instance_uid,
