@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -474,4 +474,36 @@ def test_a_prepared_input_that_cannot_be_chunked_is_refused(tiny: BackendModel) 
     with pytest.raises(ChunkingError, match="windows"):
         engine.submit(InferenceJob("flat", "chest@1", ROUTINE, prepared=np.zeros((1, 8, 8))))
     assert engine.pending == 0
+    engine.stop()
+
+
+def test_a_stat_is_preprocessed_while_the_workers_decode_routine_volumes(
+    tiny: BackendModel,
+) -> None:
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def prepare(volume: object) -> tuple[np.ndarray, np.ndarray]:
+        if volume != 9:  # routine volumes take "long"
+            started.release()
+            assert release.wait(timeout=30)
+        return np.full((1, *SPATIAL), float(cast(int, volume)), np.float32), np.eye(4)
+
+    latency = LatencyTable({tiny.ident: ModelLatency.from_mapping({1: 0.01}, 1)})
+    engine = Engine(
+        {tiny.ident: ModelEntry(tiny, (1, *SPATIAL), prepare=prepare)},
+        [create_backend("onnxruntime", device="cpu")],
+        Scheduler(latency, "edf", SchedulerConfig(max_queue_delay_s=0.0, stat_lanes=1)),
+        clock=time.monotonic,
+        preprocess_workers=1,
+    )
+    try:
+        routine = [engine.submit(_job(k)) for k in (1, 2)]
+        assert started.acquire(timeout=30)  # the only general worker is busy with job 1
+        stat = engine.submit(_job(9, STAT))
+        assert stat.result(timeout=30).error is None  # the stat worker took it
+        assert not any(f.done() for f in routine)
+    finally:
+        release.set()
+    assert all(f.result(timeout=30).error is None for f in routine)
     engine.stop()

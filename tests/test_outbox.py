@@ -274,3 +274,12 @@ def test_cli_finds_the_store_from_the_environment(
     assert cli("outbox", "list", "--db", f"sqlite:///{missing}") == 1
     assert f"no job store at {missing}" in capsys.readouterr().err
     assert not missing.parent.exists()
+
+
+def test_due_can_be_limited_to_one_class(outbox: Outbox) -> None:
+    routine = enqueue(outbox, "r")
+    stat = enqueue(outbox, "s", PriorityClass.STAT)
+    urgent = enqueue(outbox, "u", PriorityClass.URGENT)
+    assert [i.id for i in outbox.due()] == [stat, urgent, routine]
+    assert [i.id for i in outbox.due(priority=PriorityClass.STAT)] == [stat]
+    assert [i.id for i in outbox.due(priority=PriorityClass.ROUTINE)] == [routine]

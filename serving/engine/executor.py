@@ -39,9 +39,11 @@ from serving.engine.jobs import (
     ModelEntry,
     StageTimes,
 )
-from serving.scheduler import BatchPlan, Scheduler, TaskRecord, Wait
+from serving.scheduler import BatchPlan, PriorityClass, Scheduler, TaskRecord, Wait
 
 log = logging.getLogger(__name__)
+
+_STAT = PriorityClass.STAT
 
 
 class _Job:
@@ -115,7 +117,16 @@ class Engine:
         self._threads = [
             threading.Thread(target=self._preprocess_loop, name=f"preprocess-{i}", daemon=True)
             for i in range(preprocess_workers)
-        ] + [
+        ]
+        if scheduler.config.stat_lanes:
+            # With stat lanes, one more preprocessing worker takes stat jobs only: a stat does
+            # not wait for the workers busy decoding routine volumes either.
+            self._threads.append(
+                threading.Thread(
+                    target=self._preprocess_loop, args=(True,), name="preprocess-stat", daemon=True
+                )
+            )
+        self._threads += [
             threading.Thread(target=self._device_loop, args=(d,), name=f"device-{d}", daemon=True)
             for d in range(len(backends))
         ]
@@ -196,14 +207,33 @@ class Engine:
 
     # ---- preprocessing stage -------------------------------------------------------------------
 
-    def _preprocess_loop(self) -> None:
+    def _next_to_preprocess(self, stat_only: bool) -> str | None:
+        """Take the most urgent job waiting for preprocessing (caller holds the lock); with
+        ``stat_only`` the most urgent stat job. None: nothing to take."""
+        heap = self._preprocess_heap
+        if not stat_only:
+            return heapq.heappop(heap)[2] if heap else None
+        stats = [i for i, e in enumerate(heap) if self._jobs[e[2]].job.priority is _STAT]
+        if not stats:
+            return None
+        index = min(stats, key=lambda i: heap[i])
+        entry = heap[index]
+        heap[index] = heap[-1]
+        heap.pop()
+        heapq.heapify(heap)
+        return entry[2]
+
+    def _preprocess_loop(self, stat_only: bool = False) -> None:
         while True:
             with self._lock:
-                while not self._preprocess_heap and not self._stopping:
+                job_id = None
+                while not self._stopping:
+                    job_id = self._next_to_preprocess(stat_only)
+                    if job_id is not None:
+                        break
                     self._lock.wait()
-                if self._stopping:
+                if self._stopping or job_id is None:
                     return
-                _, _, job_id = heapq.heappop(self._preprocess_heap)
                 state = self._jobs[job_id]
                 state.times.preprocess_started_s = self.clock()
             entry = self.models[state.job.model]

@@ -185,15 +185,25 @@ class Outbox:
 
         return self.store.write_retrying(work, self.now())
 
-    def due(self, now: datetime | None = None, limit: int = 100) -> list[OutboxItem]:
-        """Pending items whose next attempt is at or before ``now``: stat first, then oldest due."""
+    def due(
+        self,
+        now: datetime | None = None,
+        limit: int = 100,
+        priority: PriorityClass | None = None,
+    ) -> list[OutboxItem]:
+        """Pending items whose next attempt is at or before ``now``: stat first, then oldest due.
+
+        ``priority``: only items of that class (a worker reserved for stat deliveries).
+        """
         at = now if now is not None else self.now()
-        query = (
-            select(OutboxEntry)
-            .where(OutboxEntry.state == OutboxState.PENDING, OutboxEntry.next_attempt_at <= at)
-            .order_by(OutboxEntry.priority, OutboxEntry.next_attempt_at, OutboxEntry.id)
-            .limit(limit)
+        query = select(OutboxEntry).where(
+            OutboxEntry.state == OutboxState.PENDING, OutboxEntry.next_attempt_at <= at
         )
+        if priority is not None:
+            query = query.where(OutboxEntry.priority == priority.rank)
+        query = query.order_by(
+            OutboxEntry.priority, OutboxEntry.next_attempt_at, OutboxEntry.id
+        ).limit(limit)
         with self.store.reading() as session:
             return [_item(e) for e in session.scalars(query)]
 

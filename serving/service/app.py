@@ -228,6 +228,16 @@ class Service:
             threading.Thread(target=self._delivery_loop, name=f"delivery-{i}", daemon=True)
             for i in range(self.config.outbox.workers)
         ]
+        # One more worker takes stat items only: a stat SR never waits for a routine object
+        # already on its way to a slow destination.
+        self._threads.append(
+            threading.Thread(
+                target=self._delivery_loop,
+                kwargs={"priority": PriorityClass.STAT},
+                name="delivery-stat",
+                daemon=True,
+            )
+        )
         for thread in self._threads:
             thread.start()
         self.dicom.start()
@@ -295,10 +305,10 @@ class Service:
     def _wake_delivery(self) -> None:
         self._delivery_wake.set()
 
-    def _delivery_loop(self) -> None:
+    def _delivery_loop(self, priority: PriorityClass | None = None) -> None:
         while not self._stopping.is_set():
             try:
-                sent = self.deliver_due()
+                sent = self.deliver_due(priority=priority)
             except Exception:
                 log.exception("delivery worker failed")
                 sent = 0
@@ -306,10 +316,10 @@ class Service:
                 self._delivery_wake.wait(0.2)
                 self._delivery_wake.clear()
 
-    def deliver_due(self, limit: int = 10) -> int:
-        """Send what is due now; returns how many items were attempted."""
+    def deliver_due(self, limit: int = 10, priority: PriorityClass | None = None) -> int:
+        """Send what is due now (of one class only, if given); returns how many were attempted."""
         attempted = 0
-        for item in self.outbox.due(limit=limit):
+        for item in self.outbox.due(limit=limit, priority=priority):
             if not self.outbox.claim(item.id):
                 continue
             attempted += 1
