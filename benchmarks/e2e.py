@@ -780,8 +780,9 @@ CAUSES = {
     ),
     "object_building": (
         "the engine's answer becomes an SR in the outbox on the stat results thread "
-        "(`Coordinator.run_results` → `result_ready`: `_ai_result` places the mask on the "
-        "source grid with the headers kept from ingest; `serving/service/delivery.py` "
+        "(`serving/service/outcomes.py` `run_results` → `result_ready`: `_ai_result` builds "
+        "it with the headers kept from ingest, the mask follows later; "
+        "`serving/service/delivery.py` "
         "`enqueue_results` writes and queues the SR before GSPS, SC and SEG are built). It "
         "shares the interpreter with the ingest, coordinator and preprocessing threads.{split}"
     ),

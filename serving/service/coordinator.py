@@ -13,11 +13,14 @@ runs; every step writes its state to the job store before acting on it:
 3. ``result_ready``: a finished job becomes an ``AIResult``; the task is finished exactly once
    (conditional on its attempt), the worklist updated, and — by mode — result objects and
    messages enqueued in the outbox.
+
+The results side (step 3) lives in :mod:`serving.service.outcomes` and the restart recovery
+(:meth:`Coordinator.recover`) in :mod:`serving.service.recovery`; both are functions of the
+coordinator, called through its methods.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import itertools
 import logging
@@ -32,7 +35,6 @@ from typing import Any
 
 import pydicom
 
-from models.manifest import Manifest, Task
 from models.registry import Registry
 from preprocessing.series import load_series
 from preprocessing.volume import Volume
@@ -42,27 +44,13 @@ from router.rules import Decision, RuleSet, evaluate, facts_from_datasets
 from router.worklist import AIStatus, Worklist, WorklistEntry
 from serving.engine import EngineBusy, InferenceJob, JobResult
 from serving.gateway.spool import StoredInstance
-from serving.jobstore import (
-    InstanceArrival,
-    JobStore,
-    Outbox,
-    StudyState,
-    TaskRow,
-    TaskState,
-    TransitionError,
-)
+from serving.jobstore import InstanceArrival, JobStore, Outbox, StudyState, TaskRow, TaskState
 from serving.metrics import Metrics
 from serving.scheduler.records import PriorityClass
+from serving.service import outcomes, recovery
 from serving.service.assembly import Arrival, CompleteStudy, StudyAssembler
 from serving.service.assembly import StudyState as Tracked
-from serving.service.records import (
-    decision_json,
-    identity_problem,
-    order_problem,
-    result_json,
-    summary_of,
-)
-from serving.service.results import build_result, mask_on_source, source_instance, study_identity
+from serving.service.records import decision_json, identity_problem, order_problem
 from serving.service.runtime import Runtime, SeriesSource
 from serving.service.streaming import StreamingVolumes
 
@@ -240,9 +228,6 @@ class Coordinator:
         """Nothing waits to be recorded (tests and the demo poll this)."""
         return self._ingest.empty()
 
-    def _record(self, study_uid: str, header: pydicom.Dataset, path: str, calling_ae: str) -> None:
-        self._record_batch([(study_uid, header, path, calling_ae, self.mono())])
-
     def _record_batch(self, batch: Sequence[tuple[str, pydicom.Dataset, str, str, float]]) -> None:
         if not batch:
             return
@@ -392,6 +377,8 @@ class Coordinator:
         """Route complete studies, submit waiting tasks, turn finished jobs into results."""
         with self.lock:
             due = self.assembler.due(self.mono())
+        # Studies the rules make stat are routed first when several complete together.
+        due.sort(key=lambda study: not self._stat_cache.get(study.study_uid, False))
         for study in due:
             try:
                 self.route(study)
@@ -561,160 +548,26 @@ class Coordinator:
         for task, attempt, headers in waiting:
             self._submit(task, attempt, headers)
 
+    # ---- results (serving.service.outcomes) ---------------------------------------------------
+
     def run_results(self, stopping: threading.Event, *, stat_only: bool = False) -> None:
         """The results thread: finished jobs become results, most urgent class first.
 
-        Object building and delivery enqueueing take tenths of a second per result on a small
-        CPU; doing them here keeps the coordinator loop (assembly, routing) responsive, and a
-        stat result never waits behind a queue of routine ones. With ``stat_only`` the thread
-        takes stat results only: the service runs one such thread next to the general one, so
-        a stat result does not even wait for the routine result in hand.
+        With ``stat_only`` it takes stat results only (the service runs one such thread next
+        to the general one). See :func:`serving.service.outcomes.run_results`.
         """
-
-        def ready() -> bool:
-            return bool(self._results) and (not stat_only or self._results[0][0] == 0)
-
-        while True:
-            with self._results_ready:
-                while not ready() and not stopping.is_set():
-                    self._results_ready.wait(timeout=0.2)
-                if not ready():
-                    return
-                _, _, _, launched, future = heapq.heappop(self._results)
-            self._handle_result(launched, future)
+        outcomes.run_results(self, stopping, stat_only=stat_only)
 
     def drain_results(self) -> None:
         """Handle every finished job now (tests, shutdown)."""
-        while True:
-            with self.lock:
-                if not self._results:
-                    return
-                _, _, _, launched, future = heapq.heappop(self._results)
-            self._handle_result(launched, future)
-
-    def _handle_result(self, launched: _Launched, future: Future[JobResult]) -> None:
-        try:
-            self.result_ready(launched, future.result())
-        except Exception as error:
-            log.exception("turning a result into deliveries failed")
-            self.store.fail_task(
-                launched.task.task_id,
-                launched.attempt,
-                f"result handling failed: {type(error).__name__}",
-            )
-            self._ai_status(launched.task.study_instance_uid, AIStatus.UNAVAILABLE)
+        outcomes.drain_results(self)
 
     def result_ready(self, launched: _Launched, job: JobResult) -> None:
-        """Finish a task exactly once and hand its result to delivery."""
-        task = launched.task
-        if job.error is not None:
-            self.store.fail_task(task.task_id, launched.attempt, job.error)
-            self.store.audit(
-                "task-failed",
-                study_uid=task.study_instance_uid,
-                task_id=task.task_id,
-                detail={"error": job.error},
-            )
-            self.metrics.inc("statlane_tasks_failed_total", model=task.model)
-            self._ai_status(task.study_instance_uid, AIStatus.UNAVAILABLE)
-            return
-        assert self.runtime is not None
-        manifest = self.runtime.manifests[task.model]
-        ai, with_mask = self._ai_result(task, manifest, launched, job)
-        document = result_json(ai, job)
-        # Deliveries are enqueued before the task is finished: a crash in between re-runs the
-        # task and enqueues the same items again (deterministic objects, deduplicated keys),
-        # while a crash after finishing can no longer lose them.
-        order = self._order_for_accession(ai.study.accession_number)
-        self.deliver(task, ai, order, with_mask)
-        if not self.store.finish_task(task.task_id, launched.attempt, document):
-            self.store.audit(
-                "duplicate-completion-ignored",
-                task_id=task.task_id,
-                study_uid=task.study_instance_uid,
-            )
-            return
-        times = job.times
-        priority = task.priority.value
-        if times.done_s is not None:
-            self.metrics.observe(
-                "statlane_task_latency_seconds",
-                times.done_s - times.received_s,
-                priority=priority,
-                model=task.model,
-            )
-        if job.deadline_missed:
-            self.metrics.inc("statlane_deadline_misses_total", priority=priority)
-        self.store.audit(
-            "task-done",
-            study_uid=task.study_instance_uid,
-            task_id=task.task_id,
-            detail={
-                "model": task.model,
-                "mode": task.mode,
-                "critical_positive": ai.critical_positive,
-                "deadline_missed": job.deadline_missed,
-            },
-        )
-        self.worklist.update_ai(
-            task.study_instance_uid, AIStatus.DONE, ai.critical_positive, summary_of(ai)
-        )
-        remaining = [
-            t
-            for t in self.store.tasks(study_uid=task.study_instance_uid)
-            if t.state in (TaskState.QUEUED, TaskState.RUNNING)
-        ]
-        if not remaining:
-            try:
-                self.store.set_study_state(task.study_instance_uid, StudyState.DONE)
-            except TransitionError:  # a late instance reopened the study: its re-run ends it
-                log.info("study reopened while its result was handled; the re-run finishes it")
+        """Finish a task exactly once and hand its result to delivery.
 
-    def _order_for_accession(self, accession: str) -> OrderContext | None:
-        row = self.store.order(accession) if accession else None
-        return row.context() if row is not None else None
-
-    def _ai_result(
-        self, task: TaskRow, manifest: Manifest, launched: _Launched, job: JobResult
-    ) -> tuple[AIResult, Callable[[AIResult], AIResult]]:
-        """The result without its mask, and how to add the mask on the source grid.
-
-        The mask only feeds the SEG; resampling it takes tenths of a second on a small CPU,
-        so delivery adds it after the SR is queued.
+        See :func:`serving.service.outcomes.result_ready`.
         """
-        source = launched.source
-        volume = source.load()
-        by_uid: Mapping[str, tuple[pydicom.Dataset, str]] | None = launched.headers
-        if by_uid is None:  # launched after a restart: read the headers back from the spool
-            read: dict[str, tuple[pydicom.Dataset, str]] = {}
-            for path in source.paths:
-                header = pydicom.dcmread(path, stop_before_pixels=True)
-                read[str(header.SOPInstanceUID)] = (header, path)
-            by_uid = read
-        ordered = [by_uid[uid] for uid in volume.sop_instance_uids if uid in by_uid]
-        instances = [source_instance(h, str(p)) for h, p in ordered]
-        ai = build_result(
-            task_id=task.task_id,
-            study=study_identity(ordered[0][0]),
-            instances=instances,
-            manifest=manifest,
-            findings=job.findings,
-            completed_at=self.utc(),
-            mode=Mode(task.mode),
-        )
-
-        def with_mask(result: AIResult) -> AIResult:
-            if manifest.task is Task.CLASSIFICATION or job.outputs is None:
-                return result
-            assert source.affine_ras is not None
-            mask = mask_on_source(
-                job.outputs, manifest, source.affine_ras, volume.affine, volume.shape
-            )
-            if mask is None or mask.shape[0] != len(instances) or not mask.any():
-                return result  # multi-frame source: SEG from frames is not supported yet
-            return dataclasses.replace(result, mask=mask)
-
-        return ai, with_mask
+        outcomes.result_ready(self, launched, job)
 
     def _ai_status(self, study_uid: str, status: AIStatus) -> None:
         try:
@@ -722,82 +575,13 @@ class Coordinator:
         except Exception:  # not on the worklist (e.g. after a restart): nothing to show
             log.debug("worklist has no entry for a study", exc_info=True)
 
-    # ---- restart -----------------------------------------------------------------------------
+    # ---- restart (serving.service.recovery) --------------------------------------------------
 
     def recover(self, spooled: Sequence[StoredInstance]) -> dict[str, int]:
         """Resume after a restart: every spooled instance recorded, receiving studies tracked
         again (their quiet period restarts now), complete studies re-routed, interrupted tasks
-        re-run. Returns counts of what was resumed."""
-        # first: tasks that were running when the process died go back to the queue (after
-        # this point every running task is one this process started)
-        requeued = self.store.requeue_interrupted()
-        for instance in spooled:
-            header = pydicom.dcmread(instance.path, stop_before_pixels=True)
-            self._record(instance.study_instance_uid, header, str(instance.path), "")
-        now = self.mono()
-        for study in self.store.studies(StudyState.RECEIVING):
-            last = self._last_generation(study.study_instance_uid)  # reopened by late instances
-            with self.lock:
-                tracked = self.assembler.study(study.study_instance_uid)
-                if tracked is not None and last is not None:
-                    tracked.generation = last + 1
-                self.assembler.released(study.study_instance_uid, now)
-        rerouted = 0
-        # Complete but not routed (killed before the decision): route as the next generation.
-        for study in self.store.studies(StudyState.COMPLETE):
-            last = self._last_generation(study.study_instance_uid)
-            self._resume_route(study.study_instance_uid, 0 if last is None else last + 1)
-            rerouted += 1
-        relaunched = 0
-        for study in self.store.studies(StudyState.ROUTED):
-            uid = study.study_instance_uid
-            generation = self._last_generation(uid) or 0
-            tasks = [t for t in self.store.tasks(study_uid=uid) if t.generation == generation]
-            if not tasks:  # killed between the routing decision and its tasks: route again
-                self._resume_route(uid, generation)
-                rerouted += 1
-                continue
-            self._mark_handed_out(uid, generation)
-            if all(
-                t.state in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED) for t in tasks
-            ):  # killed after the last result, before closing the study
-                self.store.set_study_state(uid, StudyState.DONE)
-                continue
-            for task in tasks:
-                if task.state is TaskState.QUEUED:
-                    self._ensure_on_worklist(uid, study.accession_number)
-                    self.launch(task)
-                    relaunched += 1
-        for study in self.store.studies(StudyState.DONE):
-            uid = study.study_instance_uid
-            self._mark_handed_out(uid, self._last_generation(uid) or 0)
-        return {"rerouted": rerouted, "requeued": len(requeued), "relaunched": relaunched}
+        re-run. Returns counts of what was resumed (``rerouted``, ``requeued``, ``relaunched``).
 
-    def _last_generation(self, study_uid: str) -> int | None:
-        """Generation of the study's latest routing decision (None: never routed)."""
-        decisions = self.store.routing_decisions(study_uid)
-        if not decisions:
-            return None
-        return int(decisions[-1].decision.get("generation", 0))
-
-    def _mark_handed_out(self, study_uid: str, generation: int) -> None:
-        with self.lock:
-            tracked = self.assembler.study(study_uid)
-            if tracked is not None:
-                tracked.handed_out = True
-                tracked.generation = generation
-
-    def _resume_route(self, study_uid: str, generation: int) -> None:
-        series = {
-            s.series_instance_uid: [i.path for i in self.store.instances_of(s.series_instance_uid)]
-            for s in self.store.series_of(study_uid)
-        }
-        self._mark_handed_out(study_uid, generation)
-        self.route(CompleteStudy(study_uid, generation, series, "restart", 0.0))
-
-    def _ensure_on_worklist(self, uid: str, accession: str) -> None:
-        if uid in {e.study_uid for e in self.worklist.entries}:
-            return
-        study = self.store.study(uid)
-        arrived = study.first_seen_at if study is not None else self.utc()
-        self.worklist.add(WorklistEntry(uid, accession, arrived, mode=Mode.TRIAGE))
+        See :mod:`serving.service.recovery` for the steps.
+        """
+        return recovery.recover_after_restart(self, spooled)

@@ -1,0 +1,160 @@
+"""Restart recovery: the coordinator's state rebuilt from the job store and the spool.
+
+The process may die at any step of the pipeline; every step writes its state to the job store
+before acting on it, and every instance is durable in the spool before it is acknowledged.
+:func:`recover_after_restart` (behind :meth:`Coordinator.recover
+<serving.service.coordinator.Coordinator.recover>`) runs once when the service starts, before
+the coordinator's loop, ingest and results threads, and resumes in this order:
+
+1. **Interrupted tasks are requeued**: every task still *running* in the job store goes back to
+   *queued* (its worker died with the process), so from then on every running task is one this
+   process started.
+2. **Spooled instances are recorded again**: each instance the spool holds is read back (header
+   only) and recorded as if it had just arrived: instances the job store already had count as
+   duplicates, instances lost between the acknowledgement and the ingest commit are recorded
+   now; either way the assembler tracks every instance again (calling AE unknown: empty).
+3. **Receiving studies wait again**: studies still *receiving* are marked released now (no
+   association survives a restart), so their quiet period restarts from their re-recording;
+   a study already routed before (reopened by late instances) resumes at the generation after
+   its latest routing decision.
+4. **Complete studies are routed**: a study *complete* but not routed (the process died before
+   the routing decision) is routed as the generation after its latest routing decision (0 if
+   it was never routed).
+5. **Routed studies are resumed** at the generation of their latest routing decision (0 if
+   none), and marked handed out in the assembler (later instances are late):
+
+   - without tasks for that generation (died between the decision and its tasks): routed
+     again at that generation (task creation is idempotent per generation);
+   - with every task finished, failed or cancelled (died after the last result, before the
+     study was closed): the study is marked *done*;
+   - otherwise each *queued* task (including those requeued in step 1) is put back on the
+     worklist if missing (triage mode) and launched.
+6. **Done studies** are marked handed out at their latest generation, so an instance arriving
+   for them is handled as late (re-run or ignored, by the service's setting).
+
+Studies re-routed here carry the completion reason ``restart`` and an assembly wait of 0 s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pydicom
+
+from router.result import Mode
+from router.worklist import WorklistEntry
+from serving.jobstore import StudyState, TaskState
+from serving.service.assembly import CompleteStudy
+
+if TYPE_CHECKING:
+    from serving.gateway.spool import StoredInstance
+    from serving.service.coordinator import Coordinator
+
+
+def recover_after_restart(
+    coordinator: Coordinator, spooled: Sequence[StoredInstance]
+) -> dict[str, int]:
+    """Resume ``coordinator`` after a restart (see the module docstring for the steps).
+
+    Args:
+        coordinator: The freshly built coordinator (its threads not started yet).
+        spooled: Every instance the spool holds.
+
+    Returns:
+        Counts of what was resumed: ``rerouted`` (studies routed again), ``requeued`` (tasks
+        interrupted while running) and ``relaunched`` (queued tasks launched again).
+    """
+    store = coordinator.store
+    # first: tasks that were running when the process died go back to the queue (after
+    # this point every running task is one this process started)
+    requeued = store.requeue_interrupted()
+    for instance in spooled:
+        header = pydicom.dcmread(instance.path, stop_before_pixels=True)
+        _record(coordinator, instance.study_instance_uid, header, str(instance.path), "")
+    now = coordinator.mono()
+    for study in store.studies(StudyState.RECEIVING):
+        last = _last_generation(coordinator, study.study_instance_uid)  # reopened by late ones
+        with coordinator.lock:
+            tracked = coordinator.assembler.study(study.study_instance_uid)
+            if tracked is not None and last is not None:
+                tracked.generation = last + 1
+            coordinator.assembler.released(study.study_instance_uid, now)
+    rerouted = 0
+    # Complete but not routed (killed before the decision): route as the next generation.
+    for study in store.studies(StudyState.COMPLETE):
+        last = _last_generation(coordinator, study.study_instance_uid)
+        _resume_route(coordinator, study.study_instance_uid, 0 if last is None else last + 1)
+        rerouted += 1
+    relaunched = 0
+    for study in store.studies(StudyState.ROUTED):
+        uid = study.study_instance_uid
+        generation = _last_generation(coordinator, uid) or 0
+        tasks = [t for t in store.tasks(study_uid=uid) if t.generation == generation]
+        if not tasks:  # killed between the routing decision and its tasks: route again
+            _resume_route(coordinator, uid, generation)
+            rerouted += 1
+            continue
+        _mark_handed_out(coordinator, uid, generation)
+        if all(
+            t.state in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED) for t in tasks
+        ):  # killed after the last result, before closing the study
+            store.set_study_state(uid, StudyState.DONE)
+            continue
+        for task in tasks:
+            if task.state is TaskState.QUEUED:
+                _ensure_on_worklist(coordinator, uid, study.accession_number)
+                coordinator.launch(task)
+                relaunched += 1
+    for study in store.studies(StudyState.DONE):
+        uid = study.study_instance_uid
+        _mark_handed_out(coordinator, uid, _last_generation(coordinator, uid) or 0)
+    return {"rerouted": rerouted, "requeued": len(requeued), "relaunched": relaunched}
+
+
+def _record(
+    coordinator: Coordinator,
+    study_uid: str,
+    header: pydicom.Dataset,
+    path: str,
+    calling_ae: str,
+) -> None:
+    """Record one spooled instance, arrived now (monotonic seconds), as ingest would."""
+    coordinator._record_batch([(study_uid, header, path, calling_ae, coordinator.mono())])
+
+
+def _last_generation(coordinator: Coordinator, study_uid: str) -> int | None:
+    """Generation of the study's latest routing decision (None: never routed)."""
+    decisions = coordinator.store.routing_decisions(study_uid)
+    if not decisions:
+        return None
+    return int(decisions[-1].decision.get("generation", 0))
+
+
+def _mark_handed_out(coordinator: Coordinator, study_uid: str, generation: int) -> None:
+    """Mark a tracked study handed out at ``generation`` (later instances are late)."""
+    with coordinator.lock:
+        tracked = coordinator.assembler.study(study_uid)
+        if tracked is not None:
+            tracked.handed_out = True
+            tracked.generation = generation
+
+
+def _resume_route(coordinator: Coordinator, study_uid: str, generation: int) -> None:
+    """Route a study again as ``generation``, from the instances the job store lists."""
+    store = coordinator.store
+    series = {
+        s.series_instance_uid: [i.path for i in store.instances_of(s.series_instance_uid)]
+        for s in store.series_of(study_uid)
+    }
+    _mark_handed_out(coordinator, study_uid, generation)
+    coordinator.route(CompleteStudy(study_uid, generation, series, "restart", 0.0))
+
+
+def _ensure_on_worklist(coordinator: Coordinator, uid: str, accession: str) -> None:
+    """Put a study with tasks to relaunch back on the worklist (triage mode) if missing."""
+    if uid in {e.study_uid for e in coordinator.worklist.entries}:
+        return
+    study = coordinator.store.study(uid)
+    arrived = study.first_seen_at if study is not None else coordinator.utc()
+    coordinator.worklist.add(WorklistEntry(uid, accession, arrived, mode=Mode.TRIAGE))
