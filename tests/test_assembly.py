@@ -95,3 +95,20 @@ def test_quiet_period_is_per_study() -> None:
     a.released("routine", now=0.0)
     assert [s.study_uid for s in a.due(now=0.6)] == ["stat"]
     assert [s.study_uid for s in a.due(now=10.0)] == ["routine"]
+
+
+def test_due_and_next_check_can_look_at_some_studies_only() -> None:
+    a = _assembler(quiet=1.0)
+    _add(a, 1, now=0.0, study="stat", series="stat.1")
+    _add(a, 1, now=0.5, study="routine", series="routine.1")
+    a.released("stat", now=0.1)
+    a.released("routine", now=0.6)
+
+    def is_stat(uid: str) -> bool:
+        return uid == "stat"
+
+    assert a.next_check_s(now=0.7, only=is_stat) == 1.0
+    assert a.next_check_s(now=0.7, only=lambda uid: uid == "routine") == 1.5
+    assert [s.study_uid for s in a.due(now=2.0, only=is_stat)] == ["stat"]
+    assert a.due(now=2.0, only=is_stat) == []  # handed out once; the routine one still waits
+    assert [s.study_uid for s in a.due(now=2.0)] == ["routine"]

@@ -204,6 +204,7 @@ class Service:
         self.store.audit("service-started", detail={"resumed": resumed})
         self._threads = [
             threading.Thread(target=self._loop, name="coordinator", daemon=True),
+            threading.Thread(target=self._stat_loop, name="coordinator-stat", daemon=True),
             threading.Thread(
                 target=self.coordinator.run_ingest,
                 args=(self._stopping,),
@@ -300,6 +301,20 @@ class Service:
             timeout = 0.25 if wake is None else min(max(wake - self.mono(), 0.0), 0.25)
             with self.coordinator.lock:
                 if not self._stopping.is_set() and not self.coordinator.has_work():
+                    self.coordinator.lock.wait(timeout=timeout)
+
+    def _stat_loop(self) -> None:
+        """Routes the studies the rules make stat as soon as they complete, while the general
+        loop may be busy routing a large routine study."""
+        while not self._stopping.is_set():
+            try:
+                self.coordinator.tick(stat_only=True)
+            except Exception:
+                log.exception("stat routing failed")
+            wake = self.coordinator.next_wakeup_s(stat_only=True)
+            timeout = 0.25 if wake is None else min(max(wake - self.mono(), 0.0), 0.25)
+            with self.coordinator.lock:
+                if not self._stopping.is_set():
                     self.coordinator.lock.wait(timeout=timeout)
 
     def _wake_delivery(self) -> None:

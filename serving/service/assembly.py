@@ -159,11 +159,16 @@ class StudyAssembler:
         """The in-memory state of a study, if tracked."""
         return self._studies.get(study_uid)
 
-    def due(self, now: float) -> list[CompleteStudy]:
-        """Studies complete at ``now`` that were not handed out yet (each returned once)."""
+    def due(self, now: float, only: Callable[[str], bool] | None = None) -> list[CompleteStudy]:
+        """Studies complete at ``now`` that were not handed out yet (each returned once).
+
+        ``only``: consider just the studies whose UID it accepts (the others stay tracked).
+        """
         ready = []
         for study in self._studies.values():
             if study.handed_out or not study.series:
+                continue
+            if only is not None and not only(study.study_uid):
                 continue
             reason = self._complete_reason(study, now)
             if reason is None:
@@ -180,11 +185,14 @@ class StudyAssembler:
             )
         return ready
 
-    def next_check_s(self, now: float) -> float | None:
-        """When ``due`` may next return something (absolute seconds), or None if nothing waits."""
+    def next_check_s(self, now: float, only: Callable[[str], bool] | None = None) -> float | None:
+        """When ``due`` may next return something (absolute seconds), or None if nothing waits;
+        ``only`` as for :meth:`due`."""
         times = []
         for study in self._studies.values():
             if study.handed_out or not study.series:
+                continue
+            if only is not None and not only(study.study_uid):
                 continue
             if study.released_at is not None:
                 times.append(study.last_at + self.quiet_period_s(study))

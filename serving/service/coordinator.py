@@ -264,7 +264,8 @@ class Coordinator:
                 )
                 if arrival is Arrival.LATE:
                     self._late_instance(study_uid)
-            if self.streaming is not None and result.new and self._stat_eligible(study_uid):
+            stat = result.new and self._stat_eligible(study_uid)  # judged once per study
+            if self.streaming is not None and stat:
                 self.streaming.offer(arrival_row.series_uid, arrival_row.modality, path)
             modality = arrival_row.modality or "unknown"
             self.metrics.inc("statlane_instances_received_total", modality=modality)
@@ -368,15 +369,26 @@ class Coordinator:
         """Finished jobs or refused submissions wait for the loop (caller holds the lock)."""
         return bool(self._waiting)
 
-    def next_wakeup_s(self) -> float | None:
-        """Monotonic time of the next assembly deadline (None: nothing waits)."""
+    def next_wakeup_s(self, *, stat_only: bool = False) -> float | None:
+        """Monotonic time of the next assembly deadline (None: nothing waits); of stat studies
+        only with ``stat_only``."""
         with self.lock:
-            return self.assembler.next_check_s(self.mono())
+            only = self._is_stat if stat_only else None
+            return self.assembler.next_check_s(self.mono(), only=only)
 
-    def tick(self) -> None:
-        """Route complete studies, submit waiting tasks, turn finished jobs into results."""
+    def _is_stat(self, study_uid: str) -> bool:
+        """Whether the rules make the study stat (as judged from its first instances)."""
+        return self._stat_cache.get(study_uid, False)
+
+    def tick(self, *, stat_only: bool = False) -> None:
+        """Route complete studies and submit waiting tasks.
+
+        With ``stat_only`` only studies the rules make stat are routed (the service runs a
+        thread for those next to the general one, so a stat CT head never waits while a large
+        routine study is being routed).
+        """
         with self.lock:
-            due = self.assembler.due(self.mono())
+            due = self.assembler.due(self.mono(), only=self._is_stat if stat_only else None)
         # Studies the rules make stat are routed first when several complete together.
         due.sort(key=lambda study: not self._stat_cache.get(study.study_uid, False))
         for study in due:
@@ -385,7 +397,8 @@ class Coordinator:
             except Exception:
                 log.exception("routing failed for a study; it stays complete and is retried")
                 self.store.audit("routing-failed", study_uid=study.study_uid)
-        self._submit_waiting()
+        if not stat_only:
+            self._submit_waiting()
 
     # ---- routing -----------------------------------------------------------------------------
 
@@ -449,6 +462,7 @@ class Coordinator:
             self._headers.pop(uid, None)
             self._facts_cache.pop(uid, None)
             self._quiet_cache.pop(uid, None)
+            self._stat_cache.pop(uid, None)
             self._last_instance_mono.pop(uid, None)
         return decision
 
