@@ -92,15 +92,6 @@ class RuntimeConfig(_Strict):
             "instance), so a stat waits for no batch; 0: one batch per device"
         ),
     )
-    compute_nice: int = Field(
-        default=5,
-        ge=0,
-        le=19,
-        description=(
-            "nice value added to inference and routine preprocessing threads, so routing, "
-            "result building and delivery outrank bulk compute on a CPU; 0: same priority"
-        ),
-    )
     preprocess_workers: int = Field(default=2, ge=1, le=64)
     max_pending: int = Field(default=256, ge=1)
 

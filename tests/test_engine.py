@@ -22,7 +22,6 @@ from monai.inferers import sliding_window_inference
 from models.manifest import load_manifest
 from serving.backends import BackendModel, RequestContext, create_backend
 from serving.engine import ChunkingError, ChunkSpec, Engine, EngineBusy, InferenceJob, ModelEntry
-from serving.niceness import thread_nice
 from serving.scheduler import (
     LatencyTable,
     ModelLatency,
@@ -508,50 +507,3 @@ def test_a_stat_is_preprocessed_while_the_workers_decode_routine_volumes(
         release.set()
     assert all(f.result(timeout=30).error is None for f in routine)
     engine.stop()
-
-
-class NiceBackend:
-    """Records the nice value of the thread each batch runs on, by priority class."""
-
-    name = "nice"
-
-    def __init__(self) -> None:
-        self.seen: dict[str, int | None] = {}
-        self.release = threading.Event()
-        self.routine_running = threading.Event()
-
-    def load(self, model: BackendModel) -> None:
-        return None
-
-    def infer(
-        self, model: BackendModel, batch: np.ndarray, context: RequestContext
-    ) -> Mapping[str, np.ndarray]:
-        self.seen[context.priority.value] = thread_nice()
-        if context.priority is not STAT:
-            self.routine_running.set()
-            assert self.release.wait(timeout=30)
-        return {OUTPUT_NAME: batch.reshape(len(batch), -1)[:, :2]}
-
-    def healthy(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        return None
-
-
-@pytest.mark.skipif(thread_nice() is None, reason="no per-thread priority here")
-def test_device_loops_run_niced_and_the_stat_lane_does_not(tiny: BackendModel) -> None:
-    base = thread_nice()
-    assert base is not None
-    backend = NiceBackend()
-    engine = _engine(tiny, backend, stat_lanes=1, compute_nice=3)
-    routine = engine.submit(_job(1))
-    assert backend.routine_running.wait(timeout=30)
-    stat = engine.submit(_job(9, STAT))
-    try:
-        assert stat.result(timeout=30).error is None
-    finally:
-        backend.release.set()
-    assert routine.result(timeout=30).error is None
-    engine.stop()
-    assert backend.seen == {"routine": min(base + 3, 19), "stat": base}

@@ -19,7 +19,6 @@ from serving.backends.base import (
     RequestContext,
     check_batch,
 )
-from serving.niceness import call_at_lower_priority
 
 log = logging.getLogger(__name__)
 INSTALL = "onnxruntime (CPU) or onnxruntime-gpu (CUDA/TensorRT), not both"
@@ -49,21 +48,15 @@ class OnnxRuntimeBackend:
     Args:
         device: ``auto`` (GPU providers when present), ``cpu`` or ``cuda``.
         intra_op_threads: Threads per session; 0 lets ONNX Runtime decide.
-        thread_nice: Nice value added to each session's thread pool (0: normal priority), so
-            the service's latency-critical threads outrank bulk compute on a CPU
-            (:mod:`serving.niceness`).
     """
 
     name = "onnxruntime"
 
-    def __init__(
-        self, device: str = "auto", intra_op_threads: int = 0, thread_nice: int = 0
-    ) -> None:
+    def __init__(self, device: str = "auto", intra_op_threads: int = 0) -> None:
         if not is_available():
             raise BackendUnavailable("ONNX Runtime backend unavailable", install=INSTALL)
         self.device = device
         self.intra_op_threads = intra_op_threads
-        self.thread_nice = thread_nice
         self._sessions: dict[str, Any] = {}
 
     def load(self, model: BackendModel) -> None:
@@ -83,10 +76,7 @@ class OnnxRuntimeBackend:
                 "ONNX Runtime has no CUDA provider here", install="onnxruntime-gpu"
             )
         try:
-            session = call_at_lower_priority(
-                lambda: ort.InferenceSession(str(model.onnx), options, providers=wanted),
-                self.thread_nice,
-            )
+            session = ort.InferenceSession(str(model.onnx), options, providers=wanted)
         except Exception as error:  # onnxruntime raises its own untyped errors
             raise BackendError(f"{model.ident}: ONNX Runtime cannot load the model") from error
         used = session.get_providers()[0]

@@ -39,7 +39,6 @@ from serving.engine.jobs import (
     ModelEntry,
     StageTimes,
 )
-from serving.niceness import lower_thread_priority
 from serving.scheduler import BatchPlan, PriorityClass, Scheduler, TaskRecord, Wait
 
 log = logging.getLogger(__name__)
@@ -90,9 +89,6 @@ class Engine:
         clock: Monotonic clock in seconds (injected).
         preprocess_workers: Preprocessing threads.
         max_pending: Jobs accepted but not finished before ``submit`` refuses (backpressure).
-        compute_nice: Nice value added to the device loops and the general preprocessing
-            workers (not the stat lanes and the stat preprocessing worker), so the service's
-            orchestration threads outrank bulk compute on a CPU (:mod:`serving.niceness`).
     """
 
     def __init__(
@@ -104,7 +100,6 @@ class Engine:
         clock: Callable[[], float],
         preprocess_workers: int = 2,
         max_pending: int = 256,
-        compute_nice: int = 0,
     ) -> None:
         if scheduler.config.devices != len(backends):
             raise ValueError("scheduler.config.devices must equal the number of backends")
@@ -113,7 +108,6 @@ class Engine:
         self.scheduler = scheduler
         self.clock = clock
         self.max_pending = max_pending
-        self.compute_nice = compute_nice
         self._lock = threading.Condition()
         self._jobs: dict[str, _Job] = {}
         self._preprocess_heap: list[tuple[float, int, str]] = []
@@ -230,8 +224,6 @@ class Engine:
         return entry[2]
 
     def _preprocess_loop(self, stat_only: bool = False) -> None:
-        if not stat_only:
-            lower_thread_priority(self.compute_nice)
         while True:
             with self._lock:
                 job_id = None
@@ -302,8 +294,6 @@ class Engine:
     # ---- inference stage -----------------------------------------------------------------------
 
     def _device_loop(self, device: int, stat_lane: bool = False) -> None:
-        if not stat_lane:
-            lower_thread_priority(self.compute_nice)
         backend = self.backends[device]
         while True:
             with self._lock:

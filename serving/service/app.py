@@ -188,7 +188,6 @@ class Service:
                 triton_url=self.config.runtime.triton_url,
                 max_blocking_s=self.config.runtime.max_blocking_s,
                 stat_lanes=self.config.runtime.stat_lanes,
-                compute_nice=self.config.runtime.compute_nice,
             )
         except Exception as error:  # AI down: ingest, worklist and audit keep working
             log.error("inference runtime unavailable (%s): studies get 'AI unavailable'", error)

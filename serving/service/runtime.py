@@ -124,7 +124,6 @@ def build_runtime(
     triton_url: str | None = None,
     max_blocking_s: float | None = None,
     stat_lanes: int = 0,
-    compute_nice: int = 0,
 ) -> Runtime:
     """Load ``refs`` (``name`` or ``name@version``) onto ``backend`` and start an engine.
 
@@ -134,8 +133,6 @@ def build_runtime(
         BackendUnavailable: The backend cannot run here (the message says what to install).
     """
     options: dict[str, Any] = {"device": device}
-    if backend == "onnxruntime":
-        options["thread_nice"] = compute_nice
     if backend == "triton":
         options = {"url": triton_url} if triton_url else {}
     engine_backend: Backend = create_backend(backend, **options)
@@ -170,7 +167,6 @@ def build_runtime(
         clock=clock,
         preprocess_workers=preprocess_workers,
         max_pending=max_pending,
-        compute_nice=compute_nice,
     )
     log.info("runtime: %d models on %s (%s)", len(entries), backend, ", ".join(entries))
     return Runtime(engine, manifests, backend)
