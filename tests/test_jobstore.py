@@ -445,3 +445,29 @@ def test_instance_records_skip_the_fsync_and_everything_else_keeps_it(store: Job
     assert modes == ["NORMAL", "FULL", "NORMAL", "FULL"]  # switched only when it changes
     with store.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_writers_of_one_process_queue_in_process_not_in_sqlites_busy_handler(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """With no busy timeout SQLite refuses a second writer at once ("database is locked"):
+    every concurrent write still succeeds because the store serialises its own writers."""
+    store = JobStore(f"sqlite:///{db_path}", clock=clock, busy_timeout_s=0.0)
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def write(k: int) -> None:
+        start.wait()
+        try:
+            for i in range(10):
+                store.audit("probe", detail={"writer": k, "i": i})
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len([e for e in store.audit_events() if e.event == "probe"]) == 80

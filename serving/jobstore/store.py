@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -236,6 +237,13 @@ class JobStore:
         self._writes = sessionmaker(bind=writer, expire_on_commit=False)
         relaxed = self._engine.execution_options(**{WRITE_OPTION: True, RELAXED_SYNC_OPTION: True})
         self._relaxed_writes = sessionmaker(bind=relaxed, expire_on_commit=False)
+        # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in
+        # SQLite's busy handler (1, 2, 5, 10 ... 100 ms steps) however soon it is released.
+        # Writers of this process queue on a Python lock instead and start the moment the
+        # previous commit is done; the busy timeout is left for other processes.
+        self._write_lock: threading.RLock | None = (
+            threading.RLock() if self._engine.dialect.name == "sqlite" else None
+        )
 
     @property
     def engine(self) -> Engine:
@@ -262,7 +270,7 @@ class JobStore:
         spool is rescanned at start-up).
         """
         sessions = self._writes if durable else self._relaxed_writes
-        with sessions.begin() as session:
+        with self._write_lock or nullcontext(), sessions.begin() as session:
             yield StateChanges(session, self.now() if at is None else utc_now(lambda: at))
 
     @contextmanager
