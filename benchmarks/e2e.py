@@ -787,13 +787,16 @@ CAUSES = {
         "shares the interpreter with the ingest, coordinator and preprocessing threads.{split}"
     ),
     "delivery": (
-        "an outbox worker is woken when the SR is queued (`Service._delivery_loop`), but opens "
-        "a new association for every object (`DicomStoreDestination.deliver`) and may be busy "
-        "with a routine object; keeping an association per destination would shorten it."
+        "a worker reserved for stat items (`delivery-stat` in `Service._delivery_loop`) is "
+        "woken when the SR is queued, but opens a new association for every object "
+        "(`DicomStoreDestination.deliver`) and shares the cores with Orthanc and the engine; "
+        "keeping an association per destination would shorten it."
     ),
     "routing": (
-        "routing runs on the coordinator thread (rules, routing decision, worklist, task "
-        "creation, job-store writes) and waits for whatever that thread is doing."
+        "stat studies are routed on a thread of their own (`coordinator-stat`: rules, routing "
+        "decision, worklist, task creation, four job-store commits), which shares the "
+        "interpreter and the job store's writer lock with the ingest, results and delivery "
+        "threads."
     ),
     "postprocess": (
         "postprocessing runs on the engine's single postprocessing thread, shared with the "
