@@ -256,6 +256,28 @@ def pynetdicom_store(port: int, files: list[Path]) -> list[tuple[int, str]]:
     return [(int(a.Status), str(a.get("ErrorComment", ""))) for a in answers]
 
 
+def test_an_aborted_association_keeps_what_it_stored_and_is_reported_aborted(
+    tmp_path: Path, studies: dict[str, SyntheticStudy]
+) -> None:
+    files = studies["none"].files[:2]
+    spool, recorder = Spool(tmp_path / "spool", min_free_bytes=0), Recorder()
+
+    with running_gateway(spool, recorder) as gateway:
+        ae = AE(ae_title="PYSCU")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", gateway.port, ae_title="STATLANE")
+        assert assoc.is_established
+        statuses = [int(assoc.send_c_store(path).Status) for path in files]
+        assoc.abort()
+        (summary,) = recorder.wait_for_associations(1)
+
+    assert statuses == [0x0000, 0x0000]
+    assert summary.aborted
+    expected = {pydicom.dcmread(p).SOPInstanceUID for p in files}
+    assert {s.sop_instance_uid for s in summary.instances} == expected
+    assert len(spooled_files(spool)) == 2  # acknowledged before the abort: kept
+
+
 def test_truncated_file_gets_c000_with_a_reason_and_the_association_goes_on(
     tmp_path: Path, studies: dict[str, SyntheticStudy]
 ) -> None:
