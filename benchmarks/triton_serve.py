@@ -20,6 +20,7 @@ The server prints ``READY`` on stdout once every model is loaded, then serves un
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -49,6 +50,11 @@ def main(spec_path: str) -> int:
     from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor
     from pytriton.triton import Triton, TritonConfig
 
+    # pytriton reports start-up progress and failures through logging only; without a
+    # handler a server that never becomes ready leaves an empty log behind.
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+    )
     with open(spec_path, encoding="utf-8") as handle:
         spec = json.load(handle)
     # Triton's Python-backend stub links libpython dynamically; make it load the library of
