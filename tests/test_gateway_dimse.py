@@ -342,3 +342,54 @@ def test_orthanc_forwards_a_whole_study(tmp_path: Path, studies: dict[str, Synth
     sent = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in study.files}
     assert {s.sop_instance_uid for s in recorder.stored} == sent
     assert len(spooled_files(spool)) == len(study.files)
+
+
+def test_c_stores_take_the_fast_path_and_echo_and_sop_class_checks_still_work(
+    tmp_path: Path, studies: dict[str, SyntheticStudy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from io import BytesIO
+
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
+
+    fast: list[str] = []
+    original = DicomGateway._handle_raw_store
+
+    def spy(self: DicomGateway, assoc: object, request: object, ts: str) -> object:
+        fast.append(ts)
+        return original(self, assoc, request, ts)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DicomGateway, "_handle_raw_store", spy)
+    files = studies["none"].files[:3]
+    spool, recorder = Spool(tmp_path / "spool", min_free_bytes=0), Recorder()
+    with running_gateway(spool, recorder) as gateway:
+        ae = AE(ae_title="PYSCU")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", gateway.port, ae_title="STATLANE")
+        assert assoc.is_established
+        first = assoc.send_c_store(files[0])
+        echo = assoc.send_c_echo()
+        # A request naming MR Image Storage on the CT context: refused, nothing stored.
+        request = C_STORE()
+        request.MessageID = 77
+        request.AffectedSOPClassUID = MRImageStorage
+        request.AffectedSOPInstanceUID = "1.2.3.4.5"
+        request.Priority = 0
+        request.DataSet = BytesIO(pydicom.dcmread(files[1]).PixelData[:64])
+        context_id = next(
+            c.context_id for c in assoc.accepted_contexts if c.abstract_syntax == CTImageStorage
+        )
+        assert context_id is not None
+        assoc.dimse.send_msg(request, context_id)
+        _, mismatch = assoc.dimse.get_msg(block=True)
+        last = assoc.send_c_store(files[2])
+        assoc.release()
+        (summary,) = recorder.wait_for_associations(1)
+
+    assert int(first.Status) == 0x0000 and int(last.Status) == 0x0000
+    assert int(echo.Status) == 0x0000
+    assert mismatch is not None and mismatch.Status == 0x0122
+    assert mismatch.MessageIDBeingRespondedTo == 77
+    assert fast == [ExplicitVRLittleEndian] * 2  # the mismatch never reached the spool
+    assert len(summary.instances) == 2 and len(spooled_files(spool)) == 2

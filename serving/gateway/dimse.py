@@ -50,6 +50,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from serving.gateway.errors import InvalidInstance, OutOfResources, UnknownCaller
+from serving.gateway.fast_store import StoreRequest
 from serving.gateway.part10 import part10_header
 from serving.gateway.reactor import PromptRequestHandler
 from serving.gateway.spool import InstanceSource, Spool, StoredInstance
@@ -122,21 +123,6 @@ def _status(code: int, comment: str) -> Dataset:
 
 def _ignore(_: Any) -> None:
     return None
-
-
-def _part10(event: Event) -> bytes:
-    """The received C-STORE data set as a Part-10 file, without decoding the data set."""
-    request = cast(C_STORE, event.request)
-    data_set = request.DataSet
-    if data_set is None:
-        raise InvalidInstance("the C-STORE request carries no data set")
-    raw = data_set.getvalue() if isinstance(data_set, BytesIO) else bytes(data_set)
-    header = part10_header(
-        str(request.AffectedSOPClassUID),
-        str(request.AffectedSOPInstanceUID),
-        str(event.context.transfer_syntax),
-    )
-    return header + raw
 
 
 class DicomGateway:
@@ -236,6 +222,8 @@ class DicomGateway:
         threading.Thread(
             target=server.serve_forever, name=f"dicom-gateway-{self.ae_title}", daemon=True
         ).start()
+        # C-STORE requests skip pynetdicom's per-message machinery (PromptRequestHandler).
+        server.raw_store_handler = self._handle_raw_store  # type: ignore[attr-defined]
         ae._servers.append(server)  # as start_server does: server.shutdown() removes it
         self._server = server
         LOGGER.info("DICOM gateway %s listening on %s:%d", self.ae_title, self.host, self.port)
@@ -292,34 +280,67 @@ class DicomGateway:
         LOGGER.debug("association %s accepted from %s", source.association_id, source.calling_ae)
 
     def _handle_store(self, event: Event) -> Dataset | int:
+        """pynetdicom's C-STORE event (requests the fast path did not take)."""
+        request = cast(C_STORE, event.request)
+        data_set = request.DataSet
+        raw = data_set.getvalue() if isinstance(data_set, BytesIO) else bytes(data_set or b"")
+        status, comment = self._store(
+            event.assoc,
+            str(request.AffectedSOPClassUID),
+            str(request.AffectedSOPInstanceUID),
+            str(event.context.transfer_syntax),
+            raw if data_set is not None else None,
+        )
+        return status if comment is None else _status(status, comment)
+
+    def _handle_raw_store(
+        self, assoc: Association, request: StoreRequest, transfer_syntax: str
+    ) -> tuple[int, str | None]:
+        """The fast path's C-STORE (see :mod:`serving.gateway.fast_store`)."""
+        return self._store(
+            assoc, request.sop_class_uid, request.sop_instance_uid, transfer_syntax, request.data
+        )
+
+    def _store(
+        self,
+        assoc: Association,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        data_set: bytes | None,
+    ) -> tuple[int, str | None]:
+        """Spool one received data set; the DIMSE status and error comment to answer with."""
         with self._lock:
-            state = self._open.get(event.assoc)
+            state = self._open.get(assoc)
         if state is None:  # cannot happen after EVT_ESTABLISHED; refuse rather than guess
-            return _status(STATUS_UNABLE_TO_PROCESS, "association state unknown")
+            return STATUS_UNABLE_TO_PROCESS, "association state unknown"
         try:
-            stored = self.spool.store(_part10(event), state.source)
+            if data_set is None:
+                raise InvalidInstance("the C-STORE request carries no data set")
+            part10 = part10_header(sop_class_uid, sop_instance_uid, transfer_syntax) + data_set
+            stored = self.spool.store(part10, state.source)
         except OutOfResources as exc:
             state.failed += 1
             LOGGER.error("association %s: %s", state.source.association_id, exc)
-            return _status(STATUS_OUT_OF_RESOURCES, "spool out of space")
+            return STATUS_OUT_OF_RESOURCES, "spool out of space"
         except InvalidInstance as exc:
             state.failed += 1
             LOGGER.warning(
                 "association %s refused an instance: %s", state.source.association_id, exc.reason
             )
             LOGGER.debug("refused SOP instance %s", exc.sop_instance_uid)
-            return _status(STATUS_CANNOT_UNDERSTAND, exc.reason)
+            return STATUS_CANNOT_UNDERSTAND, exc.reason[:_ERROR_COMMENT_MAX]
         except Exception:
             state.failed += 1
             LOGGER.exception("association %s: storing failed", state.source.association_id)
-            return _status(STATUS_UNABLE_TO_PROCESS, "internal error storing the instance")
+            return STATUS_UNABLE_TO_PROCESS, "internal error storing the instance"
         state.instances.append(stored)
         try:
             self._on_stored(stored)
         except Exception:  # the instance is safe on disk: report, don't fail the C-STORE
             LOGGER.exception("on_stored failed on association %s", state.source.association_id)
             LOGGER.debug("on_stored failed for SOP instance %s", stored.sop_instance_uid)
-        return STATUS_SUCCESS
+        return STATUS_SUCCESS, None
 
     def _handle_released(self, event: Event) -> None:
         self._finish(event.assoc, aborted=False)

@@ -19,6 +19,10 @@ two threads wait:
   ``recv`` calls joined together (a 512 KiB slice was ~128 calls and copies).
 * :class:`PromptRequestHandler` makes the server create these for every incoming association.
 * pynetdicom's standard logging handlers (a debug summary of every PDU) are not bound.
+* C-STORE requests take the fast path of :mod:`serving.gateway.fast_store` when the server
+  has a :data:`RawStoreHandler`: the DUL thread routes P-DATA-TF PDUs itself while the
+  association is established (Sta6), the association thread calls the handler and sends the
+  encoded response. Every other message, and every other state, stays with pynetdicom.
 
 The loops are adapted from pynetdicom 3.0 (MIT licence); ``pyproject.toml`` pins pynetdicom to
 3.0.x because they override its private methods, and the gateway's tests run every code path
@@ -33,6 +37,7 @@ import queue
 import select
 import socket
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, cast
 
@@ -41,7 +46,15 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from serving.gateway.fast_store import (
+    DimseProtocolError,
+    PDataRouter,
+    StoreRequest,
+    store_response_pdu,
+)
 
 __all__ = [
     "IDLE_WAIT_S",
@@ -49,7 +62,15 @@ __all__ = [
     "PromptAssociation",
     "PromptDUL",
     "PromptRequestHandler",
+    "RawStoreHandler",
 ]
+
+#: The fast C-STORE handler: (association, request, transfer syntax UID) -> (status, error
+#: comment or None). It runs on the association's thread; the response is sent when it returns.
+RawStoreHandler = Callable[[Association, StoreRequest, str], tuple[int, str | None]]
+
+_P_DATA_TF = 0x04
+_PDU_TYPES = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -72,7 +93,18 @@ class _WakingQueue(queue.Queue[Any]):
 
 
 class BulkSocket(AssociationSocket):
-    """An :class:`AssociationSocket` that reads each PDU into one pre-sized buffer."""
+    """An :class:`AssociationSocket` that reads each PDU into one pre-sized buffer, and sends
+    whole PDUs under a lock (fast-path responses go out from the association's thread, every
+    other PDU from the DUL's)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._send_lock = threading.Lock()
+
+    def send(self, bytestream: bytes) -> None:
+        """Send one whole PDU; a failure queues Evt17 (connection closed), as pynetdicom."""
+        with self._send_lock:
+            super().send(bytestream)
 
     def recv(self, nr_bytes: int) -> bytearray:
         """Read exactly ``nr_bytes`` (fewer only if the peer closed the connection)."""
@@ -101,6 +133,66 @@ class PromptDUL(DULServiceProvider):
         self._wake_writer.setblocking(False)
         self.to_provider_queue = _WakingQueue(self._wake)
         self.event_queue = _WakingQueue(self._wake)
+
+    def _read_pdu_data(self) -> None:
+        """Read one PDU; a P-DATA-TF of an established association with a fast C-STORE
+        handler is routed here, everything else goes through pynetdicom's state machine."""
+        handler = getattr(self.assoc, "raw_store_handler", None)
+        if handler is None or self.state_machine.current_state != "Sta6":
+            super()._read_pdu_data()
+            return
+        sock = cast(BulkSocket, self.socket)
+        header = sock.recv(6)
+        if len(header) < 6:  # READ_PDU_EXC_A/B: closed by the peer
+            self.event_queue.put("Evt17")
+            return
+        pdu_type, length = header[0], int.from_bytes(header[2:6], "big")
+        if pdu_type not in _PDU_TYPES:  # READ_PDU_EXC_C
+            LOGGER.error("Unknown PDU type received '0x%02X'", pdu_type)
+            self.event_queue.put("Evt19")
+            return
+        body = sock.recv(length)
+        if len(body) != length:  # READ_PDU_EXC_D/E
+            LOGGER.error("The received PDU is shorter than expected")
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type != _P_DATA_TF:
+            self._decode_standard(header + body)
+            return
+        try:
+            self._router().feed(body)
+        except DimseProtocolError as exc:  # READ_PDU_EXC_F: pynetdicom aborts on Evt19
+            LOGGER.error("Invalid P-DATA-TF PDU: %s", exc)
+            self.event_queue.put("Evt19")
+
+    def _decode_standard(self, pdu_bytes: bytearray) -> None:
+        """pynetdicom's handling of a PDU already read whole (as ``_read_pdu_data``)."""
+        try:
+            pdu, event = self._decode_pdu(pdu_bytes)
+        except Exception as exc:
+            LOGGER.error("Unable to decode the received PDU data")
+            LOGGER.exception(exc)
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+
+    def _router(self) -> PDataRouter:
+        router = cast(PDataRouter | None, getattr(self, "_fast_router", None))
+        if router is None:
+            dimse = self.assoc.dimse
+
+            def to_pynetdicom(context_id: int, pdv: bytes) -> None:
+                primitive = P_DATA()
+                primitive.presentation_data_value_list.append((context_id, pdv))
+                dimse.receive_primitive(primitive)  # what pynetdicom's DT-2 does
+
+            def completed(request: StoreRequest) -> None:
+                dimse.msg_queue.put((request.context_id, request))  # type: ignore[arg-type]
+
+            router = PDataRouter(completed, to_pynetdicom, lambda: dimse.message is not None)
+            self._fast_router = router
+        return router
 
     def _wake(self) -> None:
         if threading.get_ident() == self.ident:  # the reactor queued it itself: it is awake
@@ -172,6 +264,8 @@ class PromptAssociation(Association):
 
     def __init__(self, ae: Any, mode: str) -> None:
         super().__init__(ae, mode)
+        #: The fast C-STORE handler (None: every C-STORE goes through pynetdicom's events).
+        self.raw_store_handler: RawStoreHandler | None = None
         self.dul = PromptDUL(self)
         # Timeouts are copied onto the DUL's timers when set; set them again on the new DUL.
         self.acse_timeout = self.ae.acse_timeout
@@ -196,7 +290,9 @@ class PromptAssociation(Association):
                 context_id, msg = messages.get(timeout=IDLE_WAIT_S)
             except queue.Empty:
                 context_id, msg = None, None
-            if msg:
+            if isinstance(msg, StoreRequest):
+                self._serve_fast_store(msg)
+            elif msg:
                 self._serve_request(msg, cast(int, context_id))
             if self.is_established and self.acse.is_release_requested():
                 self.acse.send_release(is_response=True)
@@ -232,6 +328,32 @@ class PromptAssociation(Association):
                 self.kill()
                 return
 
+    def _serve_fast_store(self, request: StoreRequest) -> None:
+        """Answer one fast-path C-STORE (as pynetdicom's ``_serve_request`` would)."""
+        if self._sent_release:
+            LOGGER.warning("C-STORE request received during association release, ignoring")
+            return
+        context = self._accepted_cx.get(request.context_id)
+        if context is None:
+            LOGGER.info(
+                "Received DIMSE message with invalid or rejected context ID: %d",
+                request.context_id,
+            )
+            self.abort()
+            return
+        handler = cast(RawStoreHandler, self.raw_store_handler)
+        comment: str | None
+        if request.sop_class_uid != context.abstract_syntax:
+            # PS3.4 B.2.3: the request's SOP class is not the one negotiated for the context.
+            status, comment = 0x0122, "SOP class differs from the presentation context's"
+        else:
+            try:
+                status, comment = handler(self, request, str(context.transfer_syntax[0]))
+            except Exception:  # the handler maps its own errors; anything else is ours
+                LOGGER.exception("C-STORE handler failed")
+                status, comment = 0xC211, "internal error storing the instance"
+        cast(BulkSocket, self.dul.socket).send(store_response_pdu(request, status, comment))
+
 
 class PromptRequestHandler(RequestHandler):
     """Creates a :class:`PromptAssociation` on a :class:`BulkSocket` for each connection."""
@@ -250,6 +372,7 @@ class PromptRequestHandler(RequestHandler):
         assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
         assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
+        assoc.raw_store_handler = getattr(self.server, "raw_store_handler", None)
         assoc.requestor.address_info = self.remote
         handlers = self.server._handlers
         for event in handlers:
