@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -13,11 +14,21 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
 
+from serving.gateway import instance_header
 from serving.gateway.errors import InvalidInstance, OutOfResources, StudyMismatch
-from serving.gateway.spool import InstanceSource, Spool
+from serving.gateway.spool import InstanceSource, Spool, read_header
 
 STUDY = "1.2.826.0.1.3680043.10.1.1"
 SERIES = "1.2.826.0.1.3680043.10.1.1.2"
@@ -58,10 +69,15 @@ def make_dataset(
 
 def make_instance(sop_uid: str = f"{SERIES}.1", **kwargs: object) -> bytes:
     """``make_dataset`` encoded as a Part-10 file."""
+    return encode(make_dataset(sop_uid, **kwargs))  # type: ignore[arg-type]
+
+
+def encode(ds: Dataset) -> bytes:
+    """A data set with file meta as a Part-10 file, in its meta's transfer syntax."""
     buffer = BytesIO()
     with warnings.catch_warnings():  # invalid UIDs are written on purpose by some tests
         warnings.simplefilter("ignore")
-        dcmwrite(buffer, make_dataset(sop_uid, **kwargs), enforce_file_format=True)  # type: ignore[arg-type]
+        dcmwrite(buffer, ds, enforce_file_format=True)
     return buffer.getvalue()
 
 
@@ -274,3 +290,181 @@ def test_rescan_finds_every_instance_and_skips_debris(tmp_path: Path) -> None:
     assert all(f.size_bytes == f.path.stat().st_size for f in found)
     assert spool.discard_partial_writes() == 1
     assert not list(leaf.glob("*.tmp"))
+
+
+# --- read_header: the fast reader and pydicom's reader must agree ------------------------------
+
+
+def variant(name: str) -> bytes:
+    """``make_instance`` in another encoding or with another layout."""
+    ds = make_dataset()
+    if name == "implicit":
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    elif name == "big-endian":
+        ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    elif name == "deflated":
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    elif name == "encapsulated":
+        ds.file_meta.TransferSyntaxUID = RLELossless
+        ds.PixelData = encapsulate([b"\x01\x00" * 8, b"\x02\x00" * 8])
+        ds["PixelData"].VR = "OB"
+    elif name == "trailing-padding":  # an element after Pixel Data
+        ds.add_new(0xFFFCFFFC, "OB", b"\x00" * 6)
+    elif name == "sequence":  # an undefined-length sequence, read by pydicom's own reader
+        item = Dataset()
+        item.CodeValue = "X"
+        ds.ProcedureCodeSequence = [item]
+        ds["ProcedureCodeSequence"].is_undefined_length = True
+    elif name == "character-set":
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.PatientName = "Müller^Jörg"
+    elif name != "plain":
+        raise ValueError(name)
+    return encode(ds)
+
+
+VARIANTS = [
+    "plain",
+    "implicit",
+    "big-endian",
+    "deflated",
+    "encapsulated",
+    "trailing-padding",
+    "sequence",
+    "character-set",
+]
+
+
+def outcome(read: object, data: bytes) -> tuple[object, ...]:
+    """What a read_header-like function makes of ``data``: an error, or identity and header."""
+    try:
+        identity, header = read(data)  # type: ignore[operator]
+    except (InvalidInstance, StudyMismatch) as exc:
+        return type(exc).__name__, str(exc), exc.sop_instance_uid
+    except Exception as exc:  # e.g. pydicom cannot decode a damaged Rows: same on both paths
+        return type(exc).__name__, str(exc)
+    assert type(header) is Dataset and "PixelData" not in header
+    return identity, decoded(header), decoded(header.file_meta)
+
+
+def decoded(ds: Dataset) -> dict[int, object]:
+    """Every element as pydicom decodes it (a damaged one may not decode: how it fails)."""
+    elements: dict[int, object] = {}
+    for tag in sorted(ds.keys()):
+        try:
+            elements[tag] = (ds[tag].VR, ds[tag].value)
+        except Exception as exc:
+            elements[tag] = (type(exc).__name__, str(exc))
+    return elements
+
+
+def by_pydicom(data: bytes) -> object:
+    return instance_header._read_header_with_pydicom(data, None)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_read_header_matches_pydicom_for_every_encoding(name: str) -> None:
+    data = variant(name)
+    fast = instance_header._parse_fast(data) is not None
+    assert fast == (name != "deflated")  # deflated streams are always inflated by pydicom
+    result = outcome(read_header, data)
+    assert isinstance(result[0], instance_header.InstanceIdentity)
+    assert result == outcome(by_pydicom, data)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("name", VARIANTS)
+def test_read_header_matches_pydicom_for_damaged_streams(name: str) -> None:
+    data = variant(name)
+    cuts = [1, 2, 3, 7, 8, 9, 12, 100, len(data) // 2, len(data) - 400, len(data) - 200]
+    damaged = [data[:-cut] for cut in cuts if cut < len(data) - 132]
+    damaged += [data + b"\x00" * 3, data + b"\x00" * 8]
+    for at in range(132, min(len(data), 700), 7):  # every 7th header byte, one at a time
+        damaged.append(data[:at] + bytes([data[at] ^ 0x41]) + data[at + 1 :])
+    for uid in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.3"):
+        damaged.append(with_transfer_syntax(data, uid))  # a meta that lies about the encoding
+    damaged.append(data.replace(b"\x02\x00\x10\x00UI", b"\x02\x00\x10\x00UL", 1))
+    for sample in damaged:
+        assert outcome(read_header, sample) == outcome(by_pydicom, sample)
+
+
+def with_transfer_syntax(data: bytes, uid: str) -> bytes:
+    """``data`` with another Transfer Syntax UID in its file meta (same length, NUL padded)."""
+    at = data.index(b"\x02\x00\x10\x00UI") + 8
+    length = int.from_bytes(data[at - 2 : at], "little")
+    return data[:at] + uid.encode().ljust(length, b"\x00") + data[at + length :]
+
+
+def test_elements_out_of_order_are_read_as_pydicom_reads_them() -> None:
+    data = make_instance()
+    modality = b"\x08\x00\x60\x00CS\x02\x00MR"  # (0008,0060) again, after the Pixel Data
+    for sample in (data + modality, data + modality[:-1]):
+        assert outcome(read_header, sample) == outcome(by_pydicom, sample)
+    _, header = read_header(data + modality)
+    assert header.Modality == "MR"  # the later copy wins, as in pydicom
+
+
+def test_a_wrong_file_meta_group_length_is_tolerated_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = make_instance()
+    at = data.index(b"\x02\x00\x00\x00UL\x04\x00") + 8
+    wrong = data[:at] + (int.from_bytes(data[at : at + 4], "little") + 2).to_bytes(4, "little")
+    with caplog.at_level(logging.INFO, logger="pydicom"):
+        identity, _ = read_header(wrong + data[at + 4 :])
+    assert identity.sop_instance_uid == f"{SERIES}.1"
+    assert "Group Length' value doesn't match" in caplog.text  # pydicom's own note, as before
+
+
+def test_pixel_data_one_sample_short_is_refused() -> None:
+    short = make_instance(pixels=bytes(PIXEL_BYTES - 2))  # even, so the element is well formed
+    with pytest.raises(InvalidInstance, match=f"holds {PIXEL_BYTES - 2} bytes, the image needs"):
+        read_header(short)
+
+
+def test_stream_one_byte_short_is_refused_in_every_encoding() -> None:
+    for name in VARIANTS:
+        if name != "deflated":  # a deflated stream cut short does not inflate
+            with pytest.raises(InvalidInstance, match="truncated"):
+                read_header(variant(name)[:-1])
+
+
+def test_an_element_after_pixel_data_is_read_and_checked() -> None:
+    data = variant("trailing-padding")
+    identity, header = read_header(data)
+    assert identity.sop_instance_uid == f"{SERIES}.1"
+    assert header.DataSetTrailingPadding == b"\x00" * 6
+    with pytest.raises(InvalidInstance, match=r"ends inside element \(FFFC,FFFC\)"):
+        read_header(data[:-1])
+
+
+def test_empty_pixel_data_is_refused() -> None:
+    with pytest.raises(InvalidInstance, match="Pixel Data is empty"):
+        read_header(make_instance(pixels=b""))
+
+
+def test_encapsulated_pixel_data_without_fragments_is_refused() -> None:
+    ds = make_dataset()
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.PixelData = b"\xfe\xff\x00\xe0\x00\x00\x00\x00"  # an empty offset table, no fragment
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    with pytest.raises(InvalidInstance, match="Pixel Data has no fragments"):
+        read_header(encode(ds))
+
+
+def test_file_meta_naming_another_instance_is_refused() -> None:
+    data = make_instance()
+    meta_end = data.index(b"\x08\x00\x16\x00UI")  # the data set starts with SOP Class UID
+    other = (
+        data[:meta_end].replace(f"{SERIES}.1".encode(), f"{SERIES}.2".encode()) + data[meta_end:]
+    )
+    with pytest.raises(InvalidInstance, match="file meta names a different SOP Instance UID"):
+        read_header(other)
+
+
+def test_the_header_keeps_no_view_of_the_received_bytes() -> None:
+    identity, header = read_header(make_instance())
+    assert identity.transfer_syntax_uid == ExplicitVRLittleEndian
+    assert all(not isinstance(elem.value, memoryview) for elem in header.values() if elem.value)
+    assert "PixelData" not in header and header.Rows == ROWS

@@ -20,7 +20,6 @@ import errno
 import hashlib
 import logging
 import os
-import re
 import shutil
 import threading
 import uuid
@@ -29,17 +28,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
-from pydicom import dcmread
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_fragments
 from pydicom.filewriter import dcmwrite
-from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from serving.gateway.errors import InvalidInstance, OutOfResources, StudyMismatch
+from serving.gateway.errors import InvalidInstance, OutOfResources
+from serving.gateway.instance_header import (
+    InstanceIdentity,
+    is_valid_uid,
+    read_header,
+    read_identity,
+    read_stored_identity,
+)
 
 __all__ = [
     "DEFAULT_MIN_FREE_BYTES",
@@ -150,175 +151,6 @@ def _encode(instance: bytes | Dataset) -> bytes:
 # Validation: read what a peer sent without trusting it. Raw element values are read directly,
 # so pydicom never converts (or logs) a value we did not ask for.
 
-_UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
-_IDENTITY_TAGS = {
-    "SOPClassUID": 0x00080016,
-    "SOPInstanceUID": 0x00080018,
-    "StudyInstanceUID": 0x0020000D,
-    "SeriesInstanceUID": 0x0020000E,
-}
-_UNDEFINED_LENGTH = 0xFFFFFFFF
-_SEQUENCE_DELIMITER = {
-    True: b"\xfe\xff\xdd\xe0\x00\x00\x00\x00",  # little endian
-    False: b"\xff\xfe\xe0\xdd\x00\x00\x00\x00",
-}
-_PIXEL_DATA = 0x7FE00010
-_OTHER_PIXEL_DATA = (0x7FE00008, 0x7FE00009)  # Float / Double Float Pixel Data
-
-
-@dataclass(frozen=True)
-class InstanceIdentity:
-    """The validated UIDs that name an instance and the transfer syntax it is encoded in."""
-
-    sop_instance_uid: str
-    sop_class_uid: str
-    series_instance_uid: str
-    study_instance_uid: str
-    transfer_syntax_uid: str
-
-
-def is_valid_uid(text: str) -> bool:
-    """True for a syntactically valid DICOM UID (PS3.5 9.1): digits and dots, at most 64."""
-    return len(text) <= 64 and _UID_PATTERN.fullmatch(text) is not None
-
-
-def _uid(dataset: Dataset, keyword: str, tag: int) -> str:
-    element = dataset.get_item(tag)
-    if element is None or element.value is None:
-        raise InvalidInstance(f"{keyword} is missing")
-    value = element.value
-    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
-    text = text.rstrip("\x00 ")
-    if not is_valid_uid(text):
-        # The value itself is not echoed: a broken sender may put anything in a UID field.
-        raise InvalidInstance(f"{keyword} is not a valid UID ({len(text)} characters)")
-    return text
-
-
-def _identity(dataset: Dataset) -> InstanceIdentity:
-    uids = {keyword: _uid(dataset, keyword, tag) for keyword, tag in _IDENTITY_TAGS.items()}
-    sop_uid = uids["SOPInstanceUID"]
-    meta = dataset.file_meta
-    try:
-        transfer_syntax = _uid(meta, "TransferSyntaxUID", 0x00020010)
-        if "MediaStorageSOPInstanceUID" in meta:
-            meta_sop_uid = _uid(meta, "MediaStorageSOPInstanceUID", 0x00020003)
-            if meta_sop_uid != sop_uid:
-                raise InvalidInstance("file meta names a different SOP Instance UID")
-    except InvalidInstance as exc:
-        raise InvalidInstance(exc.reason, sop_instance_uid=sop_uid) from None
-    return InstanceIdentity(
-        sop_instance_uid=sop_uid,
-        sop_class_uid=uids["SOPClassUID"],
-        series_instance_uid=uids["SeriesInstanceUID"],
-        study_instance_uid=uids["StudyInstanceUID"],
-        transfer_syntax_uid=transfer_syntax,
-    )
-
-
-def _check_complete(dataset: Dataset, data: bytes, identity: InstanceIdentity) -> None:
-    """Refuse a stream that ends inside its last element (pydicom reads those silently)."""
-    if identity.transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
-        return  # offsets of a deflated dataset refer to the inflated stream
-    last = dataset.get_item(max(dataset.keys()))
-    if not isinstance(last, RawDataElement) or last.value_tell is None:
-        return
-    if last.length == _UNDEFINED_LENGTH:
-        complete = data.endswith(_SEQUENCE_DELIMITER[bool(last.is_little_endian)])
-    else:
-        complete = last.value_tell + last.length <= len(data)
-    if not complete:
-        raise InvalidInstance(
-            f"truncated: the stream ends inside element {last.tag}",
-            sop_instance_uid=identity.sop_instance_uid,
-        )
-
-
-def _check_pixel_data(dataset: Dataset, identity: InstanceIdentity) -> None:
-    """Refuse images whose Pixel Data is missing, empty or shorter than the image needs."""
-    sop_uid = identity.sop_instance_uid
-    element = dataset.get_item(_PIXEL_DATA)
-    if element is None:
-        is_image = "Rows" in dataset and "BitsAllocated" in dataset
-        if is_image and not any(tag in dataset for tag in _OTHER_PIXEL_DATA):
-            raise InvalidInstance("image without Pixel Data (truncated?)", sop_instance_uid=sop_uid)
-        return
-    value = element.value
-    if not value:
-        raise InvalidInstance("Pixel Data is empty", sop_instance_uid=sop_uid)
-    transfer_syntax = UID(identity.transfer_syntax_uid)
-    if not transfer_syntax.is_transfer_syntax:
-        return  # a private transfer syntax: nothing we can check
-    if transfer_syntax.is_encapsulated:
-        try:
-            fragments = sum(1 for _ in generate_fragments(value)) - 1  # minus the offset table
-        except (ValueError, TypeError) as exc:
-            raise InvalidInstance(f"Pixel Data: {exc}", sop_instance_uid=sop_uid) from exc
-        if fragments < 1:
-            raise InvalidInstance("Pixel Data has no fragments", sop_instance_uid=sop_uid)
-        return
-    try:
-        expected = get_expected_length(dataset, "bytes")
-    except (AttributeError, KeyError, TypeError, ValueError):
-        raise InvalidInstance("Image Pixel module incomplete", sop_instance_uid=sop_uid) from None
-    if len(value) < expected:
-        raise InvalidInstance(
-            f"Pixel Data holds {len(value)} bytes, the image needs {expected}",
-            sop_instance_uid=sop_uid,
-        )
-
-
-def read_identity(data: bytes, *, expected_study_uid: str | None = None) -> InstanceIdentity:
-    """Parse a received Part-10 file and validate identity, completeness and pixel length.
-
-    Raises:
-        InvalidInstance: Not Part-10, identity UIDs missing or invalid, truncated stream, or
-            Pixel Data inconsistent with the image attributes.
-        StudyMismatch: ``expected_study_uid`` is set and the instance belongs to another study.
-    """
-    return read_header(data, expected_study_uid=expected_study_uid)[0]
-
-
-def read_header(
-    data: bytes, *, expected_study_uid: str | None = None
-) -> tuple[InstanceIdentity, Dataset]:
-    """As :func:`read_identity`, also returning the parsed data set without its pixel data."""
-    try:
-        dataset = dcmread(BytesIO(data))
-    except Exception as exc:  # pydicom raises many types for garbage; all mean "unreadable"
-        raise InvalidInstance(f"not a readable DICOM Part-10 file ({type(exc).__name__})") from exc
-    if not len(dataset):  # pydicom returns nothing when a top-level sequence is cut short
-        raise InvalidInstance("the dataset is empty or truncated")
-    identity = _identity(dataset)
-    if expected_study_uid is not None and identity.study_instance_uid != expected_study_uid:
-        raise StudyMismatch(
-            expected=expected_study_uid,
-            found=identity.study_instance_uid,
-            sop_instance_uid=identity.sop_instance_uid,
-        )
-    _check_complete(dataset, data, identity)
-    _check_pixel_data(dataset, identity)
-    # A plain Dataset of the elements: the FileDataset keeps the whole received buffer, and the
-    # pixel data is megabytes; neither is kept with the header.
-    header = Dataset(dataset)
-    header.file_meta = dataset.file_meta
-    for tag in (_PIXEL_DATA, *_OTHER_PIXEL_DATA):
-        header.pop(tag, None)
-    return identity, header
-
-
-def _read_stored_identity(handle: BinaryIO) -> InstanceIdentity:
-    try:
-        dataset = dcmread(
-            handle, stop_before_pixels=True, specific_tags=list(_IDENTITY_TAGS.values())
-        )
-    except Exception as exc:  # see read_identity
-        raise InvalidInstance(f"not a readable DICOM Part-10 file ({type(exc).__name__})") from exc
-    return _identity(dataset)
-
-
-# ---------------------------------------------------------------------------------------------
-
 
 class Spool:
     """Durable store of received instances, safe for concurrent associations and requests.
@@ -417,7 +249,7 @@ class Spool:
         for path in sorted(self.instances_dir.glob("*/*/*.dcm")):
             try:
                 with path.open("rb") as handle:
-                    identity = _read_stored_identity(handle)
+                    identity = read_stored_identity(handle)
             except (InvalidInstance, OSError) as exc:
                 LOGGER.warning("spool rescan skipped %s: %s", path.name, exc)
                 continue
