@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from types import TracebackType
@@ -289,7 +289,7 @@ class DicomGateway:
             str(request.AffectedSOPClassUID),
             str(request.AffectedSOPInstanceUID),
             str(event.context.transfer_syntax),
-            raw if data_set is not None else None,
+            None if data_set is None else [raw],
         )
         return status if comment is None else _status(status, comment)
 
@@ -298,7 +298,11 @@ class DicomGateway:
     ) -> tuple[int, str | None]:
         """The fast path's C-STORE (see :mod:`serving.gateway.fast_store`)."""
         return self._store(
-            assoc, request.sop_class_uid, request.sop_instance_uid, transfer_syntax, request.data
+            assoc,
+            request.sop_class_uid,
+            request.sop_instance_uid,
+            transfer_syntax,
+            request.fragments,
         )
 
     def _store(
@@ -307,7 +311,7 @@ class DicomGateway:
         sop_class_uid: str,
         sop_instance_uid: str,
         transfer_syntax: str,
-        data_set: bytes | None,
+        data_set: Sequence[bytes | memoryview] | None,
     ) -> tuple[int, str | None]:
         """Spool one received data set; the DIMSE status and error comment to answer with."""
         with self._lock:
@@ -317,7 +321,8 @@ class DicomGateway:
         try:
             if data_set is None:
                 raise InvalidInstance("the C-STORE request carries no data set")
-            part10 = part10_header(sop_class_uid, sop_instance_uid, transfer_syntax) + data_set
+            header = part10_header(sop_class_uid, sop_instance_uid, transfer_syntax)
+            part10 = b"".join((header, *data_set))  # the one copy of the received data set
             stored = self.spool.store(part10, state.source)
         except OutOfResources as exc:
             state.failed += 1

@@ -71,8 +71,9 @@ class StoreRequest:
         sop_class_uid: (0000,0002) Affected SOP Class UID.
         sop_instance_uid: (0000,1000) Affected SOP Instance UID.
         priority: (0000,0700): 0 medium, 1 high, 2 low.
-        data: The data set as received (encoded in the context's transfer syntax), complete
-            once the last fragment arrived.
+        fragments: The data set as received (in the context's transfer syntax): views of the
+            received PDUs, complete once the last fragment arrived. They are joined once,
+            with the Part-10 header in front, where the instance is stored.
     """
 
     context_id: int
@@ -80,16 +81,17 @@ class StoreRequest:
     sop_class_uid: str
     sop_instance_uid: str
     priority: int
-    data: bytes = b""
-    _fragments: list[memoryview] = field(default_factory=list, repr=False)
+    fragments: list[memoryview] = field(default_factory=list, repr=False)
 
     def add(self, fragment: memoryview, last: bool) -> bool:
-        """Keep one data set fragment; True once the last one was added (``data`` is set)."""
-        self._fragments.append(fragment)
-        if last:
-            self.data = b"".join(self._fragments)
-            self._fragments.clear()
+        """Keep one data set fragment; True once the last one was added."""
+        self.fragments.append(fragment)
         return last
+
+    @property
+    def data(self) -> bytes:
+        """The data set in one piece (a copy: the store path joins the fragments itself)."""
+        return b"".join(self.fragments)
 
 
 def parse_command_set(encoded: bytes | memoryview) -> dict[int, bytes]:

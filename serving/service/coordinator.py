@@ -161,7 +161,7 @@ class Coordinator:
         self._ingest.put(("released", tuple(study_uids), self.mono()))
 
     def run_ingest(
-        self, stopping: threading.Event, batch: int = 64, linger_s: float = 0.02
+        self, stopping: threading.Event, batch: int = 64, linger_s: float = 0.05
     ) -> None:
         """The ingest thread: record queued instances in batches, apply releases in order.
 
