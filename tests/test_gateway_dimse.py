@@ -393,3 +393,35 @@ def test_c_stores_take_the_fast_path_and_echo_and_sop_class_checks_still_work(
     assert mismatch.MessageIDBeingRespondedTo == 77
     assert fast == [ExplicitVRLittleEndian] * 2  # the mismatch never reached the spool
     assert len(summary.instances) == 2 and len(spooled_files(spool)) == 2
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x04\x00" + (100 << 20).to_bytes(4, "big"),  # a P-DATA-TF of 100 MiB: refused
+        b"\x09\x00" + (16).to_bytes(4, "big"),  # an unknown PDU type
+        b"\x04\x00" + (4096).to_bytes(4, "big") + b"\x00" * 10,  # connection closed mid-PDU
+    ],
+    ids=["huge-length", "unknown-type", "closed-mid-pdu"],
+)
+def test_bad_pdus_after_a_store_end_the_association_and_keep_what_was_stored(
+    tmp_path: Path, studies: dict[str, SyntheticStudy], garbage: bytes
+) -> None:
+    files = studies["none"].files[:1]
+    spool, recorder = Spool(tmp_path / "spool", min_free_bytes=0), Recorder()
+    with running_gateway(spool, recorder) as gateway:
+        ae = AE(ae_title="PYSCU")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", gateway.port, ae_title="STATLANE")
+        assert assoc.is_established
+        assert int(assoc.send_c_store(files[0]).Status) == 0x0000
+        raw = assoc.dul.socket.socket  # type: ignore[union-attr]
+        assert raw is not None
+        raw.sendall(garbage)
+        if garbage.endswith(b"\x00" * 10):
+            raw.shutdown(2)
+        (summary,) = recorder.wait_for_associations(1)
+        assoc.abort()
+
+    assert summary.aborted
+    assert len(summary.instances) == 1 and len(spooled_files(spool)) == 1

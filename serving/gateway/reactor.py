@@ -70,6 +70,9 @@ __all__ = [
 RawStoreHandler = Callable[[Association, StoreRequest, str], tuple[int, str | None]]
 
 _P_DATA_TF = 0x04
+#: Largest PDU accepted on the fast path, in bytes (we advertise no limit; SCUs send 16 KiB to
+#: 128 KiB). A larger declared length is refused rather than allocated.
+MAX_PDU_BYTES = 64 * 1024 * 1024
 _PDU_TYPES = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07)
 
 LOGGER = logging.getLogger(__name__)
@@ -142,20 +145,24 @@ class PromptDUL(DULServiceProvider):
             super()._read_pdu_data()
             return
         sock = cast(BulkSocket, self.socket)
-        header = sock.recv(6)
-        if len(header) < 6:  # READ_PDU_EXC_A/B: closed by the peer
+        try:
+            header = sock.recv(6)
+            length = int.from_bytes(header[2:6], "big") if len(header) == 6 else -1
+            if length >= 0 and (header[0] not in _PDU_TYPES or length > MAX_PDU_BYTES):
+                # READ_PDU_EXC_C, or a length no peer sends (the buffer is allocated up front)
+                LOGGER.error("Invalid PDU header: type 0x%02X, %d bytes", header[0], length)
+                self.event_queue.put("Evt19")
+                return
+            body = sock.recv(length) if length >= 0 else bytearray()
+        except (OSError, TimeoutError):  # READ_PDU_EXC_A/D: reset or timed out mid-PDU
+            LOGGER.error("Connection closed before the entire PDU was received")
             self.event_queue.put("Evt17")
             return
-        pdu_type, length = header[0], int.from_bytes(header[2:6], "big")
-        if pdu_type not in _PDU_TYPES:  # READ_PDU_EXC_C
-            LOGGER.error("Unknown PDU type received '0x%02X'", pdu_type)
-            self.event_queue.put("Evt19")
-            return
-        body = sock.recv(length)
-        if len(body) != length:  # READ_PDU_EXC_D/E
+        if len(body) != length:  # READ_PDU_EXC_B/E: closed by the peer (or a short header)
             LOGGER.error("The received PDU is shorter than expected")
             self.event_queue.put("Evt17")
             return
+        pdu_type = header[0]
         if pdu_type != _P_DATA_TF:
             self._decode_standard(header + body)
             return
