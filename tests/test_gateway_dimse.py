@@ -10,6 +10,7 @@ import contextlib
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -381,8 +382,14 @@ def test_c_stores_take_the_fast_path_and_echo_and_sop_class_checks_still_work(
             c.context_id for c in assoc.accepted_contexts if c.abstract_syntax == CTImageStorage
         )
         assert context_id is not None
+        # Pause the requestor's reactor (as pynetdicom's release() does), or it may take the
+        # response off the queue first and drop it as unexpected.
+        assoc._reactor_checkpoint.clear()
+        while not assoc._is_paused:
+            time.sleep(0.0001)
         assoc.dimse.send_msg(request, context_id)
         _, mismatch = assoc.dimse.get_msg(block=True)
+        assoc._reactor_checkpoint.set()
         last = assoc.send_c_store(files[2])
         assoc.release()
         (summary,) = recorder.wait_for_associations(1)
