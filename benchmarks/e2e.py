@@ -21,9 +21,11 @@ this machine, in this run).
 
 Systems, each on a fresh service and a fresh Orthanc, warmed up with one study of each kind:
 
-* ``baseline-fifo`` - the same service with ``runtime.policy: fifo`` (what a naive
-  gateway + worker does: one queue, first come first served);
-* ``statlane-edf`` - statlane's default ``edf`` policy.
+* ``baseline-fifo`` - the same service with ``runtime.policy: fifo`` and
+  ``runtime.stat_gate_max_wait_s: 0`` (what a naive gateway + worker does: one queue, first
+  come first served, and no priority for stat work in the stages around the engine);
+* ``statlane-edf`` - statlane's defaults: the ``edf`` policy, and background work stepping
+  aside while a stat study is routed, run, built and delivered.
 
 Latency of a study: the C-STORE response for its last instance (UTC, taken when storescu logs it)
 → its SR's outbox item delivered (Orthanc answered the C-STORE with success), seconds; every SR
@@ -328,7 +330,12 @@ def service_config(workdir: Path, policy: str, pacs_port: int) -> ServiceConfig:
             "hl7": {"enabled": False},
             "assembly": {"quiet_period_s": QUIET_S},
             "deadlines_s": DEADLINES_S,
-            "runtime": {"device": "cpu", "policy": policy},
+            "runtime": {
+                "device": "cpu",
+                "policy": policy,
+                # the naive baseline gives stat studies no priority outside the engine either
+                "stat_gate_max_wait_s": 0.0 if policy == "fifo" else 1.0,
+            },
             "destinations": {
                 "pacs": {
                     "type": "dicom",

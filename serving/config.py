@@ -94,6 +94,15 @@ class RuntimeConfig(_Strict):
     )
     preprocess_workers: int = Field(default=2, ge=1, le=64)
     max_pending: int = Field(default=256, ge=1)
+    stat_gate_max_wait_s: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "while a stat study is routed, preprocessed, run, built or delivered, background "
+            "work (routing, preprocessing, result objects, deliveries, and CPU inference "
+            "batches) waits between its steps, at most this long per step, seconds; 0: off"
+        ),
+    )
 
 
 class OutboxConfig(_Strict):

@@ -22,6 +22,7 @@ from monai.inferers import sliding_window_inference
 from models.manifest import load_manifest
 from serving.backends import BackendModel, RequestContext, create_backend
 from serving.engine import ChunkingError, ChunkSpec, Engine, EngineBusy, InferenceJob, ModelEntry
+from serving.service.stat_gate import StatGate
 from serving.scheduler import (
     LatencyTable,
     ModelLatency,
@@ -507,3 +508,50 @@ def test_a_stat_is_preprocessed_while_the_workers_decode_routine_volumes(
         release.set()
     assert all(f.result(timeout=30).error is None for f in routine)
     engine.stop()
+
+
+def test_background_work_steps_aside_while_a_stat_is_under_way(tiny: BackendModel) -> None:
+    """With a StatGate, routine preprocessing and CPU batches wait for a stat stage to end,
+    and the stat's own preprocessing and batch are stat stages."""
+    gate = StatGate(max_wait_s=30.0, linger_s=0.0)
+    backend = GatedBackend()
+    stat_stage_seen: list[bool] = []
+    prepare_base = _engine(tiny, backend).models[tiny.ident].prepare  # the tests' prepare
+
+    def prepare(volume: object) -> tuple[np.ndarray, np.ndarray]:
+        stat_stage_seen.append(gate.busy())
+        return prepare_base(volume)
+
+    latency = LatencyTable({tiny.ident: ModelLatency.from_mapping({1: 0.01}, 1)})
+    engine = Engine(
+        {tiny.ident: ModelEntry(tiny, (1, *SPATIAL), prepare=prepare)},
+        [backend],
+        Scheduler(latency, "edf", SchedulerConfig(max_queue_delay_s=0.0, stat_lanes=1)),
+        clock=time.monotonic,
+        preprocess_workers=1,
+        urgency=gate,
+        background_yields_device=True,
+    )
+    try:
+        held = gate.stat_stage()
+        held.__enter__()  # e.g. a stat study being routed
+        routine = engine.submit(_job(1))
+        time.sleep(0.3)
+        assert stat_stage_seen == [] and backend.batches == []  # nothing ran for the routine
+        stat = engine.submit(_job(9, STAT))
+        assert backend.started.acquire(timeout=30)  # the stat runs although the gate is held
+        assert backend.batches == [["9"]] and stat_stage_seen == [True]
+        backend.gate.release()
+        assert stat.result(timeout=30).error is None
+        time.sleep(0.2)
+        assert not routine.done() and len(backend.batches) == 1  # still stepping aside
+        held.__exit__(None, None, None)  # the stat study's stage ends
+        assert backend.started.acquire(timeout=30)
+        backend.gate.release()
+        assert routine.result(timeout=30).error is None
+        assert stat_stage_seen == [True, False]  # routine preprocessing: no stat stage
+        assert gate.waits >= 2  # preprocessing and the device loop both waited
+    finally:
+        for _ in range(4):
+            backend.gate.release()
+        engine.stop()

@@ -26,6 +26,8 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from typing import Protocol
 
 import numpy as np
 
@@ -44,6 +46,18 @@ from serving.scheduler import BatchPlan, PriorityClass, Scheduler, TaskRecord, W
 log = logging.getLogger(__name__)
 
 _STAT = PriorityClass.STAT
+
+
+class Urgency(Protocol):
+    """Stat priority across threads that share the interpreter and the cores."""
+
+    def stat_stage(self) -> AbstractContextManager[None]:
+        """Mark stat work under way for the duration of the ``with`` block."""
+        ...
+
+    def step_aside(self) -> float:
+        """Wait (bounded) while stat work is under way; seconds waited."""
+        ...
 
 
 class _Job:
@@ -89,6 +103,12 @@ class Engine:
         clock: Monotonic clock in seconds (injected).
         preprocess_workers: Preprocessing threads.
         max_pending: Jobs accepted but not finished before ``submit`` refuses (backpressure).
+        urgency: Stat priority across the service's Python stages (the service's
+            :class:`~serving.service.stat_gate.StatGate`): preprocessing and running a stat
+            job are stat stages; background preprocessing steps aside for stat stages first.
+        background_yields_device: Background batches step aside for stat stages too. For
+            backends that compute on the CPU the service's stat stages run on: there a
+            background batch takes the cores a stat study's routing, SR and delivery need.
     """
 
     def __init__(
@@ -100,6 +120,8 @@ class Engine:
         clock: Callable[[], float],
         preprocess_workers: int = 2,
         max_pending: int = 256,
+        urgency: Urgency | None = None,
+        background_yields_device: bool = False,
     ) -> None:
         if scheduler.config.devices != len(backends):
             raise ValueError("scheduler.config.devices must equal the number of backends")
@@ -108,6 +130,8 @@ class Engine:
         self.scheduler = scheduler
         self.clock = clock
         self.max_pending = max_pending
+        self.urgency = urgency
+        self.background_yields_device = background_yields_device
         self._lock = threading.Condition()
         self._jobs: dict[str, _Job] = {}
         self._preprocess_heap: list[tuple[float, int, str]] = []
@@ -235,10 +259,14 @@ class Engine:
                 if self._stopping or job_id is None:
                     return
                 state = self._jobs[job_id]
-                state.times.preprocess_started_s = self.clock()
+            stat = state.job.priority is _STAT
+            if not stat:
+                self._step_aside()
             entry = self.models[state.job.model]
             try:
-                state.input, state.affine = entry.prepare(state.job.volume)
+                with self._stage(stat):
+                    state.times.preprocess_started_s = self.clock()
+                    state.input, state.affine = entry.prepare(state.job.volume)
             except Exception as error:  # a bad volume fails its own job only
                 self._finish(state, None, f"preprocessing failed: {error}", 0)
                 continue
@@ -293,9 +321,20 @@ class Engine:
 
     # ---- inference stage -----------------------------------------------------------------------
 
+    def _step_aside(self) -> None:
+        """Let stat stages under way finish first (background work, between steps)."""
+        if self.urgency is not None:
+            self.urgency.step_aside()
+
+    def _stage(self, stat: bool) -> AbstractContextManager[None]:
+        """A stat stage for stat work; nothing for background work."""
+        return self.urgency.stat_stage() if stat and self.urgency is not None else nullcontext()
+
     def _device_loop(self, device: int, stat_lane: bool = False) -> None:
         backend = self.backends[device]
         while True:
+            if self.background_yields_device and not stat_lane:
+                self._step_aside()
             with self._lock:
                 plan = self._next_plan(stat_lane)
                 if plan is None:
@@ -305,7 +344,8 @@ class Engine:
                 for state in batch_states:
                     if state.times.batch_started_s is None:  # a chunked job's first batch
                         state.times.batch_started_s = started
-            self._run_batch(backend, plan, batch_states)
+            with self._stage(any(state.job.priority is _STAT for state in batch_states)):
+                self._run_batch(backend, plan, batch_states)
 
     def _next_plan(self, stat_lane: bool = False) -> BatchPlan | None:
         """Wait (holding the condition) until the scheduler hands out a batch or we stop."""

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,7 @@ from serving.service.delivery import ResultDelivery, compact_json, payload_of
 from serving.service.records import rules_digest
 from serving.service.rest import RestApi
 from serving.service.runtime import Runtime, build_runtime
+from serving.service.stat_gate import StatGate
 from serving.service.streaming import StreamingVolumes
 from serving.service.worklist import SharedWorklist
 
@@ -106,6 +108,8 @@ class Service:
         self.worklist = SharedWorklist(
             max_wait_s=config.worklist.max_wait_s, ai_late_s=config.worklist.ai_late_s, clock=utc
         )
+        # Background Python work steps aside while a stat study is routed, built, delivered.
+        self.gate = StatGate(max_wait_s=config.runtime.stat_gate_max_wait_s, clock=mono)
         self.results = ResultDelivery(
             store=self.store,
             outbox=self.outbox,
@@ -114,6 +118,7 @@ class Service:
             metrics=self.metrics,
             utc=utc,
             on_enqueued=self._wake_delivery,
+            gate=self.gate,
         )
         self.runtime = self._start_runtime(runtime_factory)
         self.streaming = StreamingVolumes() if self.runtime is not None else None
@@ -133,6 +138,7 @@ class Service:
             late_instances=config.assembly.late_instances,
             idle_timeout_s=config.assembly.idle_timeout_s,
             streaming=self.streaming,
+            gate=self.gate,
         )
         self.spool = Spool(var / "spool", clock=utc)
         self.dicom = DicomGateway(
@@ -188,6 +194,7 @@ class Service:
                 triton_url=self.config.runtime.triton_url,
                 max_blocking_s=self.config.runtime.max_blocking_s,
                 stat_lanes=self.config.runtime.stat_lanes,
+                urgency=self.gate,
             )
         except Exception as error:  # AI down: ingest, worklist and audit keep working
             log.error("inference runtime unavailable (%s): studies get 'AI unavailable'", error)
@@ -346,9 +353,13 @@ class Service:
         if destination is None:
             self.outbox.failed(item.id, f"unknown destination {item.destination}", retryable=False)
             return
+        stat = item.priority is PriorityClass.STAT
+        if not stat:
+            self.gate.step_aside()
         started = self.mono()
         try:
-            destination.deliver(payload_of(item))
+            with self.gate.stat_stage() if stat else nullcontext():
+                destination.deliver(payload_of(item))
         except DeliveryError as error:
             updated = self.outbox.failed(item.id, str(error), retryable=error.retryable)
             self.metrics.inc("statlane_delivery_failures_total", destination=item.destination)

@@ -29,6 +29,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -43,6 +44,7 @@ from router.result import AIResult, Mode
 from router.rules import Decision, RuleSet, evaluate, facts_from_datasets
 from router.worklist import AIStatus, Worklist, WorklistEntry
 from serving.engine import EngineBusy, InferenceJob, JobResult
+from serving.gateway.element_text import element_count, element_text
 from serving.gateway.spool import StoredInstance
 from serving.jobstore import InstanceArrival, JobStore, Outbox, StudyState, TaskRow, TaskState
 from serving.metrics import Metrics
@@ -52,6 +54,7 @@ from serving.service.assembly import Arrival, CompleteStudy, StudyAssembler
 from serving.service.assembly import StudyState as Tracked
 from serving.service.records import decision_json, identity_problem, order_problem
 from serving.service.runtime import Runtime, SeriesSource
+from serving.service.stat_gate import StatGate
 from serving.service.streaming import StreamingVolumes
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,10 @@ class Coordinator:
         utc: Wall clock, timezone-aware UTC (job store timestamps).
         late_instances: ``rerun`` (route again as the next generation) or ``ignore`` (audit).
         idle_timeout_s: Completion without an association release after this much silence.
+        streaming: Decodes stat-eligible series while they arrive; None without a runtime.
+        gate: Stat priority across the Python stages: routing a stat study is a stat stage,
+            routing any other study steps aside for stat stages first (and so do results;
+            see :class:`~serving.service.stat_gate.StatGate`). None: no waiting.
     """
 
     def __init__(
@@ -110,8 +117,10 @@ class Coordinator:
         late_instances: str = "rerun",
         idle_timeout_s: float = 120.0,
         streaming: StreamingVolumes | None = None,
+        gate: StatGate | None = None,
     ) -> None:
         self.store = store
+        self.gate = gate if gate is not None else StatGate(max_wait_s=0.0)
         self.outbox = outbox
         self.rules = rules
         self.rules_hash = rules_hash
@@ -234,13 +243,13 @@ class Coordinator:
         arrivals = [
             InstanceArrival(
                 study_uid,
-                str(header.SeriesInstanceUID),
-                str(header.SOPInstanceUID),
+                element_text(header, "SeriesInstanceUID"),
+                element_text(header, "SOPInstanceUID"),
                 path,
-                accession=str(header.get("AccessionNumber", "")),
-                patient_id=str(header.get("PatientID", "")),
+                accession=element_text(header, "AccessionNumber"),
+                patient_id=element_text(header, "PatientID"),
                 calling_ae=calling_ae,
-                modality=str(header.get("Modality", "")),
+                modality=element_text(header, "Modality"),
             )
             for study_uid, header, path, calling_ae, _ in batch
         ]
@@ -248,7 +257,7 @@ class Coordinator:
         for (study_uid, header, path, calling_ae, now), arrival_row, result in zip(
             batch, arrivals, results, strict=True
         ):
-            expected = header.get("ImagesInAcquisition")
+            expected = element_count(header, "ImagesInAcquisition")
             with self.lock:
                 self._headers[study_uid][arrival_row.sop_uid] = header
                 self._calling_ae.setdefault(study_uid, calling_ae)
@@ -260,7 +269,7 @@ class Coordinator:
                     path=path,
                     modality=arrival_row.modality,
                     now=now,
-                    expected=int(expected) if expected not in (None, "") else None,
+                    expected=expected,
                 )
                 if arrival is Arrival.LATE:
                     self._late_instance(study_uid)
@@ -392,8 +401,12 @@ class Coordinator:
         # Studies the rules make stat are routed first when several complete together.
         due.sort(key=lambda study: not self._stat_cache.get(study.study_uid, False))
         for study in due:
+            stat = self._stat_cache.get(study.study_uid, False)
+            if not stat:  # a stat study being routed, built or delivered goes first
+                self.gate.step_aside()
             try:
-                self.route(study)
+                with self.gate.stat_stage() if stat else nullcontext():
+                    self.route(study)
             except Exception:
                 log.exception("routing failed for a study; it stays complete and is retried")
                 self.store.audit("routing-failed", study_uid=study.study_uid)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from router.objects import build_objects, write_objects
 from router.result import AIResult, Mode
 from serving.jobstore import JobStore, Outbox, OutboxItem, TaskRow
 from serving.metrics import Metrics
+from serving.scheduler.records import PriorityClass
+from serving.service.stat_gate import StatGate
 
 _DICOM_DESTINATIONS = ("dicom", "stow", "folder")
 
@@ -44,6 +47,9 @@ class ResultDelivery:
         metrics: Service metrics.
         utc: Wall clock (timezone-aware).
         on_enqueued: Called after a result's items are queued (wakes the delivery workers).
+        gate: Stat priority across the Python stages: a stat task's SR and messages are a
+            stat stage; every other object, and every object of other tasks, steps aside
+            for stat stages before it is built.
     """
 
     def __init__(
@@ -56,8 +62,10 @@ class ResultDelivery:
         metrics: Metrics,
         utc: Callable[[], datetime],
         on_enqueued: Callable[[], None] = lambda: None,
+        gate: StatGate | None = None,
     ) -> None:
         self.store = store
+        self.gate = gate if gate is not None else StatGate(max_wait_s=0.0)
         self.outbox = outbox
         self.destination_types = dict(destination_types)
         self.results_dir = results_dir
@@ -93,16 +101,20 @@ class ResultDelivery:
                 self.store.audit(
                     "unknown-destination", task_id=task.task_id, detail={"destination": name}
                 )
-        if mode is Mode.ASSISTANT:
-            # The SR is what the PACS and the reporting system wait for: it is written and
-            # queued (and the delivery workers woken) before GSPS, SC and SEG are built.
-            self._enqueue_objects(task, ai, known, kinds=("sr",))
-            self.on_enqueued()
-        self._enqueue_messages(task, ai, order, known, mode)
+        with self._stage(task):
+            if mode is Mode.ASSISTANT:
+                # The SR is what the PACS and the reporting system wait for: it is written and
+                # queued (and the delivery workers woken) before GSPS, SC and SEG are built.
+                self._enqueue_objects(task, ai, known, kinds=("sr",))
+                self.on_enqueued()
+            self._enqueue_messages(task, ai, order, known, mode)
         if mode is Mode.ASSISTANT:
             try:
+                self.gate.step_aside()  # a stat SR being delivered goes first, this one's too
                 full = complete(ai) if complete is not None else ai
-                self._enqueue_objects(task, full, known, kinds=("gsps", "sc", "seg"))
+                for kind in ("gsps", "sc", "seg"):
+                    self.gate.step_aside()
+                    self._enqueue_objects(task, full, known, kinds=(kind,))
             except Exception as error:  # the SR is queued already: report, keep it
                 log.error("task %s: GSPS/SC/SEG not built (%s)", task.task_id, type(error).__name__)
                 log.debug("GSPS/SC/SEG failure", exc_info=True)
@@ -115,6 +127,13 @@ class ResultDelivery:
                 self.metrics.inc("statlane_result_object_failures_total", model=task.model)
         self.metrics.inc("statlane_results_total", mode=mode.value, model=task.model)
         self.on_enqueued()
+
+    def _stage(self, task: TaskRow) -> AbstractContextManager[None]:
+        """A stat task's SR and messages are a stat stage; other tasks' step aside first."""
+        if task.priority is PriorityClass.STAT:
+            return self.gate.stat_stage()
+        self.gate.step_aside()
+        return nullcontext()
 
     def _key(self, task: TaskRow, destination: str) -> str:
         return f"{destination}:{task.study_instance_uid}:{task.model}:{task.generation}"

@@ -27,6 +27,7 @@ import heapq
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 import pydicom
@@ -36,6 +37,7 @@ from router.context import OrderContext
 from router.result import AIResult, Mode
 from router.worklist import AIStatus
 from serving.jobstore import StudyState, TaskRow, TaskState, TransitionError
+from serving.scheduler.records import PriorityClass
 from serving.service.records import result_json, summary_of
 from serving.service.results import build_result, mask_on_source, source_instance, study_identity
 
@@ -88,7 +90,14 @@ def drain_results(coordinator: Coordinator) -> None:
 def _handle_result(
     coordinator: Coordinator, launched: _Launched, future: Future[JobResult]
 ) -> None:
-    """Turn one finished job into a result; any error fails its task instead."""
+    """Turn one finished job into a result; any error fails its task instead.
+
+    A stat result is a stat stage up to its SR and messages (see
+    :class:`~serving.service.stat_gate.StatGate`); any other result first steps aside for
+    the stat stages under way.
+    """
+    if launched.task.priority is not PriorityClass.STAT:
+        coordinator.gate.step_aside()
     try:
         coordinator.result_ready(launched, future.result())
     except Exception as error:
@@ -118,7 +127,11 @@ def result_ready(coordinator: Coordinator, launched: _Launched, job: JobResult) 
         return
     assert coordinator.runtime is not None
     manifest = coordinator.runtime.manifests[task.model]
-    ai, with_mask = _ai_result(coordinator, task, manifest, launched, job)
+    stage: AbstractContextManager[None] = (
+        coordinator.gate.stat_stage() if task.priority is PriorityClass.STAT else nullcontext()
+    )
+    with stage:
+        ai, with_mask = _ai_result(coordinator, task, manifest, launched, job)
     document = result_json(ai, job)
     # Deliveries are enqueued before the task is finished: a crash in between re-runs the
     # task and enqueues the same items again (deterministic objects, deduplicated keys),

@@ -26,6 +26,7 @@ from serving.backends import create_backend
 from serving.backends.base import Backend, BackendModel
 from serving.engine import Engine, ModelEntry
 from serving.engine.chunking import ChunkSpec
+from serving.engine.executor import Urgency
 from serving.scheduler import LatencyTable, ModelLatency, Scheduler, SchedulerConfig
 from serving.scheduler.policies import make_policy
 from serving.scheduler.records import PriorityClass
@@ -124,8 +125,13 @@ def build_runtime(
     triton_url: str | None = None,
     max_blocking_s: float | None = None,
     stat_lanes: int = 0,
+    urgency: Urgency | None = None,
 ) -> Runtime:
     """Load ``refs`` (``name`` or ``name@version``) onto ``backend`` and start an engine.
+
+    ``urgency`` gives stat work priority across the service's threads (see
+    :class:`~serving.engine.executor.Engine`); background batches step aside for it only
+    when the backend computes on this machine's CPU.
 
     Raises:
         PackageNotFoundError: A model is not in the registry.
@@ -167,6 +173,26 @@ def build_runtime(
         clock=clock,
         preprocess_workers=preprocess_workers,
         max_pending=max_pending,
+        urgency=urgency,
+        background_yields_device=_computes_on_cpu(backend, device),
     )
     log.info("runtime: %d models on %s (%s)", len(entries), backend, ", ".join(entries))
     return Runtime(engine, manifests, backend)
+
+
+def _computes_on_cpu(backend: str, device: str) -> bool:
+    """Whether ``backend`` on ``device`` runs its kernels on this machine's CPU cores."""
+    if backend == "triton" or device == "cuda":
+        return False
+    if device == "cpu":
+        return True
+    try:  # auto: whichever accelerator the backend finds
+        if backend == "onnxruntime":
+            import onnxruntime as ort
+
+            return "CUDAExecutionProvider" not in ort.get_available_providers()
+        import torch
+
+        return not torch.cuda.is_available()
+    except ImportError:
+        return True

@@ -1,0 +1,87 @@
+"""StatGate: background work waits while a stat stage runs, never longer than its cap."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from serving.service.stat_gate import StatGate
+
+
+def test_no_stat_stage_no_wait() -> None:
+    gate = StatGate(max_wait_s=1.0, linger_s=0.0)
+    assert not gate.busy()
+    assert gate.step_aside() == 0.0
+    assert gate.waits == 0
+
+
+def test_background_waits_until_the_stat_stage_ends_and_the_linger_passed() -> None:
+    gate = StatGate(max_wait_s=5.0, linger_s=0.05)
+    entered, leave = threading.Event(), threading.Event()
+    ended_at: list[float] = []
+
+    def stat() -> None:
+        with gate.stat_stage():
+            entered.set()
+            leave.wait(5)
+        ended_at.append(time.monotonic())
+
+    worker = threading.Thread(target=stat)
+    worker.start()
+    assert entered.wait(5)
+    assert gate.busy()
+    threading.Timer(0.2, leave.set).start()
+    started = time.monotonic()
+    waited = gate.step_aside()
+    resumed = time.monotonic()
+    worker.join(5)
+    assert 0.2 <= waited < 2.0
+    assert resumed >= ended_at[0] + 0.05 - 0.005  # the linger after the stage's end
+    assert resumed - started == pytest.approx(waited, abs=0.05)
+    assert gate.waits == 1 and gate.waited_s == pytest.approx(waited)
+    assert not gate.busy()
+
+
+def test_wait_is_capped_so_background_never_starves() -> None:
+    gate = StatGate(max_wait_s=0.1, linger_s=0.0)
+    with gate.stat_stage():
+        started = time.monotonic()
+        waited = gate.step_aside()
+        assert 0.1 <= waited < 0.6
+        assert time.monotonic() - started < 0.6
+        assert gate.busy()  # the stage still runs; only this wait ended
+    assert not gate.busy()
+
+
+def test_nested_and_concurrent_stages_count() -> None:
+    gate = StatGate(max_wait_s=0.0, linger_s=0.0)
+    with gate.stat_stage():
+        with gate.stat_stage():
+            assert gate.busy()
+        assert gate.busy()
+    assert not gate.busy()
+
+
+def test_a_failing_stage_still_opens_the_gate() -> None:
+    gate = StatGate(max_wait_s=1.0, linger_s=0.0)
+    with pytest.raises(RuntimeError), gate.stat_stage():
+        raise RuntimeError("routing failed")
+    assert not gate.busy()
+    assert gate.step_aside() == 0.0
+
+
+def test_the_injected_clock_drives_the_linger() -> None:
+    now = [100.0]
+    gate = StatGate(max_wait_s=1.0, linger_s=0.5, clock=lambda: now[0])
+    with gate.stat_stage():
+        pass
+    assert gate.busy()  # ended at 100.0: lingers until 100.5
+    now[0] = 100.6
+    assert not gate.busy()
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="seconds"):
+        StatGate(max_wait_s=-1.0)
