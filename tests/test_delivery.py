@@ -164,11 +164,17 @@ class StoreScp:
     status: int = 0x0000
     delay_s: float = 0.0
     received: list[tuple[str, str]] = field(default_factory=list)  # (SOP instance, syntax)
+    associations: list[int] = field(default_factory=list)  # id() of each C-STORE's association
+    server: Any = None
 
     def handle(self, event: Any) -> int:
         time.sleep(self.delay_s)
         self.received.append((event.request.AffectedSOPInstanceUID, event.context.transfer_syntax))
+        self.associations.append(id(event.assoc))
         return self.status
+
+    def open_associations(self) -> int:
+        return sum(1 for a in self.server.active_associations if a.is_established)
 
 
 @pytest.fixture
@@ -183,6 +189,7 @@ def store_scp() -> Iterator[StoreScp]:
         ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, scp.handle)]
     )
     scp.port = server.server_address[1]
+    scp.server = server
     try:
         yield scp
     finally:
@@ -288,6 +295,94 @@ def test_sop_class_the_peer_does_not_accept_is_permanent(
     with pytest.raises(DeliveryError) as caught:
         scp_destination(store_scp).deliver(Payload("dicom", path=tmp_path / "mr.dcm"))
     assert not caught.value.retryable
+
+
+def _sr_files(source: Path, folder: Path, count: int) -> list[Path]:
+    """``count`` instances of the Comprehensive 3D SR class (the SCP does not read content)."""
+    paths = []
+    for k in range(count):
+        ds = pydicom.dcmread(source)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = COMPREHENSIVE_3D_SR
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        paths.append(folder / f"sr{k}.dcm")
+        ds.save_as(paths[-1])
+    return paths
+
+
+def _wait_until(condition: Any, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_result_objects_share_one_kept_association(
+    store_scp: StoreScp, ct_study: list[Path], tmp_path: Path
+) -> None:
+    destination = DicomStoreDestination("TESTSCP", "127.0.0.1", store_scp.port, keep_open_s=30)
+    srs = _sr_files(ct_study[0], tmp_path, 3)
+    for sr in srs:
+        destination.deliver(Payload("dicom", path=sr))
+    assert len(store_scp.received) == 3 and len(set(store_scp.associations)) == 1
+    assert store_scp.open_associations() == 1  # kept for the next result
+    store_scp.status = 0xA700  # a failure status: the association answered, so it is kept
+    with pytest.raises(DeliveryError) as caught:
+        destination.deliver(Payload("dicom", path=srs[0]))
+    assert caught.value.retryable
+    store_scp.status = 0x0000
+    destination.deliver(Payload("dicom", path=srs[1]))
+    assert len(set(store_scp.associations)) == 1
+    destination.deliver(Payload("dicom", path=ct_study[1]))  # not a result object: its own
+    assert len(set(store_scp.associations)) == 2
+    destination.close()
+    assert _wait_until(lambda: store_scp.open_associations() == 0)
+
+
+def test_a_kept_association_the_peer_closed_is_replaced(
+    store_scp: StoreScp, ct_study: list[Path], tmp_path: Path
+) -> None:
+    destination = DicomStoreDestination("TESTSCP", "127.0.0.1", store_scp.port, keep_open_s=30)
+    first, second = _sr_files(ct_study[0], tmp_path, 2)
+    destination.deliver(Payload("dicom", path=first))
+    for assoc in store_scp.server.active_associations:
+        assoc.abort()  # the PACS's idle timeout, say
+    assert _wait_until(lambda: store_scp.open_associations() == 0)
+    destination.deliver(Payload("dicom", path=second))
+    assert [uid for uid, _ in store_scp.received] == [
+        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in (first, second)
+    ]
+    assert len(set(store_scp.associations)) == 2
+    destination.close()
+
+
+def test_an_idle_association_is_released_after_keep_open_s(
+    store_scp: StoreScp, ct_study: list[Path], tmp_path: Path
+) -> None:
+    now = [0.0]
+    destination = DicomStoreDestination(
+        "TESTSCP", "127.0.0.1", store_scp.port, keep_open_s=5.0, clock=lambda: now[0]
+    )
+    first, second = _sr_files(ct_study[0], tmp_path, 2)
+    destination.deliver(Payload("dicom", path=first))
+    now[0] = 6.0  # idle longer than keep_open_s
+    destination.deliver(Payload("dicom", path=second))
+    assert len(set(store_scp.associations)) == 2
+    assert _wait_until(lambda: store_scp.open_associations() == 1)  # the old one released
+    destination.close()
+
+
+def test_keep_open_zero_opens_one_association_per_payload(
+    store_scp: StoreScp, ct_study: list[Path], tmp_path: Path
+) -> None:
+    destination = DicomStoreDestination("TESTSCP", "127.0.0.1", store_scp.port, keep_open_s=0)
+    for sr in _sr_files(ct_study[0], tmp_path, 2):
+        destination.deliver(Payload("dicom", path=sr))
+    assert len(set(store_scp.associations)) == 2
+    assert _wait_until(lambda: store_scp.open_associations() == 0)
+    with pytest.raises(ValueError, match="keep_open_s"):
+        DicomStoreDestination("TESTSCP", "127.0.0.1", store_scp.port, keep_open_s=-1)
 
 
 # ---------------------------------------------------------------- HTTP (local server)

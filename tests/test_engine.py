@@ -22,7 +22,6 @@ from monai.inferers import sliding_window_inference
 from models.manifest import load_manifest
 from serving.backends import BackendModel, RequestContext, create_backend
 from serving.engine import ChunkingError, ChunkSpec, Engine, EngineBusy, InferenceJob, ModelEntry
-from serving.service.stat_gate import StatGate
 from serving.scheduler import (
     LatencyTable,
     ModelLatency,
@@ -30,6 +29,7 @@ from serving.scheduler import (
     Scheduler,
     SchedulerConfig,
 )
+from serving.service.stat_gate import StatGate
 from tests.model_factory import OUTPUT_NAME, SPATIAL, build_package
 
 STAT, ROUTINE = PriorityClass.STAT, PriorityClass.ROUTINE

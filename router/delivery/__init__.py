@@ -5,7 +5,20 @@ its own module (``dicom``, ``stow``, ``http``, ``mllp``, ``folder``) and is impo
 used.
 """
 
-from router.delivery.destinations import Destination, Payload, PayloadKind, build_destination
+from router.delivery.destinations import (
+    Destination,
+    Payload,
+    PayloadKind,
+    build_destination,
+    close_destination,
+)
 from router.delivery.errors import DeliveryError
 
-__all__ = ["DeliveryError", "Destination", "Payload", "PayloadKind", "build_destination"]
+__all__ = [
+    "DeliveryError",
+    "Destination",
+    "Payload",
+    "PayloadKind",
+    "build_destination",
+    "close_destination",
+]

@@ -8,6 +8,7 @@ belong to the outbox, not to destinations.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,17 @@ class Destination(Protocol):
         ...
 
 
+def close_destination(destination: Destination) -> None:
+    """Let go of what a destination keeps open (kept DICOM associations); errors are logged."""
+    close = getattr(destination, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception:  # shutting down: nothing to retry, nothing lost (the outbox is durable)
+        logging.getLogger(__name__).warning("closing destination %s failed", destination.name)
+
+
 def build_destination(config: Mapping[str, Any]) -> Destination:
     """A destination from one configuration mapping.
 
@@ -86,8 +98,8 @@ def build_destination(config: Mapping[str, Any]) -> Destination:
     ``{"type": "stow", "url": "https://pacs/dicom-web"}``, ``{"type": "fhir", "url": ...}``,
     ``{"type": "webhook", "url": ...}``, ``{"type": "mllp", "host": ..., "port": ...}``,
     ``{"type": "folder", "path": "./var/results"}``. Optional keys: ``name``, ``timeout_s``,
-    ``headers`` (HTTP types), ``calling_ae`` (dicom). Raises ``ValueError`` naming the unknown
-    type, a missing key or an unexpected one.
+    ``headers`` (HTTP types), ``calling_ae`` and ``keep_open_s`` (dicom). Raises
+    ``ValueError`` naming the unknown type, a missing key or an unexpected one.
     """
     kind = config.get("type")
     builder = _BUILDERS.get(str(kind))
@@ -147,7 +159,11 @@ _Builder = Callable[[dict[str, Any]], Destination]
 _HTTP_OPTIONAL = ("name", "timeout_s", "headers")
 # type -> (required keys, optional keys, builder)
 _BUILDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], _Builder]] = {
-    "dicom": (("ae_title", "host", "port"), ("name", "timeout_s", "calling_ae"), _dicom),
+    "dicom": (
+        ("ae_title", "host", "port"),
+        ("name", "timeout_s", "calling_ae", "keep_open_s"),
+        _dicom,
+    ),
     "stow": (("url",), _HTTP_OPTIONAL, _stow),
     "fhir": (("url",), _HTTP_OPTIONAL, _fhir),
     "webhook": (("url",), _HTTP_OPTIONAL, _webhook),

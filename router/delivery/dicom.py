@@ -1,22 +1,32 @@
-"""DICOM C-STORE to a PACS (pynetdicom storage SCU), one association per payload.
+"""DICOM C-STORE to a PACS (pynetdicom storage SCU).
 
 The association proposes the result object classes statlane produces (SR, GSPS, secondary
 capture, SEG) with Explicit and Implicit VR Little Endian, plus the payload file's own SOP class
 and transfer syntax, so a compressed instance is sent as it is and never transcoded.
+
+Associations for result objects are kept open for ``keep_open_s`` after a delivery and reused
+by the next one: a stat SR does not wait for a TCP connection and an association negotiation.
+Each is used by one delivery at a time. One that the peer closed, or that fails before an
+answer, is dropped and the delivery goes on a fresh association; idle ones are released once
+they have waited longer than ``keep_open_s`` (well below a PACS's usual idle timeout).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 
 from router.delivery.destinations import Payload
 from router.delivery.errors import DeliveryError, storage_status_ok, storage_status_retryable
@@ -46,6 +56,9 @@ class DicomStoreDestination:
         timeout_s: Limit for connecting, association negotiation, each DIMSE reply and network
             inactivity, seconds.
         name: Destination name for the outbox and audit; ``dicom:AE@host:port`` by default.
+        keep_open_s: How long an idle association waits for the next result object, seconds;
+            0 opens one association per payload.
+        clock: Monotonic clock (seconds) for the idle time.
     """
 
     def __init__(
@@ -56,6 +69,8 @@ class DicomStoreDestination:
         calling_ae: str = "STATLANE",
         timeout_s: float = 30.0,
         name: str = "",
+        keep_open_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         for label, title in (("ae_title", ae_title), ("calling_ae", calling_ae)):
             if not title or len(title) > 16 or "\\" in title:
@@ -64,19 +79,68 @@ class DicomStoreDestination:
             raise ValueError(f"port {port} is out of range")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if keep_open_s < 0:
+            raise ValueError(f"keep_open_s must be >= 0, got {keep_open_s}")
         self.ae_title = ae_title
         self.host = host
         self.port = int(port)
         self.calling_ae = calling_ae
         self.timeout_s = float(timeout_s)
         self.name = name or f"dicom:{ae_title}@{host}:{self.port}"
+        self.keep_open_s = float(keep_open_s)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._idle: list[tuple[Association, float]] = []  # (association, idle since)
 
     def deliver(self, payload: Payload) -> None:
         """C-STORE the payload's instance; raise ``DeliveryError`` unless the peer stored it."""
         source = self._read(payload)
         sop_class = UID(source.dataset.SOPClassUID)
+        syntax = UID(source.dataset.file_meta.TransferSyntaxUID)
         sop_instance = str(source.dataset.SOPInstanceUID)
-        ae = self._application_entity(sop_class, source.dataset.file_meta.TransferSyntaxUID)
+        reusable = self.keep_open_s > 0 and sop_class in RESULT_SOP_CLASSES
+        reusable = reusable and syntax in UNCOMPRESSED
+        expired: list[Association] = []
+        assoc = self._take_idle(expired) if reusable else None
+        try:
+            if assoc is not None:
+                status = self._send_on_kept(assoc, source)
+                if status is not None:
+                    self._keep(assoc)  # it answered: healthy, whatever the status says
+                    self._check(status, sop_instance)
+                    return
+            assoc = self._associate(sop_class, syntax)
+            try:
+                answer = assoc.send_c_store(source.path or source.dataset)
+            except ValueError as exc:  # no accepted context for this class/syntax: nothing sent
+                _close(assoc)
+                raise DeliveryError(
+                    False, f"{self.name}: peer accepted no context for {sop_class} ({exc})"
+                ) from exc
+            except BaseException:
+                _close(assoc, status_known=False)
+                raise
+            status = answer.get("Status")
+            if status is None:  # timed out or aborted: pynetdicom has usually aborted it already
+                _close(assoc, status_known=False)
+            elif reusable:
+                self._keep(assoc)
+            else:
+                _close(assoc)
+            self._check(status, sop_instance)
+        finally:
+            for old in expired:
+                _close(old)
+
+    def close(self) -> None:
+        """Release every association kept open."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for assoc, _ in idle:
+            _close(assoc)
+
+    def _associate(self, sop_class: UID, syntax: UID) -> Association:
+        ae = self._application_entity(sop_class, syntax)
         events = _AssociationEvents()
         assoc = ae.associate(
             self.host, self.port, ae_title=self.ae_title, evt_handlers=events.handlers()
@@ -85,17 +149,43 @@ class DicomStoreDestination:
             # Always retryable, even a permanent rejection: it is a configuration problem at
             # one end, and the outbox's retry limit bounds the attempts until someone fixes it.
             raise DeliveryError(True, f"{self.name}: {events.why_not_established(assoc)}")
+        return assoc
+
+    def _take_idle(self, expired: list[Association]) -> Association | None:
+        """An idle association still open, newest first; the expired ones go to ``expired``."""
+        now = self._clock()
+        with self._lock:
+            while self._idle:
+                assoc, since = self._idle.pop()
+                if now - since > self.keep_open_s or not assoc.is_established:
+                    expired.append(assoc)
+                    continue
+                # the newest is good; anything older than the limit is released now too
+                fresh = [(a, t) for a, t in self._idle if now - t <= self.keep_open_s]
+                expired += [a for a, t in self._idle if now - t > self.keep_open_s]
+                self._idle = fresh
+                return assoc
+        return None
+
+    def _send_on_kept(self, assoc: Association, source: _Source) -> int | None:
+        """The C-STORE status on a kept association; None when it turned out to be unusable
+        (closed by the peer, or no answer), so the caller sends on a fresh one."""
         try:
-            try:
-                status = assoc.send_c_store(source.path or source.dataset)
-            except ValueError as exc:  # no accepted presentation context for this class/syntax
-                raise DeliveryError(
-                    False, f"{self.name}: peer accepted no context for {sop_class} ({exc})"
-                ) from exc
-            self._check(status.get("Status"), sop_instance)
-        finally:
-            if assoc.is_established:
-                assoc.release()
+            answer = assoc.send_c_store(source.path or source.dataset)
+        except (RuntimeError, ValueError, OSError):
+            log.debug("%s: a kept association failed; opening a new one", self.name)
+            _close(assoc, status_known=False)
+            return None
+        status = answer.get("Status")
+        if status is None:
+            _close(assoc, status_known=False)
+        return cast(int | None, status)
+
+    def _keep(self, assoc: Association) -> None:
+        if not assoc.is_established:
+            return
+        with self._lock:
+            self._idle.append((assoc, self._clock()))
 
     def _read(self, payload: Payload) -> _Source:
         """The instance to send: a file is streamed from disk, bytes are parsed in memory."""
@@ -148,6 +238,16 @@ class DicomStoreDestination:
             storage_status_retryable(status),
             f"{self.name}: C-STORE of {sop_instance} failed with status 0x{status:04X}",
         )
+
+
+def _close(assoc: Association, *, status_known: bool = True) -> None:
+    """Release an association (abort it when a request may still be unanswered)."""
+    if not assoc.is_established:
+        return
+    if status_known:
+        assoc.release()
+    else:
+        assoc.abort()
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from models.registry import Registry
-from router.delivery import DeliveryError, Destination, build_destination
+from router.delivery import DeliveryError, Destination, build_destination, close_destination
 from router.result import Mode
 from router.rules import RuleSet, default_rules, load_rules
 from router.worklist import Row, rank_changes, signal_payload
@@ -285,6 +285,8 @@ class Service:
             self.runtime.stop()
         if self.streaming is not None:
             self.streaming.stop()
+        for destination in self.destinations.values():
+            close_destination(destination)
         self.store.close()
 
     def __enter__(self) -> Service:
