@@ -24,12 +24,14 @@ import yaml
 from pydicom.uid import generate_uid
 
 from models.synthetic import generate_study
+from router.messages import validate_rank_change_fhir, validate_rank_change_hl7
 from serving.cli import main
 from serving.jobstore import OutboxState, StudyState, TaskState
 from serving.service.app import Service
 from tests.orthanc_peer import DICOMWEB_PLUGIN, OrthancPeer, free_port, orthanc_server
 from tests.peers import require_executable
 from tests.service_harness import running_service, service_config, storescu, wait_for
+from tests.test_delivery import mllp_peer
 
 pytestmark = pytest.mark.peers
 
@@ -622,6 +624,63 @@ def test_triage_mode_signals_the_worklist_and_sends_no_dicom_object(tmp_path: Pa
     ids = {str(_source(s).PatientID) for s in (normal, bleed)}
     for raw in hook.raw:
         text = raw.decode()
+        assert not any(n in text for n in names | ids)
+
+
+def _hl7_ack(message: str) -> str:
+    """An HL7 commit accept for ``message`` (MSA-2 echoes its control ID)."""
+    control_id = message.split("\r")[0].split("|")[9]
+    return (
+        "MSH|^~\\&|RIS|HOSP|STATLANE|STATLANE|20261130120001||ACK^O01^ACK|A1|P|2.5.1\r"
+        f"MSA|CA|{control_id}\r"
+    )
+
+
+def test_rank_changes_reach_the_ris_as_hl7_and_a_fhir_server_as_a_task(tmp_path: Path) -> None:
+    normal = generate_study("ct-head", tmp_path / "a", seed=60, matrix=128)
+    bleed = generate_study("ct-head", tmp_path / "b", seed=61, finding=True, matrix=256)
+    with _Webhook() as fhir, mllp_peer(_hl7_ack) as (ris_port, ris_received):
+        config = service_config(
+            tmp_path,
+            rules=str(_rules(tmp_path, ["local-folder"], "triage")),
+            destinations={
+                "local-folder": {"type": "folder", "path": str(tmp_path / "delivered")},
+                "ris": {"type": "mllp", "host": "127.0.0.1", "port": ris_port},
+                "fhir": {"type": "fhir", "url": fhir.url},
+            },
+            worklist={"signals": ["ris", "fhir"]},
+        )
+        with running_service(config) as service:
+            assert storescu(service.ports.dicom, normal.files).returncode == 0
+            wait_for(lambda: _finished_tasks(service, normal.study_uid), what="first task")
+            assert storescu(service.ports.dicom, bleed.files).returncode == 0
+
+            def flagged_orm() -> list[str]:
+                return [m for m in ris_received if bleed.study_uid in m and "^^^^^S" in m]
+
+            def flagged_task() -> list[dict[str, Any]]:
+                tasks = [e["resource"] for b in fhir.received for e in b.get("entry", [])]
+                return [
+                    t
+                    for t in tasks
+                    if t["focus"]["identifier"]["value"] == f"urn:oid:{bleed.study_uid}"
+                    and t.get("priority") == "stat"
+                ]
+
+            [orm] = wait_for(flagged_orm, what="the red-flag ORM^O01 at the RIS")
+            [task] = wait_for(flagged_task, what="the red-flag Task at the FHIR server")
+            validate_rank_change_hl7(orm)
+            validate_rank_change_fhir(task)
+            accession = str(_source(bleed).AccessionNumber)
+            assert f"|{accession}|" in orm and "worklist rank" in orm and "-> 1" in orm
+            assert task["basedOn"][0]["identifier"]["value"] == accession
+            assert all(b["type"] == "transaction" for b in fhir.received)
+            assert all(m.split("\r")[0].split("|")[8] == "ORM^O01^ORM_O01" for m in ris_received)
+            kinds = {i.kind.value for i in _items(service) if i.task_id == "worklist"}
+            assert kinds == {"hl7", "fhir"}, kinds
+    names = {str(_source(s).PatientName) for s in (normal, bleed)}
+    ids = {str(_source(s).PatientID) for s in (normal, bleed)}
+    for text in [*ris_received, *(raw.decode() for raw in fhir.raw)]:
         assert not any(n in text for n in names | ids)
 
 

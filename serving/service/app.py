@@ -20,7 +20,7 @@ from models.registry import Registry
 from router.delivery import DeliveryError, Destination, build_destination, close_destination
 from router.result import Mode
 from router.rules import RuleSet, default_rules, load_rules
-from router.worklist import Row, rank_changes, signal_payload
+from router.worklist import Row, rank_changes
 from serving.config import ServiceConfig
 from serving.gateway.dimse import AssociationSummary, DicomGateway
 from serving.gateway.hl7_orders import OrderReceiver
@@ -31,7 +31,7 @@ from serving.jobstore import JobStore, Outbox, OutboxItem, RetryPolicy
 from serving.metrics import Metrics
 from serving.scheduler.records import PriorityClass
 from serving.service.coordinator import Coordinator
-from serving.service.delivery import ResultDelivery, compact_json, payload_of
+from serving.service.delivery import ResultDelivery, payload_of, rank_change_item
 from serving.service.records import rules_digest
 from serving.service.rest import RestApi
 from serving.service.runtime import Runtime, build_runtime
@@ -398,14 +398,16 @@ class Service:
         self._published = rows
         now = self.utc()
         for change in changes:
-            payload = compact_json(signal_payload(change, now))
             priority = PriorityClass.STAT if change.red_flag else PriorityClass.ROUTINE
             for name in self.config.worklist.signals:
                 self._signal_sequence += 1
+                kind, payload = rank_change_item(
+                    self.destination_types.get(name, "webhook"), change, now, self._signal_sequence
+                )
                 self.outbox.enqueue(
                     "worklist",
                     name,
-                    "worklist",
+                    kind,
                     payload=payload,
                     dedupe_key=f"worklist:{name}:{now.isoformat()}:{self._signal_sequence}",
                     priority=priority,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
@@ -22,9 +23,15 @@ from typing import Any
 
 from router.context import OrderContext
 from router.delivery import Payload
-from router.messages import build_fhir_bundle, build_oru
+from router.messages import (
+    build_fhir_bundle,
+    build_oru,
+    build_rank_change_fhir,
+    build_rank_change_hl7,
+)
 from router.objects import build_objects, write_objects
 from router.result import AIResult, Mode
+from router.worklist import RankChange, signal_payload
 from serving.jobstore import JobStore, Outbox, OutboxItem, TaskRow
 from serving.metrics import Metrics
 from serving.scheduler.records import PriorityClass
@@ -216,6 +223,34 @@ class ResultDelivery:
                     dedupe_key=f"{key}:webhook",
                     priority=task.priority,
                 )
+
+
+def rank_change_item(
+    destination_type: str, change: RankChange, at: datetime, sequence: int
+) -> tuple[str, str]:
+    """The outbox kind and payload of one worklist rank change for a destination type.
+
+    MLLP destinations get an HL7 ORM^O01 (order control XO), FHIR destinations a transaction
+    bundle with one Task, every other type the JSON signal. ``sequence`` numbers the signals
+    (HL7 message control IDs).
+    """
+    if destination_type == "mllp":
+        control_id = f"WL{sequence}"[:20]
+        return "hl7", build_rank_change_hl7(change, at, message_control_id=control_id)
+    if destination_type == "fhir":
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                    "resource": build_rank_change_fhir(change, at),
+                    "request": {"method": "POST", "url": "Task"},
+                }
+            ],
+        }
+        return "fhir", compact_json(bundle)
+    return "worklist", compact_json(signal_payload(change, at))
 
 
 def payload_of(item: OutboxItem) -> Payload:
