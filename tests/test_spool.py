@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.errors import BytesLengthException
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import (
     UID,
@@ -28,7 +29,7 @@ from pydicom.uid import (
 
 from serving.gateway import instance_header
 from serving.gateway.errors import InvalidInstance, OutOfResources, StudyMismatch
-from serving.gateway.spool import InstanceSource, Spool, read_header
+from serving.gateway.spool import InstanceSource, Spool, read_header, read_identity
 
 STUDY = "1.2.826.0.1.3680043.10.1.1"
 SERIES = "1.2.826.0.1.3680043.10.1.1.2"
@@ -336,13 +337,14 @@ VARIANTS = [
 
 
 def outcome(read: object, data: bytes) -> tuple[object, ...]:
-    """What a read_header-like function makes of ``data``: an error, or identity and header."""
+    """What a read_header-like function makes of ``data``: an error, or identity and header.
+
+    Any other exception fails the test: every failure must be an InvalidInstance.
+    """
     try:
         identity, header = read(data)  # type: ignore[operator]
     except (InvalidInstance, StudyMismatch) as exc:
         return type(exc).__name__, str(exc), exc.sop_instance_uid
-    except Exception as exc:  # e.g. pydicom cannot decode a damaged Rows: same on both paths
-        return type(exc).__name__, str(exc)
     assert type(header) is Dataset and "PixelData" not in header
     return identity, decoded(header), decoded(header.file_meta)
 
@@ -385,6 +387,7 @@ def test_read_header_matches_pydicom_for_damaged_streams(name: str) -> None:
         damaged.append(with_transfer_syntax(data, uid))  # a meta that lies about the encoding
     damaged.append(data.replace(b"\x02\x00\x10\x00UI", b"\x02\x00\x10\x00UL", 1))
     for sample in damaged:
+        instance_header._parse_fast(sample)  # gives up (None), never raises: read_header hides it
         assert outcome(read_header, sample) == outcome(by_pydicom, sample)
 
 
@@ -468,3 +471,140 @@ def test_the_header_keeps_no_view_of_the_received_bytes() -> None:
     assert identity.transfer_syntax_uid == ExplicitVRLittleEndian
     assert all(not isinstance(elem.value, memoryview) for elem in header.values() if elem.value)
     assert "PixelData" not in header and header.Rows == ROWS
+
+
+# --- damaged element headers: one typed error from every entry point ---------------------------
+
+ROWS_TAG = b"\x28\x00\x10\x00"  # (0028,0010), as an Explicit VR Little Endian header starts
+IMAGE_TYPE_TAG = b"\x08\x00\x08\x00"
+MEDIA_STORAGE_SOP_INSTANCE_UID_TAG = b"\x02\x00\x03\x00"  # in the file meta
+SOP_CLASS_UID_TAG = b"\x08\x00\x16\x00"
+PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+
+
+def with_vr(data: bytes, tag: bytes, vr: bytes, *, empty: bool = False) -> bytes:
+    """``data`` with another VR on the element ``tag`` (short-length VRs only).
+
+    ``empty`` also drops the element's value and sets its length to 0: pydicom decodes an
+    empty element as soon as it is looked up.
+    """
+    at = data.index(tag, 132)  # after the preamble; no value here holds these 4 bytes
+    if not empty:
+        return data[: at + 4] + vr + data[at + 6 :]
+    length = int.from_bytes(data[at + 6 : at + 8], "little")
+    return data[: at + 4] + vr + b"\x00\x00" + data[at + 8 + length :]
+
+
+def with_overrunning_length(data: bytes, tag: bytes, by: int) -> bytes:
+    """``data`` with the element ``tag`` claiming ``by`` bytes more than the file has left."""
+    at = data.index(tag, 132)  # after the preamble; no value here holds these 4 bytes
+    if data[at + 4 : at + 6] in (b"OB", b"OW", b"SQ", b"UN"):  # reserved bytes, 32-bit length
+        length = len(data) - (at + 12) + by
+        return data[: at + 8] + length.to_bytes(4, "little") + data[at + 12 :]
+    length = len(data) - (at + 8) + by
+    return data[: at + 6] + length.to_bytes(2, "little") + data[at + 8 :]
+
+
+def assert_invalid_everywhere(data: bytes, *, stored: bool = True) -> InvalidInstance:
+    """Every entry point refuses ``data`` with an InvalidInstance, the same on both paths."""
+    with pytest.raises(InvalidInstance) as header_error:
+        read_header(data)
+    with pytest.raises(InvalidInstance) as identity_error:
+        read_identity(data)
+    assert str(identity_error.value) == str(header_error.value)
+    assert type(header_error.value) is InvalidInstance  # not a StudyMismatch
+    assert outcome(by_pydicom, data) == outcome(read_header, data)
+    if stored:
+        with pytest.raises(InvalidInstance):
+            instance_header.read_stored_identity(BytesIO(data))
+    return header_error.value
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(
+    ("vr", "fast", "cause"),
+    [
+        (b"ZZ", False, NotImplementedError),  # unknown: pydicom fails decoding it
+        (b"U\x00", False, NotImplementedError),
+        (b"\x00\x01", False, None),  # not letters: pydicom reads it as implicit VR, truncated
+        (b"FD", True, BytesLengthException),  # known but wrong: 2 bytes are no double
+        (b"DS", True, TypeError),  # known but wrong: decoded as text
+    ],
+    ids=["ZZ", "U-NUL", "00-01", "FD", "DS"],
+)
+def test_a_garbled_vr_on_rows_is_invalid_on_both_paths(
+    vr: bytes, fast: bool, cause: type[Exception] | None
+) -> None:
+    data = with_vr(make_instance(), ROWS_TAG, vr)
+    assert (instance_header._parse_fast(data) is not None) == fast
+    error = assert_invalid_everywhere(data, stored=False)  # identity alone is readable
+    assert error.sop_instance_uid == f"{SERIES}.1"
+    if cause is None:
+        assert "truncated" in error.reason
+    else:
+        assert error.reason.startswith("not a readable DICOM Part-10 file (")
+        assert isinstance(error.__cause__, cause)  # chained, for the log
+    identity = instance_header.read_stored_identity(BytesIO(data))
+    assert identity.sop_instance_uid == f"{SERIES}.1"
+
+
+def image_type_instance() -> bytes:
+    """``make_instance`` with Image Type (0008,0008), an element before the identity UIDs."""
+    ds = make_dataset()
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    return encode(ds)
+
+
+UNDECODABLE = "not a readable DICOM Part-10 file (NotImplementedError)"
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(
+    ("tag", "vr", "empty", "reason"),
+    [
+        (IMAGE_TYPE_TAG, b"\x00\x01", False, "SOPClassUID is missing"),  # swallows the rest
+        (SOP_CLASS_UID_TAG, b"\x00\x01", False, "SOPClassUID is not a valid UID"),
+        (SOP_CLASS_UID_TAG, b"ZZ", True, UNDECODABLE),  # decoded to be read: it cannot be
+        (SOP_CLASS_UID_TAG, b"U\x00", True, UNDECODABLE),
+        (MEDIA_STORAGE_SOP_INSTANCE_UID_TAG, b"ZZ", True, UNDECODABLE),
+    ],
+    ids=["image-type-00-01", "sop-class-00-01", "sop-class-ZZ", "sop-class-U-NUL", "meta-ZZ"],
+)
+def test_a_garbled_vr_before_the_identity_uids_is_invalid_everywhere(
+    tag: bytes, vr: bytes, empty: bool, reason: str
+) -> None:
+    data = with_vr(image_type_instance(), tag, vr, empty=empty)
+    error = assert_invalid_everywhere(data)
+    assert reason in error.reason
+    if reason == UNDECODABLE:
+        assert isinstance(error.__cause__, NotImplementedError)  # chained, for the log
+    in_meta = tag == MEDIA_STORAGE_SOP_INSTANCE_UID_TAG  # read after the data set's UIDs
+    assert error.sop_instance_uid == (f"{SERIES}.1" if in_meta else None)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_garbled_vr_on_an_empty_last_element_is_invalid() -> None:
+    padding = b"\xfc\xff\xfc\xffZZ\x00\x00"  # (FFFC,FFFC) after Pixel Data, empty, VR "ZZ"
+    data = make_instance() + padding
+    error = assert_invalid_everywhere(data, stored=False)
+    assert error.reason == UNDECODABLE
+    assert error.sop_instance_uid == f"{SERIES}.1"
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(
+    ("tag", "by"),
+    [(PIXEL_DATA_TAG, 1), (PIXEL_DATA_TAG, 2**31), (ROWS_TAG, 1), (ROWS_TAG, 60000)],
+    ids=["pixel-data-by-1", "pixel-data-by-2GiB", "rows-by-1", "rows-by-60000"],
+)
+def test_a_length_that_overruns_the_file_is_invalid_everywhere(tag: bytes, by: int) -> None:
+    data = with_overrunning_length(make_instance(), tag, by)
+    assert instance_header._parse_fast(data) is not None  # by_pydicom reads it the other way
+    error = assert_invalid_everywhere(data, stored=False)  # identity alone is readable
+    assert error.reason == f"truncated: the stream ends inside element {tag_name(tag)}"
+    assert error.sop_instance_uid == f"{SERIES}.1"
+
+
+def tag_name(tag: bytes) -> str:
+    """``(GGGG,EEEE)`` for the four bytes of a little endian tag."""
+    return f"({tag[1]:02X}{tag[0]:02X},{tag[3]:02X}{tag[2]:02X})"

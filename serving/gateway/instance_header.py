@@ -8,12 +8,19 @@ pixel data located and length-checked but never copied; anything unusual (deflat
 transfer syntaxes, odd file meta, unknown VRs, elements out of order, items at the top level,
 uncommon character sets) is read by pydicom's ``dcmread`` exactly as before. Both paths give
 the same identity, header and errors (``tests/test_spool.py`` compares them on damaged files).
+
+Every failure is an :class:`~serving.gateway.errors.InvalidInstance` (or its subclass
+:class:`~serving.gateway.errors.StudyMismatch`): whatever pydicom raises for a file it cannot
+read, or for an element it cannot decode while the instance is checked (a garbled VR, say), is
+chained to one, never raised as is.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from io import BytesIO
 from struct import Struct
 from typing import BinaryIO, NamedTuple, cast
@@ -63,7 +70,7 @@ _SEQUENCE_DELIMITER = {
 }
 _PIXEL_DATA = 0x7FE00010
 _OTHER_PIXEL_DATA = (0x7FE00008, 0x7FE00009)  # Float / Double Float Pixel Data
-_PIXEL_TAGS = (_PIXEL_DATA, *_OTHER_PIXEL_DATA)
+_PIXEL_TAGS = frozenset({_PIXEL_DATA, *_OTHER_PIXEL_DATA})  # tested once per element
 # Transfer syntaxes known to carry native (not encapsulated) pixel data: no UID lookup needed.
 _NATIVE_SYNTAXES = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian})
 # The Image Pixel module elements that get_expected_length reads.
@@ -93,8 +100,22 @@ def is_valid_uid(text: str) -> bool:
     return len(text) <= 64 and _UID_PATTERN.fullmatch(text) is not None
 
 
+def _unreadable(exc: Exception, sop_instance_uid: str | None = None) -> InvalidInstance:
+    """The error for a file pydicom cannot read, or an element it cannot decode.
+
+    Only the exception's type is named (its message may quote a value); raise it ``from exc``.
+    """
+    return InvalidInstance(
+        f"not a readable DICOM Part-10 file ({type(exc).__name__})",
+        sop_instance_uid=sop_instance_uid,
+    )
+
+
 def _uid(dataset: Dataset, keyword: str, tag: BaseTag) -> str:
-    element = dataset.get_item(tag)
+    try:
+        element = dataset.get_item(tag)  # decodes a raw element without a value: may fail
+    except Exception as exc:  # e.g. NotImplementedError for an empty UID with a garbled VR
+        raise _unreadable(exc) from exc
     if element is None or element.value is None:
         raise InvalidInstance(f"{keyword} is missing")
     value = element.value
@@ -112,12 +133,12 @@ def _identity(dataset: Dataset) -> InstanceIdentity:
     meta = dataset.file_meta
     try:
         transfer_syntax = _uid(meta, "TransferSyntaxUID", _TRANSFER_SYNTAX_UID)
-        if meta.get_item(_MEDIA_STORAGE_SOP_INSTANCE_UID) is not None:
+        if _MEDIA_STORAGE_SOP_INSTANCE_UID in meta:  # get_item would decode an empty one
             meta_sop_uid = _uid(meta, "MediaStorageSOPInstanceUID", _MEDIA_STORAGE_SOP_INSTANCE_UID)
             if meta_sop_uid != sop_uid:
                 raise InvalidInstance("file meta names a different SOP Instance UID")
     except InvalidInstance as exc:
-        raise InvalidInstance(exc.reason, sop_instance_uid=sop_uid) from None
+        raise InvalidInstance(exc.reason, sop_instance_uid=sop_uid) from exc.__cause__
     return InstanceIdentity(
         sop_instance_uid=sop_uid,
         sop_class_uid=uids["SOPClassUID"],
@@ -256,19 +277,24 @@ def _read_header_with_pydicom(
     try:
         dataset = dcmread(BytesIO(data))
     except Exception as exc:  # pydicom raises many types for garbage; all mean "unreadable"
-        raise InvalidInstance(f"not a readable DICOM Part-10 file ({type(exc).__name__})") from exc
+        raise _unreadable(exc) from exc
     if not len(dataset):  # pydicom returns nothing when a top-level sequence is cut short
         raise InvalidInstance("the dataset is empty or truncated")
     identity = _identity(dataset)
     _check_study(identity, expected_study_uid)
-    if identity.transfer_syntax_uid != DeflatedExplicitVRLittleEndian:
-        last = dataset.get_item(max(dataset.keys(), key=int))
-        assert last is not None  # one of its keys
-        _check_complete(last, data, identity)
-    element = dataset.get_item(_PIXEL_DATA)
-    pixel_data = None if element is None else (b"" if element.value is None else element.value)
-    other_pixel_data = any(tag in dataset for tag in _OTHER_PIXEL_DATA)
-    _check_pixel_data(dataset, identity, pixel_data, other_pixel_data)
+    try:  # pydicom decodes the elements read here, and an empty last element: that may fail
+        if identity.transfer_syntax_uid != DeflatedExplicitVRLittleEndian:
+            last = dataset.get_item(max(dataset.keys(), key=int))
+            assert last is not None  # one of its keys
+            _check_complete(last, data, identity)
+        element = dataset.get_item(_PIXEL_DATA)
+        pixel_data = None if element is None else (b"" if element.value is None else element.value)
+        other_pixel_data = any(tag in dataset for tag in _OTHER_PIXEL_DATA)
+        _check_pixel_data(dataset, identity, pixel_data, other_pixel_data)
+    except InvalidInstance:
+        raise
+    except Exception as exc:  # e.g. NotImplementedError for Rows with a garbled VR
+        raise _unreadable(exc, identity.sop_instance_uid) from exc
     # A plain Dataset of the elements: the FileDataset keeps the whole received buffer, and the
     # pixel data is megabytes; neither is kept with the header.
     header = Dataset(dataset)
@@ -307,7 +333,8 @@ class _Parsed(NamedTuple):
 _PREAMBLE_END = 132  # 128-byte preamble and b"DICM"
 _GROUP_LENGTH_TAG = 0x00020000
 _CHARACTER_SET_TAG = 0x00080005
-_DELIMITER_GROUP = 0xFFFE  # items and delimiters: pydicom ends or misreads a data set there
+# Items and delimiters, group FFFE: pydicom ends or misreads a data set there.
+_FIRST_DELIMITER, _LAST_DELIMITER = 0xFFFE0000, 0xFFFEFFFF
 # Explicit VR: encoded VR -> (VR, whether a 4-byte length follows two reserved bytes).
 _EXPLICIT_VRS = {
     encoded: (encoded.decode(default_encoding), encoded.decode() in EXPLICIT_VR_LENGTH_32)
@@ -319,8 +346,37 @@ _EXPLICIT_BE = Struct(">HH2sH").unpack_from
 _IMPLICIT_LE = Struct("<HHL").unpack_from
 _LENGTH_LE = Struct("<L").unpack_from
 _LENGTH_BE = Struct(">L").unpack_from
-# A RawDataElement from all nine fields: a third faster than its keyword-handling constructor.
-_raw_element = RawDataElement._make
+# A RawDataElement from a tuple of all nine fields: RawDataElement._make without its Python
+# frame and its length check (moot: every call passes nine). Faster than both _make and the
+# keyword-handling constructor.
+_raw_element = cast(
+    Callable[[tuple[object, ...]], RawDataElement], partial(tuple.__new__, RawDataElement)
+)
+
+
+def _explicit_element_header(
+    data: bytes, pos: int, little: bool
+) -> tuple[int, str, int, int] | None:
+    """The Explicit VR element header at ``pos``: its tag, VR, value length and value offset.
+
+    Tag, VR and a 16-bit length; or, for the VRs of :data:`EXPLICIT_VR_LENGTH_32` (OB, SQ,
+    UN...), two reserved bytes and a 32-bit length after them. ``data`` holds at least 8 bytes
+    from ``pos``. None for a VR pydicom does not know, and for a 12-byte header cut by the end.
+
+    Both walks (file meta and data set) decode their headers here: one Python call an element,
+    which :data:`_raw_element` pays back in part (one frame fewer than ``_make``).
+    """
+    group, element, encoded_vr, length = (_EXPLICIT_LE if little else _EXPLICIT_BE)(data, pos)
+    known = _EXPLICIT_VRS.get(encoded_vr)
+    if known is None:
+        return None
+    vr, long_length = known
+    if not long_length:
+        return group << 16 | element, vr, length, pos + 8
+    if len(data) - pos < 12:
+        return None
+    length = (_LENGTH_LE if little else _LENGTH_BE)(data, pos + 8)[0]
+    return group << 16 | element, vr, length, pos + 12
 
 
 def _empty_value(vr: str | None) -> bytes | None:
@@ -341,20 +397,12 @@ def _parse_file_meta(data: bytes) -> tuple[FileMetaDataset, str, int] | None:
     while True:  # always Explicit VR Little Endian
         if end - pos < 8:
             return None  # no data set after the file meta
-        group, element, encoded_vr, length = _EXPLICIT_LE(data, pos)
-        if group != 2:
-            break
-        known = _EXPLICIT_VRS.get(encoded_vr)
-        if known is None:
+        if data[pos : pos + 2] != b"\x02\x00":
+            break  # group 2 has ended: the data set, in whichever encoding
+        element_header = _explicit_element_header(data, pos, True)
+        if element_header is None:
             return None
-        vr, long_length = known
-        value_tell = pos + 8
-        if long_length:
-            if end - pos < 12:
-                return None
-            length = _LENGTH_LE(data, value_tell)[0]
-            value_tell += 4
-        tag = group << 16 | element
+        tag, vr, length, value_tell = element_header
         pos = value_tell + length
         if tag <= previous or length == _UNDEFINED_LENGTH or pos > end:
             return None
@@ -416,29 +464,19 @@ def _parse_fast(data: bytes) -> _Parsed | None:
     pixels: dict[int, RawDataElement | DataElement] = {}
     pixel_data: bytes | memoryview | None = None
     encoding: str | list[str] = default_encoding
-    read_header = _IMPLICIT_LE if implicit else _EXPLICIT_LE if little else _EXPLICIT_BE
-    read_length = _LENGTH_LE if little else _LENGTH_BE
     vr: str | None = None  # always None for implicit VR
     last_tag = -1
     undefined_at = None
     while end - pos >= 8:  # pydicom ignores a stub shorter than an element header
         if implicit:
-            group, element, length = read_header(data, pos)
-            value_tell = pos + 8
+            group, element, length = _IMPLICIT_LE(data, pos)
+            tag, value_tell = group << 16 | element, pos + 8
         else:
-            group, element, encoded_vr, length = read_header(data, pos)
-            known = _EXPLICIT_VRS.get(encoded_vr)
-            if known is None:
+            element_header = _explicit_element_header(data, pos, little)
+            if element_header is None:
                 return None
-            vr, long_length = known
-            value_tell = pos + 8
-            if long_length:
-                if end - pos < 12:
-                    return None
-                length = read_length(data, value_tell)[0]
-                value_tell += 4
-        tag = group << 16 | element
-        if tag <= last_tag or group == _DELIMITER_GROUP:
+            tag, vr, length, value_tell = element_header
+        if tag <= last_tag or _FIRST_DELIMITER <= tag <= _LAST_DELIMITER:
             return None
         if length == _UNDEFINED_LENGTH:
             undefined_at = pos
@@ -502,8 +540,9 @@ def read_identity(data: bytes, *, expected_study_uid: str | None = None) -> Inst
     """Parse a received Part-10 file and validate identity, completeness and pixel length.
 
     Raises:
-        InvalidInstance: Not Part-10, identity UIDs missing or invalid, truncated stream, or
-            Pixel Data inconsistent with the image attributes.
+        InvalidInstance: Not Part-10, unreadable or undecodable (a damaged element header,
+            whatever pydicom raises for it), identity UIDs missing or invalid, truncated stream,
+            or Pixel Data inconsistent with the image attributes.
         StudyMismatch: ``expected_study_uid`` is set and the instance belongs to another study.
     """
     return read_header(data, expected_study_uid=expected_study_uid)[0]
@@ -517,24 +556,40 @@ def read_header(
     The header is a plain :class:`~pydicom.dataset.Dataset` with ``file_meta``, holding no
     reference to ``data``; most of its elements are still raw (decoded on first access).
     """
-    parsed = _parse_fast(data)
+    try:
+        parsed = _parse_fast(data)
+    except Exception:  # not foreseen by the fast path: pydicom's reader decides, as for the rest
+        parsed = None
     if parsed is None:
         return _read_header_with_pydicom(data, expected_study_uid)
     header = parsed.header
     identity = _identity(header)
     _check_study(identity, expected_study_uid)
-    _check_complete(parsed.last, data, identity)  # never deflated here
-    _check_pixel_data(header, identity, parsed.pixel_data, parsed.other_pixel_data)
+    try:  # the Image Pixel module is decoded here, which may fail as on pydicom's path
+        _check_complete(parsed.last, data, identity)  # never deflated here
+        _check_pixel_data(header, identity, parsed.pixel_data, parsed.other_pixel_data)
+    except InvalidInstance:
+        raise
+    except Exception as exc:
+        raise _unreadable(exc, identity.sop_instance_uid) from exc
     return identity, header
 
 
 def read_stored_identity(handle: BinaryIO) -> InstanceIdentity:
+    """The validated identity of a stored Part-10 file, reading only the identity elements.
+
+    Completeness and pixel data are not checked (they were when the file was received).
+
+    Raises:
+        InvalidInstance: Not Part-10, unreadable or undecodable, or identity UIDs missing or
+            invalid.
+    """
     try:
         dataset = dcmread(
             handle, stop_before_pixels=True, specific_tags=list(_IDENTITY_TAGS.values())
         )
     except Exception as exc:  # see read_identity
-        raise InvalidInstance(f"not a readable DICOM Part-10 file ({type(exc).__name__})") from exc
+        raise _unreadable(exc) from exc
     return _identity(dataset)
 
 

@@ -15,6 +15,7 @@ import pydicom
 from router.result import AIResult
 from router.rules import Decision
 from serving.engine import JobResult
+from serving.gateway.element_text import element_text
 from serving.jobstore.store import hash_patient_id
 from serving.service.assembly import CompleteStudy
 
@@ -22,7 +23,7 @@ from serving.service.assembly import CompleteStudy
 def identity_problem(headers: Sequence[pydicom.Dataset]) -> str | None:
     """Why the instances of one study disagree on identity (names fields, never values)."""
     fields = ("PatientID", "AccessionNumber", "StudyInstanceUID")
-    bad = [f for f in fields if len({str(h.get(f, "")) for h in headers}) > 1]
+    bad = [f for f in fields if len({element_text(h, f) for h in headers}) > 1]
     return f"instances disagree on {', '.join(bad)}" if bad else None
 
 
