@@ -790,20 +790,23 @@ CAUSES = {
         "(`serving/service/outcomes.py` `run_results` → `result_ready`: `_ai_result` builds "
         "it with the headers kept from ingest, the mask follows later; "
         "`serving/service/delivery.py` "
-        "`enqueue_results` writes and queues the SR before GSPS, SC and SEG are built). It "
-        "shares the interpreter with the ingest, coordinator and preprocessing threads.{split}"
+        "`enqueue_results` writes and queues the SR before GSPS, SC and SEG are built). It is a "
+        "stat stage (`serving/service/stat_gate.py`): background routing, result objects, "
+        "deliveries and CPU batches step aside between their steps, but a step under way "
+        "(a chest CT patch batch, a SEG) runs to its end, and the ingest thread never waits."
+        "{split}"
     ),
     "delivery": (
         "a worker reserved for stat items (`delivery-stat` in `Service._delivery_loop`) is "
-        "woken when the SR is queued, but opens a new association for every object "
-        "(`DicomStoreDestination.deliver`) and shares the cores with Orthanc and the engine; "
-        "keeping an association per destination would shorten it."
+        "woken when the SR is queued and sends it on the association kept open for the "
+        "destination (`DicomStoreDestination.deliver`, `keep_open_s`); it shares the cores "
+        "with Orthanc and with background work already under way."
     ),
     "routing": (
         "stat studies are routed on a thread of their own (`coordinator-stat`: rules, routing "
-        "decision, worklist, task creation, four job-store commits), which shares the "
-        "interpreter and the job store's writer lock with the ingest, results and delivery "
-        "threads."
+        "decision, worklist, task creation; its job-store commits wait for no fsync, as a "
+        "restart re-routes), which shares the job store's writer lock with the ingest thread "
+        "and the cores with background work already under way."
     ),
     "postprocess": (
         "postprocessing runs on the engine's single postprocessing thread, shared with the "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,32 @@ def test_the_injected_clock_drives_the_linger() -> None:
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="seconds"):
         StatGate(max_wait_s=-1.0)
+
+
+class _CountingGate(StatGate):
+    def __init__(self) -> None:
+        super().__init__(max_wait_s=0.0)
+        self.calls = 0
+
+    def step_aside(self) -> float:
+        self.calls += 1
+        return 0.0
+
+
+def test_a_background_series_is_read_stepping_aside_before_each_file(tmp_path: Path) -> None:
+    """The coordinator's loader: background reads step aside per file, stat reads never."""
+    from types import SimpleNamespace
+
+    from models.synthetic import generate_study
+    from serving.metrics import Metrics
+    from serving.service.coordinator import Coordinator
+
+    study = generate_study("ct-head", tmp_path, seed=3, matrix=32, slices=32)
+    paths = [str(p) for p in study.files]
+    gate = _CountingGate()
+    owner = SimpleNamespace(streaming=None, gate=gate, metrics=Metrics())
+    background = Coordinator._loader(owner, "series", stat=False)(paths)  # type: ignore[arg-type]
+    assert gate.calls == len(paths)
+    stat = Coordinator._loader(owner, "series", stat=True)(paths)  # type: ignore[arg-type]
+    assert gate.calls == len(paths)  # the stat read did not wait
+    assert background.array.shape == stat.array.shape and (background.array == stat.array).all()

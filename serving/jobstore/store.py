@@ -266,8 +266,13 @@ class JobStore:
 
         For the job store's own modules (the outbox); callers use the methods. ``durable=False``
         (SQLite): the commit returns before it is on disk; it becomes durable with the next
-        durable commit. Only for what can be rebuilt after a power cut (instance records: the
-        spool is rescanned at start-up).
+        durable commit (the WAL is written in order), and it survives a crash of the process
+        anyway. Only for what a restart rebuilds after a power cut and what no effect outside
+        the job store depends on before a durable commit follows: instance records (the spool
+        is rescanned), and a study's routing up to its task's start (completion, routing
+        decision, task creation and start: a restart re-routes a complete study and re-runs an
+        interrupted task; the task's end and its outbox items are durable commits). The stat
+        path then waits for one fsync less per step.
         """
         sessions = self._writes if durable else self._relaxed_writes
         with self._write_lock or nullcontext(), sessions.begin() as session:
@@ -352,7 +357,7 @@ class JobStore:
         Every series of the study is marked complete. Calling it again on a complete study
         changes nothing (a restart may repeat it).
         """
-        with self.writing() as changes:
+        with self.writing(durable=False) as changes:  # re-routed after a power cut
             session = changes.session
             study = get_entity(session, Study, EntityKind.STUDY, study_uid)
             if study.state == StudyState.COMPLETE:
@@ -540,14 +545,14 @@ class JobStore:
             changes.session.flush()
             return to_row(TaskRow, task)
 
-        return self.write_retrying(work)
+        return self.write_retrying(work, durable=False)  # re-created by re-routing
 
     def start_task(self, task_id: str) -> int:
         """Queued → running; returns this attempt's number (1 for the first start).
 
         Raises ``TransitionError`` if the task is not queued (another worker started it).
         """
-        with self.writing() as changes:
+        with self.writing(durable=False) as changes:  # re-run after a power cut
             task = get_entity(changes.session, Task, EntityKind.TASK, task_id)
             attempt = task.attempts + 1
             changes.require(
@@ -652,7 +657,7 @@ class JobStore:
         restart re-routing it) keeps its state.
         """
         reject_phi(decision)
-        with self.writing() as changes:
+        with self.writing(durable=False) as changes:  # re-routed after a power cut
             study = get_entity(changes.session, Study, EntityKind.STUDY, study_uid)
             row = RoutingDecision(
                 study_instance_uid=study_uid,

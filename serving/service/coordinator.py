@@ -27,7 +27,7 @@ import logging
 import queue
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -534,7 +534,8 @@ class Coordinator:
         known: dict[str, tuple[pydicom.Dataset, str]] | None = None
         if headers is not None and all(r.sop_instance_uid in headers for r in rows):
             known = {r.sop_instance_uid: (headers[r.sop_instance_uid], r.path) for r in rows}
-        source = SeriesSource(paths, loader=self._loader(task.series_instance_uid))
+        stat = task.priority is PriorityClass.STAT
+        source = SeriesSource(paths, loader=self._loader(task.series_instance_uid, stat=stat))
         deadline_mono = self.mono() + (task.deadline_at - self.utc()).total_seconds()
         job = InferenceJob(
             task.task_id, task.model, task.priority, deadline_s=deadline_mono, volume=source
@@ -557,15 +558,28 @@ class Coordinator:
 
         future.add_done_callback(done)
 
-    def _loader(self, series_uid: str) -> Callable[[Sequence[str]], Volume]:
-        """Take the volume decoded while the series arrived, else read it from the spool."""
+    def _loader(self, series_uid: str, *, stat: bool = False) -> Callable[[Sequence[str]], Volume]:
+        """Take the volume decoded while the series arrived, else read it from the spool.
+
+        Reading a background series steps aside for stat stages before each file: reading a
+        chest CT is hundreds of milliseconds of interpreter time a stat study's routing or SR
+        would otherwise share.
+        """
         streaming = self.streaming
+        gate = self.gate
+
+        def stepping(paths: Sequence[str]) -> Iterator[str]:
+            for path in paths:
+                gate.step_aside()
+                yield path
 
         def load(paths: Sequence[str]) -> Volume:
             volume = streaming.take(series_uid, paths) if streaming is not None else None
             origin = "stream" if volume is not None else "disk"
             self.metrics.inc("statlane_volumes_loaded_total", origin=origin)
-            return volume if volume is not None else load_series(paths)
+            if volume is not None:
+                return volume
+            return load_series(paths if stat else stepping(paths))
 
         return load
 
