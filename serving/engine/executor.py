@@ -326,6 +326,11 @@ class Engine:
         if self.urgency is not None:
             self.urgency.step_aside()
 
+    def _stat_queued(self) -> bool:
+        """A stat task waits for a device (then nothing steps aside: it may be next)."""
+        with self._lock:
+            return self.scheduler.queued_by_class().get(_STAT.value, 0) > 0
+
     def _stage(self, stat: bool) -> AbstractContextManager[None]:
         """A stat stage for stat work; nothing for background work."""
         return self.urgency.stat_stage() if stat and self.urgency is not None else nullcontext()
@@ -333,7 +338,7 @@ class Engine:
     def _device_loop(self, device: int, stat_lane: bool = False) -> None:
         backend = self.backends[device]
         while True:
-            if self.background_yields_device and not stat_lane:
+            if self.background_yields_device and not stat_lane and not self._stat_queued():
                 self._step_aside()
             with self._lock:
                 plan = self._next_plan(stat_lane)
