@@ -424,9 +424,10 @@ def test_an_in_memory_store_serves_single_threaded_tests(clock: FakeClock) -> No
     assert present(store.study(STUDY)).state == StudyState.RECEIVING
 
 
-def test_instance_records_skip_the_fsync_and_everything_else_keeps_it(store: JobStore) -> None:
-    """Instance records are rebuilt from the spool, so their commit is not fsynced; the
-    study's completion and its tasks are (and take the earlier records to disk with them)."""
+def test_rebuildable_commits_skip_the_fsync_and_a_task_end_keeps_it(store: JobStore) -> None:
+    """Instance records (rebuilt from the spool) and a study's routing up to its task's start
+    (a restart re-routes and re-runs) are committed without fsync; the task's end is fsynced,
+    and takes the earlier commits to disk with it."""
     from sqlalchemy import event
 
     modes: list[str] = []
@@ -440,9 +441,13 @@ def test_instance_records_skip_the_fsync_and_everything_else_keeps_it(store: Job
     receive(store, f"{SERIES}.2")
     store.mark_study_complete(STUDY, {SERIES: 2})
     receive(store, f"{SERIES}.3")
-    new_task(store)
+    task_id = new_task(store)
+    attempt = store.start_task(task_id)
+    assert modes == ["NORMAL"]  # switched only when it changes
+    assert store.finish_task(task_id, attempt, {"findings": []})
+    store.audit("probe")
 
-    assert modes == ["NORMAL", "FULL", "NORMAL", "FULL"]  # switched only when it changes
+    assert modes == ["NORMAL", "FULL"]
     with store.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
 
