@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from models.synthetic import generate_study
-from serving.jobstore import JobStore, TaskState
+from serving.jobstore import JobStore, TaskRow, TaskState
 from serving.jobstore.states import EntityKind
 from tests.service_harness import FAST_QUIET, storescu, wait_for
 
@@ -113,10 +113,20 @@ def test_sigkill_mid_study_during_inference_and_before_delivery(tmp_path: Path) 
         wait_for(lambda: len(store.tasks(TaskState.DONE)) == 2, 180, "both tasks done")
         _kill(process)
         store.close()
-    # 4. restarted once more: deliveries complete, nothing runs again
+    # 4. restarted once more: what was interrupted finishes, deliveries complete, nothing
+    #    runs again (a task killed while running in step 3 is re-run here: wait for it, as
+    #    the deliveries of step 3 may already be there)
     with _server(tmp_path) as (_, ports):
         store = _store(tmp_path)
         wait_for(lambda: len(list((tmp_path / "out").glob("*.dcm"))) >= 5, 120, "deliveries")
+
+        def settled() -> bool:
+            studies = [store.study(uid) for uid in (head.study_uid, radiograph.study_uid)]
+            return all(s is not None and s.state.value == "done" for s in studies) and all(
+                t.state is TaskState.DONE for t in store.tasks()
+            )
+
+        wait_for(settled, 120, "every task and study done")
         time.sleep(1.0)
         acknowledged = {
             str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
@@ -176,3 +186,34 @@ def test_restart_between_routing_decision_and_tasks_routes_again(tmp_path: Path)
         )
         assert task.model == "cxr-pneumothorax@1"
         assert len(service.store.tasks()) == 1
+
+
+def test_restart_finishes_a_queued_task_of_a_study_reopened_by_late_instances(
+    tmp_path: Path,
+) -> None:
+    """Stopped while a study was reopened (late instances) and its older generation's task
+    still queued: after the restart that task runs to the end, as it would have without the
+    restart, and the new generation runs too."""
+    from serving.jobstore import StudyState
+    from tests.service_harness import running_service, service_config
+
+    study = generate_study("cr-chest", tmp_path / "in", seed=34, matrix=128)
+    config = service_config(tmp_path)
+    with running_service(config) as service:
+        service.coordinator.launch = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        assert storescu(service.ports.dicom, study.files).returncode == 0
+        [queued] = wait_for(
+            lambda: service.store.tasks(TaskState.QUEUED, study_uid=study.study_uid),
+            what="a queued task",
+        )
+        service.store.set_study_state(study.study_uid, StudyState.RECEIVING, {"reason": "late"})
+    with running_service(config) as service:
+
+        def finished() -> list[TaskRow]:
+            tasks = service.store.tasks(study_uid=study.study_uid)
+            return tasks if all(t.state is TaskState.DONE for t in tasks) else []
+
+        tasks = wait_for(finished, what="both generations done")
+        assert sorted(t.generation for t in tasks) == [0, 1]
+        assert queued.task_id in {t.task_id for t in tasks}
+        assert all(_completions(service.store, t.task_id) == 1 for t in tasks)

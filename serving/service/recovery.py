@@ -31,6 +31,9 @@ the coordinator's loop, ingest and results threads, and resumes in this order:
      worklist if missing (triage mode) and launched.
 6. **Done studies** are marked handed out at their latest generation, so an instance arriving
    for them is handled as late (re-run or ignored, by the service's setting).
+7. **Older generations finish**: a task still *queued* after these steps belongs to an older
+   generation of a study reopened by late instances (or routed again in step 4); it would have
+   run to the end without the restart, so it is launched (studies done or quarantined aside).
 
 Studies re-routed here carry the completion reason ``restart`` and an assembly wait of 0 s.
 """
@@ -109,6 +112,15 @@ def recover_after_restart(
     for study in store.studies(StudyState.DONE):
         uid = study.study_instance_uid
         _mark_handed_out(coordinator, uid, _last_generation(coordinator, uid) or 0)
+    # Queued tasks of an older generation (a study reopened by late instances, or routed
+    # again above): without the restart they would have run to the end; so they do now.
+    for task in store.tasks(TaskState.QUEUED):
+        owner = store.study(task.study_instance_uid)
+        if owner is None or owner.state in (StudyState.DONE, StudyState.QUARANTINED):
+            continue
+        _ensure_on_worklist(coordinator, owner.study_instance_uid, owner.accession_number)
+        coordinator.launch(task)
+        relaunched += 1
     return {"rerouted": rerouted, "requeued": len(requeued), "relaunched": relaunched}
 
 
