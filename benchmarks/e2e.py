@@ -72,6 +72,7 @@ from benchmarks.report import Report, markdown_table, progress, targets_markdown
 from serving.config import ServiceConfig
 from serving.jobstore import TaskState
 from serving.service.app import Service
+from serving.service.heap import settle_heap
 
 NAME = "e2e"
 SYSTEMS = (("baseline-fifo", "fifo"), ("statlane-edf", "edf"))
@@ -356,6 +357,7 @@ def running(workdir: Path, policy: str) -> Iterator[tuple[Service, Any]]:
     with orthanc(workdir / "orthanc") as pacs:
         service = Service(service_config(workdir, policy, pacs.dicom_port))
         service.start()
+        settle_heap()  # as `statlane serve` does, for every policy alike
         try:
             yield service, pacs
         finally:

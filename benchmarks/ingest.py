@@ -244,9 +244,11 @@ def serve_ack_only(port: int) -> None:
     import threading
 
     from serving.gateway.dimse import DicomGateway
+    from serving.service.heap import settle_heap
 
     gateway = DicomGateway(cast(Any, DiscardingSpool()), ae_title="ACKONLY", port=port)
     gateway.start()
+    settle_heap()  # as `statlane serve` does
     threading.Event().wait()  # until SIGTERM
 
 
@@ -267,9 +269,11 @@ def serve_spool_only(port: int, root: Path) -> None:
 
     from serving.gateway.dimse import DicomGateway
     from serving.gateway.spool import Spool
+    from serving.service.heap import settle_heap
 
     gateway = DicomGateway(Spool(root), ae_title="SPOOL", port=port)
     gateway.start()
+    settle_heap()  # as `statlane serve` does
     threading.Event().wait()  # until SIGTERM
 
 

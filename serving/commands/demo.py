@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 when every study was processed and the bleed was flagged."""
     from serving.config import ServiceConfig
     from serving.service.app import Service
+    from serving.service.heap import settle_heap
 
     out: Path = args.out
     if out.exists():
@@ -103,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     )
     service = Service(config)
     ports = service.start()
+    settle_heap()  # this process is the service now: the start-up heap is never walked again
     print(
         f"service up: DICOM STATLANE@{ports.dicom}, REST http://127.0.0.1:{ports.http}"
         f"/worklist, HL7 MLLP {ports.hl7}"

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     from serving.config import ServiceConfig
     from serving.service.app import Service
+    from serving.service.heap import settle_heap
 
     try:
         config = load_config(args.config)
@@ -70,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"statlane serve: cannot listen ({error.strerror or error})", file=sys.stderr)
         return 1
+    settled = settle_heap()
+    log.info("start-up heap frozen: %d objects", settled.frozen)
     if args.ports_file is not None:
         args.ports_file.write_text(
             json.dumps({"dicom": ports.dicom, "http": ports.http, "hl7": ports.hl7})
