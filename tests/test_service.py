@@ -68,6 +68,16 @@ def test_a_bleed_goes_from_storescu_to_objects_worklist_and_audit(tmp_path: Path
         metrics = _get(service, "/metrics").decode()
         assert 'statlane_instances_received_total{modality="CT"} ' in metrics
         assert 'statlane_volumes_loaded_total{origin="stream"} 1' in metrics
+        exported = {
+            line.split()[0]: float(line.split()[1])
+            for line in metrics.splitlines()
+            if line.startswith("statlane_stat_gate_")
+        }
+        waits, waited_s = service.gate.totals()  # updated every coordinator tick: may lag
+        assert 0 <= exported["statlane_stat_gate_waits_total"] <= waits
+        # rendered to 6 significant digits
+        assert 0 <= exported["statlane_stat_gate_wait_seconds_total"] <= waited_s * 1.00001
+        assert "# TYPE statlane_stat_gate_waits_total counter" in metrics
         assert str(source.PatientName) not in metrics
 
 

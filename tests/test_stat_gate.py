@@ -42,6 +42,7 @@ def test_background_waits_until_the_stat_stage_ends_and_the_linger_passed() -> N
     assert resumed >= ended_at[0] + 0.05 - 0.005  # the linger after the stage's end
     assert resumed - started == pytest.approx(waited, abs=0.05)
     assert gate.waits == 1 and gate.waited_s == pytest.approx(waited)
+    assert gate.totals() == (1, gate.waited_s)
     assert not gate.busy()
 
 

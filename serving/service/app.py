@@ -415,6 +415,9 @@ class Service:
         return len(changes)
 
     def _update_gauges(self) -> None:
+        waits, waited_s = self.gate.totals()  # cumulative: exported as counters
+        self.metrics.set("statlane_stat_gate_waits_total", waits)
+        self.metrics.set("statlane_stat_gate_wait_seconds_total", waited_s)
         if self.runtime is None:
             return
         scheduler = self.runtime.engine.scheduler
@@ -457,6 +460,16 @@ def _describe(metrics: Metrics) -> None:
         ("statlane_delivery_seconds", "histogram", "Time to deliver one outbox item"),
         ("statlane_queue_depth", "gauge", "Scheduler queue depth by class"),
         ("statlane_engine_pending", "gauge", "Jobs inside the engine"),
+        (
+            "statlane_stat_gate_waits_total",
+            "counter",
+            "Background steps (routine preprocessing, reads, deliveries) that waited for stat",
+        ),
+        (
+            "statlane_stat_gate_wait_seconds_total",
+            "counter",
+            "Seconds background steps waited for stat stages, in total",
+        ),
     ):
         metrics.describe(name, kind, text)
 

@@ -94,5 +94,10 @@ class StatGate:
             self.waited_s += waited
             return waited
 
+    def totals(self) -> tuple[int, float]:
+        """How many :meth:`step_aside` calls waited, and their total wait (seconds)."""
+        with self._changed:
+            return self.waits, self.waited_s
+
     def _holding(self, now: float) -> bool:
         return self._active > 0 or now < self._last_end + self.linger_s
