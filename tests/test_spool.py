@@ -187,6 +187,7 @@ def test_disk_full_during_the_write_is_out_of_resources_and_leaves_no_temp_file(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
+    monkeypatch.setattr(os, "fdatasync", full, raising=False)
     with pytest.raises(OutOfResources):
         spool.store(make_instance(), SOURCE)
     assert all_files(tmp_path) == []
@@ -608,3 +609,33 @@ def test_a_length_that_overruns_the_file_is_invalid_everywhere(tag: bytes, by: i
 def tag_name(tag: bytes) -> str:
     """``(GGGG,EEEE)`` for the four bytes of a little endian tag."""
     return f"({tag[1]:02X}{tag[0]:02X},{tag[3]:02X}{tag[2]:02X})"
+
+
+def test_the_file_data_is_synced_before_the_rename_and_the_directory_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = make_spool(tmp_path)
+    spool.store(make_instance(sop_uid="1.2.3.4.5"), SOURCE)  # directories exist from here on
+    events: list[str] = []
+    fsync, fdatasync, replace = os.fsync, getattr(os, "fdatasync", None), os.replace
+
+    def record_fsync(fd: int) -> None:
+        events.append("dir-sync" if os.path.isdir(f"/proc/self/fd/{fd}") else "file-fsync")
+        fsync(fd)
+
+    def record_fdatasync(fd: int) -> None:
+        events.append("file-sync")
+        assert fdatasync is not None
+        fdatasync(fd)
+
+    def record_replace(src: object, dst: object) -> None:
+        events.append("rename")
+        replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", record_fsync)
+    if fdatasync is not None:
+        monkeypatch.setattr(os, "fdatasync", record_fdatasync)
+    monkeypatch.setattr(os, "replace", record_replace)
+    spool.store(make_instance(sop_uid="1.2.3.4.6"), SOURCE)
+    synced = "file-sync" if fdatasync is not None else "file-fsync"
+    assert events == [synced, "rename", "dir-sync"]

@@ -125,6 +125,16 @@ def _digest(uid: str) -> str:
     return hashlib.sha256(uid.encode("ascii")).hexdigest()
 
 
+def _sync_file_data(fd: int) -> None:
+    """Force a new file's data, and the metadata needed to read it back (its size), to disk.
+
+    fdatasync(2) where the platform has it: an instance's modification time need not survive a
+    crash, so its timestamps are not forced out on their own; fsync(2) elsewhere.
+    """
+    sync = getattr(os, "fdatasync", os.fsync)
+    sync(fd)
+
+
 def _fsync_directory(directory: Path) -> None:
     """Make a rename or a new entry in ``directory`` durable (POSIX)."""
     fd = os.open(directory, os.O_RDONLY)
@@ -308,7 +318,7 @@ class Spool:
             with temporary.open("xb") as handle:
                 handle.write(data)
                 handle.flush()
-                os.fsync(handle.fileno())
+                _sync_file_data(handle.fileno())
             # os.replace is rename(2) on POSIX: atomic, and it overwrites a replaced instance.
             os.replace(temporary, path)
             _fsync_directory(directory)
