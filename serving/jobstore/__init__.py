@@ -4,6 +4,7 @@ Public API: :class:`JobStore` (SQLite by default, PostgreSQL by URL), :class:`Ou
 :class:`RetryPolicy`, the frozen rows they return, the state enums and the typed errors.
 """
 
+from serving.jobstore.changes import InstanceArrival, hash_patient_id
 from serving.jobstore.outbox import DeliveryKind, Outbox, OutboxItem, RetryPolicy
 from serving.jobstore.schema import (
     AuditRow,
@@ -27,7 +28,7 @@ from serving.jobstore.states import (
     TransitionError,
     UnknownEntityError,
 )
-from serving.jobstore.store import DEFAULT_URL, InstanceArrival, JobStore, hash_patient_id
+from serving.jobstore.store import DEFAULT_URL, JobStore
 
 __all__ = [
     "DEFAULT_URL",

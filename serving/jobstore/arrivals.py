@@ -34,7 +34,7 @@ from serving.jobstore.schema import (
 from serving.jobstore.states import EntityKind, SeriesState, StudyState
 
 if TYPE_CHECKING:
-    from serving.jobstore.store import InstanceArrival, StateChanges
+    from serving.jobstore.changes import InstanceArrival, StateChanges
 
 _STUDIES = cast(Table, Study.__table__)
 _SERIES = cast(Table, Series.__table__)

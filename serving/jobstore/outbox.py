@@ -17,9 +17,10 @@ from enum import StrEnum
 
 from sqlalchemy import select
 
+from serving.jobstore.changes import Clock, StateChanges, get_entity, utc_now
 from serving.jobstore.schema import OutboxEntry
 from serving.jobstore.states import EntityKind, OutboxState
-from serving.jobstore.store import Clock, JobStore, StateChanges, get_entity, utc_now
+from serving.jobstore.store import JobStore
 from serving.scheduler.records import PriorityClass
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from router.result import AIResult
 from router.rules import Decision
 from serving.engine import JobResult
 from serving.gateway.element_text import element_text
-from serving.jobstore.store import hash_patient_id
+from serving.jobstore.changes import hash_patient_id
 from serving.service.assembly import CompleteStudy
 
 
