@@ -283,3 +283,44 @@ def test_due_can_be_limited_to_one_class(outbox: Outbox) -> None:
     assert [i.id for i in outbox.due()] == [stat, urgent, routine]
     assert [i.id for i in outbox.due(priority=PriorityClass.STAT)] == [stat]
     assert [i.id for i in outbox.due(priority=PriorityClass.ROUTINE)] == [routine]
+
+
+def test_next_due_at_is_the_earliest_pending_item_of_the_class(
+    outbox: Outbox, clock: FakeClock
+) -> None:
+    assert outbox.next_due_at() is None
+    routine = enqueue(outbox, "a")
+    clock.advance(10)
+    stat = enqueue(outbox, "b", PriorityClass.STAT)
+    assert outbox.next_due_at() == T0
+    assert outbox.next_due_at(PriorityClass.STAT) == T0 + timedelta(seconds=10)
+    assert outbox.claim(routine)
+    outbox.failed(routine, "PACS down")  # pending again, due after the first backoff (2 s)
+    assert outbox.next_due_at(PriorityClass.ROUTINE) == clock.now + timedelta(seconds=2)
+    assert outbox.next_due_at() == T0 + timedelta(seconds=10)  # the stat item, due earlier
+    assert outbox.claim(stat)
+    outbox.delivered(stat)
+    assert outbox.next_due_at(PriorityClass.STAT) is None
+    assert outbox.next_due_at() == clock.now + timedelta(seconds=2)
+
+
+def test_an_idle_delivery_worker_sleeps_until_the_next_item_is_due(
+    outbox: Outbox, clock: FakeClock
+) -> None:
+    from types import SimpleNamespace
+
+    from serving.service.app import IDLE_DELIVERY_POLL_S, MIN_DELIVERY_WAIT_S, Service
+
+    owner = SimpleNamespace(outbox=outbox)
+
+    def wait_s() -> float:
+        return Service._idle_delivery_wait_s(owner, None)  # type: ignore[arg-type]
+
+    assert wait_s() == IDLE_DELIVERY_POLL_S  # nothing pending: poll for other processes' retries
+    item = enqueue(outbox, "a")
+    assert wait_s() == MIN_DELIVERY_WAIT_S  # due now (another worker has it): no spinning
+    assert outbox.claim(item)
+    outbox.failed(item, "PACS down")  # due in 2 s
+    assert wait_s() == IDLE_DELIVERY_POLL_S
+    clock.advance(1.7)
+    assert wait_s() == pytest.approx(0.3)

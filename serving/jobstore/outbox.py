@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from serving.jobstore.changes import Clock, StateChanges, get_entity, utc_now
 from serving.jobstore.schema import OutboxEntry
@@ -207,6 +207,19 @@ class Outbox:
         ).limit(limit)
         with self.store.reading() as session:
             return [_item(e) for e in session.scalars(query)]
+
+    def next_due_at(self, priority: PriorityClass | None = None) -> datetime | None:
+        """When the earliest pending item (of one class, if given) is due; None if none is."""
+        query = select(func.min(OutboxEntry.next_attempt_at)).where(
+            OutboxEntry.state == OutboxState.PENDING
+        )
+        if priority is not None:
+            query = query.where(OutboxEntry.priority == priority.rank)
+        with self.store.reading() as session:
+            due = session.scalar(query)
+        if due is None:
+            return None
+        return due if due.tzinfo is not None else due.replace(tzinfo=UTC)
 
     def claim(self, item_id: int) -> bool:
         """Pending → sending; True for exactly one caller, False if it was not pending."""

@@ -41,6 +41,12 @@ from serving.service.worklist import SharedWorklist
 
 log = logging.getLogger(__name__)
 
+IDLE_DELIVERY_POLL_S = 1.0
+"""Longest sleep of an idle delivery worker (seconds): the pickup time of items revived in the
+job store by another process (``statlane outbox retry``)."""
+MIN_DELIVERY_WAIT_S = 0.05
+"""Shortest sleep of a delivery worker that found nothing to send (seconds)."""
+
 
 def utc_now() -> datetime:
     """Timezone-aware UTC now."""
@@ -336,9 +342,27 @@ class Service:
             except Exception:
                 log.exception("delivery worker failed")
                 sent = 0
-            if not sent:  # woken at once by a new result; retries come due within 0.2 s
-                self._delivery_wake.wait(0.2)
+            if not sent:  # woken at once by new items; otherwise sleeps until one comes due
+                self._delivery_wake.wait(self._idle_delivery_wait_s(priority))
                 self._delivery_wake.clear()
+
+    def _idle_delivery_wait_s(self, priority: PriorityClass | None) -> float:
+        """How long an idle delivery worker sleeps (seconds) unless woken by new items.
+
+        Until the earliest pending item comes due (a retry's backoff), at most
+        ``IDLE_DELIVERY_POLL_S`` (items revived by ``statlane outbox retry`` in another process
+        wake no one), and at least ``MIN_DELIVERY_WAIT_S`` (an item due now but claimed by
+        another worker must not make this one spin).
+        """
+        try:
+            due = self.outbox.next_due_at(priority=priority)
+        except Exception:
+            log.exception("delivery worker: reading the outbox failed")
+            return IDLE_DELIVERY_POLL_S
+        if due is None:
+            return IDLE_DELIVERY_POLL_S
+        until_due_s = (due - self.outbox.now()).total_seconds()
+        return min(max(until_due_s, MIN_DELIVERY_WAIT_S), IDLE_DELIVERY_POLL_S)
 
     def deliver_due(self, limit: int = 10, priority: PriorityClass | None = None) -> int:
         """Send what is due now (of one class only, if given); returns how many were attempted."""
@@ -412,6 +436,8 @@ class Service:
                     dedupe_key=f"worklist:{name}:{now.isoformat()}:{self._signal_sequence}",
                     priority=priority,
                 )
+        if changes:
+            self._wake_delivery()
         return len(changes)
 
     def _update_gauges(self) -> None:
