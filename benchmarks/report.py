@@ -45,7 +45,10 @@ def utc_now() -> str:
 def command_line() -> str:
     """The command that produced the results, as a user would retype it."""
     module = sys.modules["__main__"].__spec__
-    head = ["python", "-m", module.name] if module is not None else ["python", sys.argv[0]]
+    if module is None:
+        head = ["python", sys.argv[0]]
+    else:  # a package run as ``python -m package`` executes ``package.__main__``
+        head = ["python", "-m", module.name.removesuffix(".__main__")]
     return shlex.join([*head, *sys.argv[1:]])
 
 

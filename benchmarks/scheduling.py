@@ -141,8 +141,12 @@ def _profiles(models: dict[str, _Model], backend: Backend, runs: int) -> Latency
         sizes = sorted({1, 2, max(1, model.max_batch // 2), model.max_batch})
         if runs < 2:  # smoke: the two ends of the profile are enough
             sizes = sorted({1, model.max_batch})
+
+        def infer(batch: np.ndarray, m: BackendModel = model) -> Any:
+            return backend.infer(m, batch, RequestContext("profile"))
+
         points = measure(
-            lambda batch, m=model: backend.infer(m, batch, RequestContext("profile")),
+            infer,
             (-1, *spec.item_shape),
             sizes,
             warmup=1 if runs < 2 else 2,

@@ -32,7 +32,7 @@ from typing import Any
 def _infer_fn(session: Any, input_name: str, output_names: list[str], delay_s: float) -> Any:
     from pytriton.decorators import batch
 
-    @batch  # type: ignore[misc]
+    @batch
     def infer(**inputs: Any) -> dict[str, Any]:
         data = inputs[input_name]
         if delay_s:

@@ -10,6 +10,7 @@ runs the same code on the CPU so the script is tested where there is no GPU (nev
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
@@ -30,7 +31,7 @@ from preprocessing import load_series
 from preprocessing.pipeline import Pipeline
 from serving.backends import BackendModel, RequestContext, create_backend
 
-PIPELINE = [
+PIPELINE: list[dict[str, Any]] = [
     {"transform": "Orientation", "axcodes": "RAS"},
     {"transform": "Spacing", "pixdim": [1.0, 1.0, 5.0]},
     {"transform": "Window", "center": 40, "width": 80},
@@ -61,7 +62,7 @@ def _preprocessing(device: str, repeats: int, matrix: int, workdir: Path) -> lis
     diff = float((gpu.cpu() - cpu).abs().max())
     runs = []
     for name, dev in (("preprocess-cpu", "cpu"), (f"preprocess-{device}", device)):
-        seconds = _median_s(lambda d=dev: pipeline(volume, d), repeats, dev == "cuda")
+        seconds = _median_s(functools.partial(pipeline, volume, dev), repeats, dev == "cuda")
         runs.append({"system": name, "metrics": {"median_s": seconds, "max_abs_diff_vs_cpu": diff}})
         progress(f"{name}: {seconds * 1000:.1f} ms per volume")
     return runs
@@ -84,11 +85,11 @@ def _inference(device: str, repeats: int, smoke: bool) -> list[dict[str, Any]]:
         ):
             out = backend.infer(model, batch, RequestContext("parity"))
             diff = max(float(np.abs(out[k] - reference[k]).max()) for k in reference)
-            seconds = _median_s(
-                lambda b=backend, m=model, x=batch: b.infer(m, x, RequestContext("t")),
-                repeats,
-                False,
-            )
+
+            def infer_once(b: Any = backend, m: BackendModel = model, x: Any = batch) -> Any:
+                return b.infer(m, x, RequestContext("t"))  # a fresh context per request
+
+            seconds = _median_s(infer_once, repeats, False)
             runs.append(
                 {
                     "system": system,
