@@ -26,12 +26,14 @@ from pydicom.uid import generate_uid
 from models.synthetic import generate_study
 from router.messages import validate_rank_change_fhir, validate_rank_change_hl7
 from serving.cli import main
+from serving.gateway.mllp import ack_code, send_message
 from serving.jobstore import OutboxState, StudyState, TaskState
 from serving.service.app import Service
 from tests.orthanc_peer import DICOMWEB_PLUGIN, OrthancPeer, free_port, orthanc_server
 from tests.peers import require_executable
 from tests.service_harness import running_service, service_config, storescu, wait_for
 from tests.test_delivery import mllp_peer
+from tests.test_service import _orm
 
 pytestmark = pytest.mark.peers
 
@@ -653,6 +655,9 @@ def test_rank_changes_reach_the_ris_as_hl7_and_a_fhir_server_as_a_task(tmp_path:
         with running_service(config) as service:
             assert storescu(service.ports.dicom, normal.files).returncode == 0
             wait_for(lambda: _finished_tasks(service, normal.study_uid), what="first task")
+            assert service.ports.hl7 is not None  # the RIS's routine order for the bleed study
+            ack = send_message("127.0.0.1", service.ports.hl7, _orm(bleed, "R"))
+            assert ack_code(ack) == "AA"
             assert storescu(service.ports.dicom, bleed.files).returncode == 0
 
             def flagged_orm() -> list[str]:
@@ -673,6 +678,8 @@ def test_rank_changes_reach_the_ris_as_hl7_and_a_fhir_server_as_a_task(tmp_path:
             validate_rank_change_fhir(task)
             accession = str(_source(bleed).AccessionNumber)
             assert f"|{accession}|" in orm and "worklist rank" in orm and "-> 1" in orm
+            [orc] = [seg.split("|") for seg in orm.split("\r") if seg.startswith("ORC|")]
+            assert orc[2:4] == [f"P{accession}", f"F{accession}"]  # the RIS's own numbers
             assert task["basedOn"][0]["identifier"]["value"] == accession
             assert all(b["type"] == "transaction" for b in fhir.received)
             assert all(m.split("\r")[0].split("|")[8] == "ORM^O01^ORM_O01" for m in ris_received)

@@ -144,6 +144,32 @@ def test_orm_change_order_by_accession():
     assert field(obr, 18) == ACCESSION  # the project's accession field
 
 
+def test_orm_names_the_ris_order_numbers_of_a_received_order():
+    from router.context import OrderContext
+
+    order = OrderContext(ACCESSION, placer_order_number="PO-7781", filler_order_number="FO-1290")
+    text = hl7(change(), order=order)
+    validate_rank_change_hl7(text)
+    orc, obr = one(text, "ORC"), one(text, "OBR")
+    assert (field(orc, 2), field(orc, 3)) == ("PO-7781", "FO-1290")
+    assert (field(obr, 2), field(obr, 3)) == ("PO-7781", "FO-1290")
+    assert field(obr, 18) == ACCESSION
+    placer_only = OrderContext(ACCESSION, placer_order_number="PO-7781")
+    orc = one(hl7(change(), order=placer_only), "ORC")
+    assert (field(orc, 2), field(orc, 3)) == ("PO-7781", "")
+    numberless = OrderContext(ACCESSION)  # e.g. an OMI^O23 without ORC-2/ORC-3
+    orc = one(hl7(change(), order=numberless), "ORC")
+    assert (field(orc, 2), field(orc, 3)) == (ACCESSION, ACCESSION)
+
+
+def test_orm_refuses_an_order_of_another_accession():
+    from router.context import OrderContext
+
+    other = OrderContext("ACC-OTHER", placer_order_number="PO-1")
+    with pytest.raises(MessageInvalid, match="another accession number"):
+        hl7(change(), order=other)
+
+
 @pytest.mark.parametrize(("red_flag", "priority"), [(True, "S"), (False, "")])
 def test_orm_priority_in_orc7_and_obr27(red_flag: bool, priority: str):
     """S with a red flag; otherwise empty, so a stat order is never downgraded to routine."""

@@ -5,8 +5,11 @@ payload has two siblings built here, both from the change alone and both validat
 leave:
 
 - **HL7 v2** ``ORM^O01`` with order control ``XO`` (change order), checked by
-  ``validate_rank_change_hl7`` at hl7apy STRICT level. The RIS finds its order by accession
-  number (ORC-2/ORC-3, OBR-2/OBR-3 and, as elsewhere in statlane, OBR-18). ORM_O01 in v2.5.1 has
+  ``validate_rank_change_hl7`` at hl7apy STRICT level. The RIS finds its order by its own
+  placer and filler order numbers (ORC-2/ORC-3 and OBR-2/OBR-3, from the order it sent, as the
+  ORU does) and by accession number (OBR-18, as elsewhere in statlane); for a study without a
+  received order, or an order without those numbers, the accession number stands in for both
+  (radiology systems commonly use it as the filler order number). ORM_O01 in v2.5.1 has
   no TQ1 segment, so the priority (HL7 table 0027: ``S`` stat when the study carries a red flag)
   goes in the TQ priority component of ORC-7 and, equal to it as IHE Radiology asks, of OBR-27.
   Without a red flag both stay empty: the change does not know the order's own priority, and a
@@ -32,8 +35,10 @@ both. Error texts name the study by Study Instance UID.
 Layout of the HL7 message::
 
     MSH  ORM^O01^ORM_O01, 2.5.1, MSH-7 = when the order was computed
-    ORC  XO, ORC-2/ORC-3 = accession, ORC-7.6 priority S or empty, ORC-9 = MSH-7
-    OBR  OBR-2/OBR-3 = accession, OBR-4 ^AI worklist priority, OBR-18 accession, OBR-27.6 = ORC-7.6
+    ORC  XO, ORC-2/ORC-3 = the order's placer/filler numbers (else accession), ORC-7.6 priority
+         S or empty, ORC-9 = MSH-7
+    OBR  OBR-2/OBR-3 = ORC-2/ORC-3, OBR-4 ^AI worklist priority, OBR-18 accession,
+         OBR-27.6 = ORC-7.6
     NTE  "AI: critical finding suspected; worklist rank 15 -> 1"
     OBX  ST, 110180^Study Instance UID^DCM, the UID, OBX-11 O
 """
@@ -56,6 +61,7 @@ from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_message
 from hl7apy.validation import Validator
 
+from router.context import OrderContext
 from router.messages.codes import DICOM_UID, V2_0203, Code, MessageInvalid
 from router.messages.hl7_oru import (
     VERSION,
@@ -151,6 +157,7 @@ def build_rank_change_hl7(
     at: datetime,
     *,
     message_control_id: str,
+    order: OrderContext | None = None,
     sending_application: str = "STATLANE",
     sending_facility: str = "STATLANE",
     receiving_application: str = "RIS",
@@ -162,6 +169,8 @@ def build_rank_change_hl7(
         change: The study's rank change.
         at: When the new order was computed: MSH-7 and ORC-9, timezone-aware.
         message_control_id: MSH-10, 1-20 characters.
+        order: The order the RIS sent for this accession number, if one was received: its
+            placer and filler order numbers go in ORC-2/ORC-3 and OBR-2/OBR-3.
         sending_application: MSH-3.
         sending_facility: MSH-4.
         receiving_application: MSH-5.
@@ -169,12 +178,14 @@ def build_rank_change_hl7(
 
     Raises:
         MessageInvalid: The change cannot make a valid message (no accession number or Study
-            Instance UID, a naive datetime, a field too long ...); the text is checked with
-            ``validate_rank_change_hl7`` before it is returned.
+            Instance UID, an order of another accession number, a naive datetime, a field
+            too long ...); the text is checked with ``validate_rank_change_hl7`` before it is
+            returned.
     """
     uid = _required_uid(change)
     if not change.accession.strip():
         raise MessageInvalid(f"study {uid}: no accession number; the RIS cannot find the order")
+    placer, filler = _order_numbers(change, order, uid)
     if not 0 < len(message_control_id) <= 20:  # MSH-10 is ST(20) in v2.5.1
         raise MessageInvalid(f"study {uid}: MSH-10 message control ID must be 1-20 characters")
     when = hl7_datetime(at)
@@ -192,21 +203,25 @@ def build_rank_change_hl7(
         msh.msh_10 = _st(message_control_id)
         msh.msh_11 = "P"
         msh.msh_18 = "UNICODE UTF-8"
-    order = message.add_group("ORM_O01_ORDER")
+    order_group = message.add_group("ORM_O01_ORDER")
     with _building(uid, "ORC"):
-        orc = order.add_segment("ORC")
+        orc = order_group.add_segment("ORC")
         orc.orc_1 = ORDER_CONTROL
-        orc.orc_2.ei_1 = _st(change.accession)
-        orc.orc_3.ei_1 = _st(change.accession)
+        if placer:
+            orc.orc_2.ei_1 = _st(placer)
+        if filler:
+            orc.orc_3.ei_1 = _st(filler)
         if priority:
             orc.orc_7.tq_6 = priority
         orc.orc_9.ts_1 = when
-    detail = order.add_group("ORM_O01_ORDER_DETAIL")
+    detail = order_group.add_group("ORM_O01_ORDER_DETAIL")
     with _building(uid, "OBR"):
         obr = detail.add_group("ORM_O01_OBRRQDRQ1RXOODSODT_SUPPGRP").add_segment("OBR")
         obr.obr_1 = "1"
-        obr.obr_2.ei_1 = _st(change.accession)
-        obr.obr_3.ei_1 = _st(change.accession)
+        if placer:
+            obr.obr_2.ei_1 = _st(placer)
+        if filler:
+            obr.obr_3.ei_1 = _st(filler)
         obr.obr_4.ce_2 = _st(SERVICE_TEXT)
         obr.obr_18 = _st(change.accession)
         if priority:
@@ -232,6 +247,17 @@ def build_rank_change_hl7(
         raise MessageInvalid(f"study {uid}: built an invalid message: {exc}") from None
     log.debug("built ORM^O01 %s for study %s: priority %s", message_control_id, uid, priority)
     return text
+
+
+def _order_numbers(change: RankChange, order: OrderContext | None, uid: str) -> tuple[str, str]:
+    """Placer and filler order numbers for ORC-2/ORC-3: the order's, else the accession."""
+    if order is None:
+        return change.accession, change.accession
+    if order.accession_number != change.accession:
+        raise MessageInvalid(f"study {uid}: the order given is of another accession number")
+    if not (order.placer_order_number or order.filler_order_number):
+        return change.accession, change.accession
+    return order.placer_order_number, order.filler_order_number
 
 
 def validate_rank_change_hl7(text: str) -> None:

@@ -341,6 +341,11 @@ class JobStore:
             row = session.get(Order, accession)
             return None if row is None else to_row(OrderRow, row)
 
+    def order_context(self, accession: str) -> OrderContext | None:
+        """The received order of ``accession`` as order context; None without one (or for "")."""
+        row = self.order(accession) if accession else None
+        return row.context() if row is not None else None
+
     # ---- tasks ----------------------------------------------------------------------------
 
     def create_task(

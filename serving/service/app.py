@@ -423,10 +423,15 @@ class Service:
         now = self.utc()
         for change in changes:
             priority = PriorityClass.STAT if change.red_flag else PriorityClass.ROUTINE
+            order = self.store.order_context(change.accession)  # the RIS's own order numbers
             for name in self.config.worklist.signals:
                 self._signal_sequence += 1
                 kind, payload = rank_change_item(
-                    self.destination_types.get(name, "webhook"), change, now, self._signal_sequence
+                    self.destination_types.get(name, "webhook"),
+                    change,
+                    now,
+                    self._signal_sequence,
+                    order,
                 )
                 self.outbox.enqueue(
                     "worklist",

@@ -226,17 +226,23 @@ class ResultDelivery:
 
 
 def rank_change_item(
-    destination_type: str, change: RankChange, at: datetime, sequence: int
+    destination_type: str,
+    change: RankChange,
+    at: datetime,
+    sequence: int,
+    order: OrderContext | None = None,
 ) -> tuple[str, str]:
     """The outbox kind and payload of one worklist rank change for a destination type.
 
-    MLLP destinations get an HL7 ORM^O01 (order control XO), FHIR destinations a transaction
-    bundle with one Task, every other type the JSON signal. ``sequence`` numbers the signals
-    (HL7 message control IDs).
+    MLLP destinations get an HL7 ORM^O01 (order control XO) naming the RIS's own order numbers
+    when ``order`` (received for the change's accession number) has them, FHIR destinations a
+    transaction bundle with one Task, every other type the JSON signal. ``sequence`` numbers the
+    signals (HL7 message control IDs).
     """
     if destination_type == "mllp":
         control_id = f"WL{sequence}"[:20]
-        return "hl7", build_rank_change_hl7(change, at, message_control_id=control_id)
+        text = build_rank_change_hl7(change, at, message_control_id=control_id, order=order)
+        return "hl7", text
     if destination_type == "fhir":
         bundle = {
             "resourceType": "Bundle",

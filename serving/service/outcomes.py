@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 import pydicom
 
 from models.manifest import Manifest, Task
-from router.context import OrderContext
 from router.result import AIResult, Mode
 from router.worklist import AIStatus
 from serving.jobstore import StudyState, TaskRow, TaskState, TransitionError
@@ -136,7 +135,7 @@ def result_ready(coordinator: Coordinator, launched: _Launched, job: JobResult) 
     # Deliveries are enqueued before the task is finished: a crash in between re-runs the
     # task and enqueues the same items again (deterministic objects, deduplicated keys),
     # while a crash after finishing can no longer lose them.
-    order = _order_for_accession(coordinator, ai.study.accession_number)
+    order = coordinator.store.order_context(ai.study.accession_number)
     coordinator.deliver(task, ai, order, with_mask)
     if not store.finish_task(task.task_id, launched.attempt, document):
         store.audit(
@@ -180,12 +179,6 @@ def result_ready(coordinator: Coordinator, launched: _Launched, job: JobResult) 
             store.set_study_state(task.study_instance_uid, StudyState.DONE)
         except TransitionError:  # a late instance reopened the study: its re-run ends it
             log.info("study reopened while its result was handled; the re-run finishes it")
-
-
-def _order_for_accession(coordinator: Coordinator, accession: str) -> OrderContext | None:
-    """The order with this accession number, if one was received."""
-    row = coordinator.store.order(accession) if accession else None
-    return row.context() if row is not None else None
 
 
 def _ai_result(
