@@ -423,15 +423,17 @@ class Service:
         now = self.utc()
         for change in changes:
             priority = PriorityClass.STAT if change.red_flag else PriorityClass.ROUTINE
-            order = self.store.order_context(change.accession)  # the RIS's own order numbers
             for name in self.config.worklist.signals:
                 self._signal_sequence += 1
+                destination_type = self.destination_types.get(name, "webhook")
+                # An HL7 signal names the RIS's own order numbers: read the order it sent.
+                order = (
+                    self.store.order_context(change.accession)
+                    if destination_type == "mllp"
+                    else None
+                )
                 kind, payload = rank_change_item(
-                    self.destination_types.get(name, "webhook"),
-                    change,
-                    now,
-                    self._signal_sequence,
-                    order,
+                    destination_type, change, now, self._signal_sequence, order
                 )
                 self.outbox.enqueue(
                     "worklist",
