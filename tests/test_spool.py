@@ -186,6 +186,10 @@ def test_disk_full_during_the_write_is_out_of_resources_and_leaves_no_temp_file(
     def full(_: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    def full_write(_: int, __: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_write)  # the synchronized write of the data
     monkeypatch.setattr(os, "fsync", full)
     monkeypatch.setattr(os, "fdatasync", full, raising=False)
     with pytest.raises(OutOfResources):
@@ -277,7 +281,8 @@ def test_rescan_finds_every_instance_and_skips_debris(tmp_path: Path) -> None:
     stored = [spool.store(make_instance(f"{SERIES}.{i}"), SOURCE) for i in range(1, 6)]
     other = spool.store(make_instance("1.2.3.4", study_uid="1.2.3", series_uid="1.2.3.9"), SOURCE)
     leaf = stored[0].path.parent
-    (leaf / f".{'0' * 64}.abc.tmp").write_bytes(b"half a file")  # crash mid-write
+    (spool.staging_dir / f".{'1' * 32}.tmp").write_bytes(b"half a file")  # crash mid-write
+    (leaf / f".{'0' * 64}.abc.tmp").write_bytes(b"half a file")  # left by an earlier version
     (leaf / f"{'f' * 64}.dcm").write_bytes(b"garbage")  # unreadable
     misplaced = leaf / f"{'e' * 64}.dcm"  # readable, but not where its UIDs say
     misplaced.write_bytes(make_instance(f"{SERIES}.99"))
@@ -290,8 +295,8 @@ def test_rescan_finds_every_instance_and_skips_debris(tmp_path: Path) -> None:
     assert {f.path for f in found} == {s.path for s in [*stored, other]}
     assert all(f.source.channel == "rescan" for f in found)
     assert all(f.size_bytes == f.path.stat().st_size for f in found)
-    assert spool.discard_partial_writes() == 1
-    assert not list(leaf.glob("*.tmp"))
+    assert spool.discard_partial_writes() == 2
+    assert not list(leaf.glob("*.tmp")) and not list(spool.staging_dir.iterdir())
 
 
 # --- read_header: the fast reader and pydicom's reader must agree ------------------------------
@@ -611,31 +616,50 @@ def tag_name(tag: bytes) -> str:
     return f"({tag[1]:02X}{tag[0]:02X},{tag[3]:02X}{tag[2]:02X})"
 
 
-def test_the_file_data_is_synced_before_the_rename_and_the_directory_after(
+def test_the_data_is_on_disk_before_the_rename_and_the_directory_synced_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spool = make_spool(tmp_path)
     spool.store(make_instance(sop_uid="1.2.3.4.5"), SOURCE)  # directories exist from here on
     events: list[str] = []
-    fsync, fdatasync, replace = os.fsync, getattr(os, "fdatasync", None), os.replace
+    fsync, open_, write, replace = os.fsync, os.open, os.write, os.replace
+
+    def record_open(path: object, flags: int, mode: int = 0o777) -> int:
+        if Path(str(path)).parent == spool.staging_dir:
+            events.append("open O_DSYNC" if flags & os.O_DSYNC else "open")
+        return open_(path, flags, mode)  # type: ignore[arg-type]
+
+    def record_write(fd: int, data: bytes) -> int:
+        events.append("write")
+        return write(fd, data)
 
     def record_fsync(fd: int) -> None:
         events.append("dir-sync" if os.path.isdir(f"/proc/self/fd/{fd}") else "file-fsync")
         fsync(fd)
 
-    def record_fdatasync(fd: int) -> None:
-        events.append("file-sync")
-        assert fdatasync is not None
-        fdatasync(fd)
-
     def record_replace(src: object, dst: object) -> None:
         events.append("rename")
         replace(src, dst)  # type: ignore[arg-type]
 
+    monkeypatch.setattr(os, "open", record_open)
+    monkeypatch.setattr(os, "write", record_write)
     monkeypatch.setattr(os, "fsync", record_fsync)
-    if fdatasync is not None:
-        monkeypatch.setattr(os, "fdatasync", record_fdatasync)
     monkeypatch.setattr(os, "replace", record_replace)
-    spool.store(make_instance(sop_uid="1.2.3.4.6"), SOURCE)
-    synced = "file-sync" if fdatasync is not None else "file-fsync"
-    assert events == [synced, "rename", "dir-sync"]
+    stored = spool.store(make_instance(sop_uid="1.2.3.4.6"), SOURCE)
+    # O_DSYNC: the write returns once the data and the size to read it back are on disk
+    assert events == ["open O_DSYNC", "write", "rename", "dir-sync"]
+    assert stored.path.read_bytes() == make_instance(sop_uid="1.2.3.4.6")
+    assert not list(spool.staging_dir.iterdir())
+
+
+def test_a_refused_instance_and_a_duplicate_leave_nothing_in_staging(tmp_path: Path) -> None:
+    spool = make_spool(tmp_path)
+    with pytest.raises(InvalidInstance):
+        spool.store(make_instance(omit=("SOPInstanceUID",)), SOURCE)
+    with pytest.raises(StudyMismatch):
+        spool.store(make_instance(), SOURCE, expected_study_uid="1.2.999")
+    first = spool.store(make_instance(), SOURCE)
+    again = spool.store(make_instance(), SOURCE)
+    assert again.duplicate and first.path.exists()
+    assert not list(spool.staging_dir.iterdir())
+    assert all_files(tmp_path) == [first.path]

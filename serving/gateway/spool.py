@@ -4,9 +4,16 @@ Layout (file names never come from network data, only from hashes of validated U
 
     root/instances/<sha256(StudyUID)[:16]>/<sha256(SeriesUID)[:16]>/<sha256(SOPInstanceUID)>.dcm
 
-A write goes to a temporary file in the target directory, is flushed and fsynced, renamed over
-the final name, and the directory is fsynced, so after a crash a file is either complete or
-absent (a leftover ``.tmp`` file is ignored by :meth:`Spool.iter_instances`).
+A write goes to a temporary file in ``root/staging``, opened with ``O_DSYNC`` so that the one
+``write`` returns only once the data (and the size needed to read it back) is on disk; it is then
+renamed to its final name and that directory is fsynced, so after a crash a file is either
+complete or absent (a leftover temporary file is never read, and is removed at start-up by
+:meth:`Spool.discard_partial_writes`).
+
+The header is checked on a parser thread *while* the write runs: the write holds no GIL for
+its whole duration, so the two overlap instead of adding up. The final name comes from the
+header's UIDs, which is why the data goes to the staging directory first. An instance the header
+check refuses, and a copy of one already stored, are deleted from staging, never renamed.
 
 A repeated SOP Instance UID is idempotent: identical bytes are not rewritten
 (``duplicate=True``). Different bytes under the same UID replace the stored copy
@@ -24,11 +31,12 @@ import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
@@ -62,6 +70,24 @@ MIB = 1024 * 1024
 DEFAULT_MIN_FREE_BYTES = 512 * MIB
 _LOCK_STRIPES = 64
 _TEMP_SUFFIX = ".tmp"
+_PARSER_THREADS = 4  # header checks are GIL-bound: more threads would not check faster
+# O_DSYNC: each write(2) is synchronized I/O data integrity completion (data plus the metadata
+# needed to read it back), as write + fdatasync, in one call that holds no GIL.
+_DSYNC = getattr(os, "O_DSYNC", 0)
+_STAGED_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | _DSYNC
+
+_parsers: ThreadPoolExecutor | None = None
+_parsers_lock = threading.Lock()
+
+
+def _parser_pool() -> ThreadPoolExecutor:
+    """The process's header-check threads (shared by every spool; created on first use)."""
+    global _parsers
+    with _parsers_lock:
+        if _parsers is None:
+            _parsers = ThreadPoolExecutor(_PARSER_THREADS, thread_name_prefix="spool-header")
+        return _parsers
+
 
 Channel = Literal["dimse", "stow", "rescan"]
 
@@ -186,6 +212,8 @@ class Spool:
         self.root = Path(root)
         self.instances_dir = self.root / "instances"
         self.instances_dir.mkdir(parents=True, exist_ok=True)
+        self.staging_dir = self.root / "staging"
+        self.staging_dir.mkdir(exist_ok=True)
         self.min_free_bytes = min_free_bytes
         self._free_bytes = free_bytes
         self._clock = clock
@@ -219,26 +247,49 @@ class Spool:
 
         Raises:
             InvalidInstance: Unreadable, truncated, or missing/invalid identity UIDs.
-            OutOfResources: Writing would leave less than ``min_free_bytes`` free.
+            OutOfResources: Writing would leave less than ``min_free_bytes`` free (checked
+                before anything is written, duplicates included), or the disk filled up.
         """
         data = _encode(instance)
-        identity, header = read_header(data, expected_study_uid=expected_study_uid)
-        path = self.path_for(
-            identity.study_instance_uid,
-            identity.series_instance_uid,
-            identity.sop_instance_uid,
-        )
-        lock = self._locks[int(path.stem[:8], 16) % _LOCK_STRIPES]
-        with lock:
-            duplicate, replaced = False, False
-            if path.exists():
-                if path.stat().st_size == len(data) and path.read_bytes() == data:
-                    duplicate = True
-                else:
-                    replaced = True
-            if not duplicate:
-                self._check_space(len(data))
-                self._write_durably(path, data)
+        self._check_space(len(data))
+        staged = self.staging_dir / f".{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+        try:
+            handle = os.open(staged, _STAGED_FLAGS, 0o644)
+            checked = _parser_pool().submit(
+                read_header, data, expected_study_uid=expected_study_uid
+            )
+            try:
+                self._write_synced(handle, data, checked)
+            finally:
+                os.close(handle)
+            identity, header = checked.result()
+            path = self.path_for(
+                identity.study_instance_uid,
+                identity.series_instance_uid,
+                identity.sop_instance_uid,
+            )
+            with self._locks[int(path.stem[:8], 16) % _LOCK_STRIPES]:
+                duplicate, replaced = False, False
+                if path.exists():
+                    if path.stat().st_size == len(data) and path.read_bytes() == data:
+                        duplicate = True
+                    else:
+                        replaced = True
+                if not duplicate:
+                    self._ensure_directory(path.parent)
+                    # rename(2): atomic, and it overwrites a replaced instance.
+                    os.replace(staged, path)
+                    _fsync_directory(path.parent)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OutOfResources(
+                    free_bytes=self._free_bytes(self.instances_dir),
+                    needed_bytes=len(data),
+                    reserve_bytes=self.min_free_bytes,
+                ) from exc
+            raise
+        finally:
+            staged.unlink(missing_ok=True)  # gone already unless refused, a duplicate or failed
         stored = self._stored(identity, path, len(data), source, duplicate, replaced, header)
         LOGGER.debug(
             "spooled SOP instance %s (%d bytes, duplicate=%s, replaced=%s)",
@@ -291,7 +342,11 @@ class Spool:
         Call at start-up only, before any association or request is served.
         """
         removed = 0
-        for path in self.instances_dir.glob(f"*/*/.*{_TEMP_SUFFIX}"):
+        leftovers = (
+            *self.staging_dir.glob(f".*{_TEMP_SUFFIX}"),
+            *self.instances_dir.glob(f"*/*/.*{_TEMP_SUFFIX}"),  # written by earlier versions
+        )
+        for path in leftovers:
             path.unlink(missing_ok=True)
             removed += 1
         return removed
@@ -310,29 +365,21 @@ class Spool:
                 level.mkdir(exist_ok=True)
                 _fsync_directory(level.parent)
 
-    def _write_durably(self, path: Path, data: bytes) -> None:
-        directory = path.parent
-        temporary = directory / f".{path.stem}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+    @staticmethod
+    def _write_synced(handle: int, data: bytes, checked: Future[Any]) -> None:
+        """Write ``data`` to the staged file and make it durable while ``checked`` runs.
+
+        With ``O_DSYNC`` each write(2) returns once its data is on disk; without it (a
+        platform that lacks the flag) the file is fdatasynced after the last write.
+        """
         try:
-            self._ensure_directory(directory)
-            with temporary.open("xb") as handle:
-                handle.write(data)
-                handle.flush()
-                _sync_file_data(handle.fileno())
-            # os.replace is rename(2) on POSIX: atomic, and it overwrites a replaced instance.
-            os.replace(temporary, path)
-            _fsync_directory(directory)
-        except OSError as exc:
-            temporary.unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise OutOfResources(
-                    free_bytes=self._free_bytes(self.instances_dir),
-                    needed_bytes=len(data),
-                    reserve_bytes=self.min_free_bytes,
-                ) from exc
-            raise
+            written = os.write(handle, data)  # a regular file takes it all, in practice
+            while written < len(data):
+                written += os.write(handle, memoryview(data)[written:])
+            if not _DSYNC:
+                _sync_file_data(handle)
         except BaseException:
-            temporary.unlink(missing_ok=True)
+            checked.cancel()  # not started yet: skip it; started: its result is not awaited
             raise
 
     def _stored(
