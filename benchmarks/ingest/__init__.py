@@ -9,7 +9,8 @@ instances as two 250-slice chest CTs, 512x512, 1.25 mm; ``--smoke``: one 40-slic
 * ``gateway-ack-only`` - a reference: statlane's own DICOM gateway (pynetdicom, same AE
   settings and handlers) with a spool that keeps nothing: the ceiling of the DIMSE layer;
 * ``statlane-durable`` - ``statlane serve`` with a fresh var dir, the default rules and a short
-  quiet period: an instance is acknowledged once the spool has fsynced it.
+  quiet period: an instance is acknowledged once the spool has it on disk (synchronized
+  write, rename, directory fsync).
 
 Measured: instances/s (storescu start to exit), the server's CPU per instance, and for statlane
 the time from the last instance (its spool file) to its task being queued and started (job
