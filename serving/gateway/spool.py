@@ -243,7 +243,7 @@ class Spool:
                 with ``file_meta``.
             source: Who sent it.
             expected_study_uid: When set, an instance of another study is refused
-                (:class:`~serving.gateway.errors.StudyMismatch`) without writing.
+                (:class:`~serving.gateway.errors.StudyMismatch`) and nothing of it is kept.
 
         Raises:
             InvalidInstance: Unreadable, truncated, or missing/invalid identity UIDs.
