@@ -97,3 +97,28 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "stat" in out and "deadline misses" in out
     assert (tmp_path / "flagged-key-slice.png").stat().st_size > 10_000
     assert len(list((tmp_path / "results").glob("*.dcm"))) >= 16
+
+
+def test_serve_ports_file_appears_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test or script polling for the ports file must never read it empty (seen in CI)."""
+    import json
+    import os
+
+    from serving.commands import serve
+
+    target = tmp_path / "ports.json"
+    seen_at_rename: list[bool] = []
+    real_replace = os.replace
+
+    def replace(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:
+        seen_at_rename.append(target.exists())
+        assert json.loads(Path(source).read_text()) == {"dicom": 1, "http": 2, "hl7": 3}
+        real_replace(source, destination)
+
+    monkeypatch.setattr(serve.os, "replace", replace)
+    serve.write_ports_file(target, {"dicom": 1, "http": 2, "hl7": 3})
+    assert seen_at_rename == [False]
+    assert json.loads(target.read_text()) == {"dicom": 1, "http": 2, "hl7": 3}
+    assert [path.name for path in tmp_path.iterdir()] == ["ports.json"]

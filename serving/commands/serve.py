@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -13,6 +15,18 @@ from typing import Any
 from serving.config import ConfigError, load_config
 
 log = logging.getLogger(__name__)
+
+
+def write_ports_file(path: Path, ports: dict[str, int]) -> None:
+    """Write the bound TCP ports to ``path`` as JSON, atomically.
+
+    The JSON goes to a sibling temporary file that is then renamed over ``path``, so a
+    process polling for ``path`` sees either no file or the whole document, never an
+    empty or half-written one.
+    """
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(ports))
+    os.replace(partial, path)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -50,8 +64,6 @@ def _overrides(args: argparse.Namespace, raw: dict[str, Any]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; 1 when the configuration or a listener fails."""
-    import json
-
     from serving.config import ServiceConfig
     from serving.service.app import Service
     from serving.service.heap import settle_heap
@@ -74,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
     settled = settle_heap()
     log.info("start-up heap frozen: %d objects", settled.frozen)
     if args.ports_file is not None:
-        args.ports_file.write_text(
-            json.dumps({"dicom": ports.dicom, "http": ports.http, "hl7": ports.hl7})
+        write_ports_file(
+            args.ports_file, {"dicom": ports.dicom, "http": ports.http, "hl7": ports.hl7}
         )
     print(
         f"statlane serving: DICOM {config.dicom.ae_title}@{ports.dicom}, "
