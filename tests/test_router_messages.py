@@ -31,10 +31,10 @@ from router.messages import (
 )
 from router.messages.codes import DICOM_UID, SNOMED, UCUM, V2_0203
 from router.result import AIResult
+from tests.hl7_text import unescape
 from tests.result_factory import ct_head_result, cxr_result
 
 NOW = datetime(2026, 11, 30, 12, 5, 0, tzinfo=UTC)
-SEGMENT_ESCAPES = {"\\F\\": "|", "\\S\\": "^", "\\T\\": "&", "\\R\\": "~", "\\E\\": "\\"}
 
 
 @pytest.fixture(scope="module")
@@ -88,20 +88,6 @@ def segments(text: str, name: str) -> list[list[str]]:
 
 def field(seg: list[str], n: int) -> str:
     return seg[n] if n < len(seg) else ""
-
-
-def unescape(value: str) -> str:
-    out, i = [], 0
-    while i < len(value):
-        for sequence, char in SEGMENT_ESCAPES.items():
-            if value.startswith(sequence, i):
-                out.append(char)
-                i += len(sequence)
-                break
-        else:
-            out.append(value[i])
-            i += 1
-    return "".join(out)
 
 
 def entries(bundle: dict[str, Any], kind: str) -> list[dict[str, Any]]:

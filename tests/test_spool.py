@@ -622,7 +622,7 @@ def test_the_data_is_on_disk_before_the_rename_and_the_directory_synced_after(
     spool = make_spool(tmp_path)
     spool.store(make_instance(sop_uid="1.2.3.4.5"), SOURCE)  # directories exist from here on
     events: list[str] = []
-    fsync, open_, write, replace = os.fsync, os.open, os.write, os.replace
+    fsync, open_, write, replace, unlink = os.fsync, os.open, os.write, os.replace, os.unlink
 
     def record_open(path: object, flags: int, mode: int = 0o777) -> int:
         if Path(str(path)).parent == spool.staging_dir:
@@ -641,10 +641,15 @@ def test_the_data_is_on_disk_before_the_rename_and_the_directory_synced_after(
         events.append("rename")
         replace(src, dst)  # type: ignore[arg-type]
 
+    def record_unlink(path: object, *args: object, **kwargs: object) -> None:
+        events.append("unlink")  # none for a stored instance: its staged file was renamed
+        unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
     monkeypatch.setattr(os, "open", record_open)
     monkeypatch.setattr(os, "write", record_write)
     monkeypatch.setattr(os, "fsync", record_fsync)
     monkeypatch.setattr(os, "replace", record_replace)
+    monkeypatch.setattr(os, "unlink", record_unlink)
     stored = spool.store(make_instance(sop_uid="1.2.3.4.6"), SOURCE)
     # O_DSYNC: the write returns once the data and the size to read it back are on disk
     assert events == ["open O_DSYNC", "write", "rename", "dir-sync"]

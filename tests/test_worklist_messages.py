@@ -29,6 +29,7 @@ from router.messages import (
 from router.messages.codes import DICOM_UID, V2_0203
 from router.messages.worklist_signal import describe_rank_change
 from router.worklist import AIStatus, Label, RankChange, Worklist, WorklistEntry, rank_changes
+from tests.hl7_text import unescape
 
 AT = datetime(2026, 11, 30, 12, 5, 7, tzinfo=UTC)
 STUDY_UID = "1.2.826.0.1.3680043.8.498.10498726317464051244711085734019266713"  # 64 chars
@@ -36,7 +37,6 @@ ACCESSION = "RAD2026113000417"
 # What the PACS knows about the same study; none of it may travel with a worklist signal.
 PATIENT_ID = "MRN-00482913"
 PATIENT_NAME = "DOE^JANE^Q"
-ESCAPES = {"\\F\\": "|", "\\S\\": "^", "\\T\\": "&", "\\R\\": "~", "\\E\\": "\\"}
 
 
 def change(
@@ -72,20 +72,6 @@ def field(seg: list[str], n: int) -> str:
 def component(value: str, n: int) -> str:
     parts = value.split("^")
     return parts[n - 1] if n <= len(parts) else ""
-
-
-def unescape(value: str) -> str:
-    out, i = [], 0
-    while i < len(value):
-        for sequence, char in ESCAPES.items():
-            if value.startswith(sequence, i):
-                out.append(char)
-                i += len(sequence)
-                break
-        else:
-            out.append(value[i])
-            i += 1
-    return "".join(out)
 
 
 CASES = {

@@ -17,7 +17,7 @@ from serving.config import ConfigError, load_config
 log = logging.getLogger(__name__)
 
 
-def write_ports_file(path: Path, ports: dict[str, int]) -> None:
+def write_ports_file(path: Path, ports: dict[str, int | None]) -> None:
     """Write the bound TCP ports to ``path`` as JSON, atomically.
 
     The JSON goes to a sibling temporary file that is then renamed over ``path``, so a

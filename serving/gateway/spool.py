@@ -253,6 +253,7 @@ class Spool:
         data = _encode(instance)
         self._check_space(len(data))
         staged = self.staging_dir / f".{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+        renamed = False
         try:
             handle = os.open(staged, _STAGED_FLAGS, 0o644)
             checked = _parser_pool().submit(
@@ -279,6 +280,7 @@ class Spool:
                     self._ensure_directory(path.parent)
                     # rename(2): atomic, and it overwrites a replaced instance.
                     os.replace(staged, path)
+                    renamed = True
                     _fsync_directory(path.parent)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -289,7 +291,8 @@ class Spool:
                 ) from exc
             raise
         finally:
-            staged.unlink(missing_ok=True)  # gone already unless refused, a duplicate or failed
+            if not renamed:  # refused, a duplicate, or failed: nothing of it is kept
+                staged.unlink(missing_ok=True)
         stored = self._stored(identity, path, len(data), source, duplicate, replaced, header)
         LOGGER.debug(
             "spooled SOP instance %s (%d bytes, duplicate=%s, replaced=%s)",
