@@ -89,13 +89,13 @@ def orthanc_server(
         timeout_s: How long to wait for the REST API to answer, seconds.
     """
     binary = require_executable("Orthanc", "apt-get install orthanc orthanc-dicomweb")
+    if dicomweb and not DICOMWEB_PLUGIN.exists():
+        require_executable("__orthanc_dicomweb_plugin__", "apt-get install orthanc-dicomweb")
     workdir.mkdir(parents=True, exist_ok=True)
     peer_config: dict[str, Any] = {
         "Name": "statlane-test-pacs",
         "StorageDirectory": str(workdir / "storage"),
         "IndexDirectory": str(workdir / "index"),
-        "HttpPort": free_port(),
-        "DicomPort": free_port(),
         "DicomAet": aet,
         "RemoteAccessAllowed": True,
         "AuthenticationEnabled": False,
@@ -109,36 +109,72 @@ def orthanc_server(
         "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full"},
     }
-    if dicomweb and not DICOMWEB_PLUGIN.exists():
-        require_executable("__orthanc_dicomweb_plugin__", "apt-get install orthanc-dicomweb")
     config_path = workdir / "orthanc.json"
-    config_path.write_text(json.dumps(peer_config, indent=2))
     env = dict(os.environ, TCP_NODELAY="1")
-    log = (workdir / "orthanc.log").open("wb")
-    process = subprocess.Popen(
-        [str(binary), str(config_path)], stdout=log, stderr=subprocess.STDOUT, env=env
-    )
-    peer = OrthancPeer(aet, peer_config["DicomPort"], peer_config["HttpPort"], process)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"Orthanc exited with {process.returncode}: see {workdir / 'orthanc.log'}"
-                )
-            try:
-                peer.get("/system")
+    for attempt in range(1, START_ATTEMPTS + 1):
+        # A port free a moment ago can be taken before Orthanc binds it: then Orthanc exits
+        # at once, and it starts again on fresh ports.
+        peer_config["HttpPort"], peer_config["DicomPort"] = free_ports(2)
+        config_path.write_text(json.dumps(peer_config, indent=2))
+        log = (workdir / "orthanc.log").open("wb")
+        process = subprocess.Popen(
+            [str(binary), str(config_path)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        peer = OrthancPeer(aet, peer_config["DicomPort"], peer_config["HttpPort"], process)
+        try:
+            if _answers(peer, timeout_s):
                 break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"Orthanc did not answer within {timeout_s} s") from None
-                time.sleep(0.1)
+        except BaseException:
+            _stop(process, log)
+            raise
+        _stop(process, log)
+        if attempt == START_ATTEMPTS:
+            raise RuntimeError(
+                f"Orthanc exited with {process.returncode} {START_ATTEMPTS} times: "
+                f"see {workdir / 'orthanc.log'}"
+            )
+    try:
         yield peer
     finally:
-        process.terminate()
+        _stop(process, log)
+
+
+START_ATTEMPTS = 3
+"""How many times Orthanc is started on fresh ports before its start counts as failed."""
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports that were free a moment ago on loopback."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))  # all held at once: never the same port twice
+        return [int(probe.getsockname()[1]) for probe in probes]
+
+
+def _answers(peer: OrthancPeer, timeout_s: float) -> bool:
+    """True once Orthanc's REST API answers; False if it exited first (e.g. a port taken).
+
+    Raises ``RuntimeError`` if it neither answers nor exits within ``timeout_s`` seconds.
+    """
+    deadline = time.monotonic() + timeout_s
+    while peer.process.poll() is None:
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+            peer.get("/system")
+            return True
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Orthanc did not answer within {timeout_s} s") from None
+            time.sleep(0.1)
+    return False
+
+
+def _stop(process: subprocess.Popen[bytes], log: Any) -> None:
+    """Terminate Orthanc (kill it after 10 s) and close its log."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    log.close()

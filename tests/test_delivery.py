@@ -279,9 +279,9 @@ def test_peer_that_never_answers_times_out_retryable(ct_study: list[Path]) -> No
 
 
 def test_no_c_store_response_is_retryable(store_scp: StoreScp, ct_study: list[Path]) -> None:
-    store_scp.delay_s = 1.5
+    store_scp.delay_s = 4.0  # the timeout also bounds the association set-up: leave it room
     with pytest.raises(DeliveryError) as caught:
-        scp_destination(store_scp, timeout_s=0.5).deliver(Payload("dicom", path=ct_study[0]))
+        scp_destination(store_scp, timeout_s=1.5).deliver(Payload("dicom", path=ct_study[0]))
     assert caught.value.retryable
     assert "no C-STORE response" in caught.value.message
 

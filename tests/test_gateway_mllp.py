@@ -41,6 +41,7 @@ from serving.gateway.mllp import (
     frame,
     send_message,
 )
+from tests.orthanc_peer import free_port
 
 NOW = datetime(2024, 3, 11, 8, 30, 5, tzinfo=UTC)
 PHI = ("SYN123", "SYN456", "DOE", "JANE", "RØE", "RICHARD")  # synthetic identities in samples
@@ -376,12 +377,6 @@ def test_stop_closes_open_connections_promptly() -> None:
 
 
 # ---------------------------------------------------------------- client
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_client_to_a_closed_port_fails_fast() -> None:

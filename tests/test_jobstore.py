@@ -476,3 +476,48 @@ def test_writers_of_one_process_queue_in_process_not_in_sqlites_busy_handler(
         thread.join()
     assert errors == []
     assert len([e for e in store.audit_events() if e.event == "probe"]) == 80
+
+
+def _routed(store: JobStore, generation: int, models: list[str]) -> None:
+    """Complete and route the study as ``generation`` with one planned task per model."""
+    store.mark_study_complete(STUDY, {SERIES: 1})
+    tasks = [{"series": SERIES, "model": model} for model in models]
+    store.record_routing(STUDY, {"generation": generation, "tasks": tasks})
+
+
+def test_a_study_is_done_when_its_last_task_ends_done_or_failed(store: JobStore) -> None:
+    receive(store, "1.1")
+    _routed(store, 0, ["ich-ct-head@2", "ich-ct-head@3"])
+    first = new_task(store)
+    assert store.finish_study(STUDY) is False  # the second planned task is not created yet
+    second = new_task(store, model_version="3")
+    attempt = store.start_task(first)
+    assert store.finish_task(first, attempt, {"ok": True})
+    assert store.finish_study(STUDY) is False  # the second is still queued
+    assert store.fail_task(second, store.start_task(second), "backend down")
+    assert store.finish_study(STUDY) is True  # a failed task has ended too
+    assert present(store.study(STUDY)).state == StudyState.DONE
+    assert store.finish_study(STUDY) is True  # repeats harmlessly
+    assert [t.to_state for t in store.transitions(STUDY)][-1:] == ["done"]
+    assert len([t for t in store.transitions(STUDY) if t.to_state == "done"]) == 1
+
+
+def test_an_older_generation_ending_never_closes_a_study_being_rerouted(store: JobStore) -> None:
+    """The late-instance race: generation 1's decision is written, its task not yet, when
+    generation 0's task ends. The study stays open until generation 1's task ends."""
+    receive(store, "1.1")
+    _routed(store, 0, ["ich-ct-head@2"])
+    old = new_task(store)
+    attempt = store.start_task(old)
+    assert receive(store, "1.2").late is True
+    store.set_study_state(STUDY, StudyState.RECEIVING, {"reason": "late instance"})
+    assert store.finish_task(old, attempt, {"ok": True})
+    assert store.finish_study(STUDY) is False  # reopened
+    _routed(store, 1, ["ich-ct-head@2"])
+    assert present(store.study(STUDY)).state == StudyState.ROUTED
+    assert store.finish_study(STUDY) is False  # routed again, its task not created yet
+    rerun = new_task(store, generation=1)
+    assert store.finish_study(STUDY) is False  # queued
+    assert store.finish_task(rerun, store.start_task(rerun), {"ok": True})
+    assert store.finish_study(STUDY) is True
+    assert present(store.study(STUDY)).state == StudyState.DONE

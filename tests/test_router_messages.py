@@ -31,7 +31,7 @@ from router.messages import (
 )
 from router.messages.codes import DICOM_UID, SNOMED, UCUM, V2_0203
 from router.result import AIResult
-from tests.hl7_text import unescape
+from serving.gateway.hl7_orders import unescape  # the ingest side decodes what we send
 from tests.result_factory import ct_head_result, cxr_result
 
 NOW = datetime(2026, 11, 30, 12, 5, 0, tzinfo=UTC)

@@ -59,12 +59,16 @@ def test_a_bleed_goes_from_storescu_to_objects_worklist_and_audit(tmp_path: Path
             assert ds.PatientID == source.PatientID
             assert ds.AccessionNumber == source.AccessionNumber
             assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+        # the objects are queued before the task's audit, worklist and study updates
+        wait_for(
+            lambda: (s := service.store.study(study.study_uid)) and s.state is StudyState.DONE,
+            what="the study done",
+        )
         worklist = _get(service, "/worklist?mode=triage")
         [row] = [r for r in worklist["published"] if r["study_instance_uid"] == study.study_uid]
         assert row["red_flag"] is True
         events = [e.event for e in service.store.audit_events(study_uid=study.study_uid)]
         assert "task-done" in events
-        assert service.store.study(study.study_uid).state is StudyState.DONE
         metrics = _get(service, "/metrics").decode()
         assert 'statlane_instances_received_total{modality="CT"} ' in metrics
         assert 'statlane_volumes_loaded_total{origin="stream"} 1' in metrics
@@ -179,6 +183,10 @@ def test_ai_unavailable_keeps_ingest_and_says_so(tmp_path: Path) -> None:
         assert storescu(service.ports.dicom, study.files).returncode == 0
         [task] = wait_for(lambda: _tasks_finished(service, study.study_uid), what="task")
         assert task.state is TaskState.FAILED and "AI unavailable" in (task.error or "")
+        wait_for(  # its only task ended (failed): the study is done, not left routed
+            lambda: (s := service.store.study(study.study_uid)) and s.state is StudyState.DONE,
+            what="the study done",
+        )
         health = _get(service, "/health")
         assert health["inference"] == "unavailable"
         rows = _get(service, "/worklist?mode=triage")["published"]

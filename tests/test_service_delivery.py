@@ -373,8 +373,11 @@ def test_a_late_instance_during_result_handling_reruns_the_whole_study(tmp_path:
             deliver(task, *args)
             if task.generation == 0:  # recorded before the coordinator goes on
                 assert storescu(service.ports.dicom, [late]).returncode == 0
-                wait_for(
-                    lambda: _study_in(service, study.study_uid, StudyState.RECEIVING),
+                wait_for(  # the study is RECEIVING only until its quiet period ends
+                    lambda: (
+                        "late-instance-rerun"
+                        in {e.event for e in service.store.audit_events(study_uid=study.study_uid)}
+                    ),
                     timeout_s=30,
                     what="the late instance reopening the study",
                 )

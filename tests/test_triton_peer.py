@@ -69,8 +69,9 @@ def test_stat_request_overtakes_queued_routine_requests(tmp_path: Path) -> None:
         first_done.set()
         backend.close()
 
-    # One instance, batch size 1, 0.3 s per request: requests queue up at the server.
-    with triton_server([_spec(model, max_batch=1, extra_delay_s=0.3)], tmp_path) as peer:
+    # One instance, batch size 1, 1 s per request: requests queue up at the server, and the
+    # stat request has a whole request's time to connect and arrive, even on a loaded machine.
+    with triton_server([_spec(model, max_batch=1, extra_delay_s=1.0)], tmp_path) as peer:
         routine = [
             threading.Thread(
                 target=send, args=(peer.grpc_url, f"routine-{k}", PriorityClass.ROUTINE)

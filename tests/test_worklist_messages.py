@@ -29,7 +29,7 @@ from router.messages import (
 from router.messages.codes import DICOM_UID, V2_0203
 from router.messages.worklist_signal import describe_rank_change
 from router.worklist import AIStatus, Label, RankChange, Worklist, WorklistEntry, rank_changes
-from tests.hl7_text import unescape
+from serving.gateway.hl7_orders import unescape  # the ingest side decodes what we send
 
 AT = datetime(2026, 11, 30, 12, 5, 7, tzinfo=UTC)
 STUDY_UID = "1.2.826.0.1.3680043.8.498.10498726317464051244711085734019266713"  # 64 chars

@@ -63,6 +63,7 @@ from serving.jobstore.states import (
     TaskState,
     UnknownEntityError,
 )
+from serving.jobstore.study_end import end_study_if_settled
 from serving.scheduler.records import PriorityClass
 
 DEFAULT_URL = "sqlite:///var/statlane.db"
@@ -265,6 +266,15 @@ class JobStore:
             elif state == StudyState.COMPLETE:
                 study.completed_at = changes.at
             return to_row(StudyRow, study)
+
+    def finish_study(self, study_uid: str) -> bool:
+        """Routed → done once every planned task exists and none is queued or running.
+
+        One transaction, so a re-run being routed (its decision written, its tasks not yet)
+        never lets an older generation's result close the study. True if the study is done.
+        """
+        with self.writing() as changes:
+            return end_study_if_settled(changes, study_uid)
 
     def study(self, study_uid: str) -> StudyRow | None:
         """One study, or None."""

@@ -522,6 +522,7 @@ class Coordinator:
         if self.runtime is None:
             self.store.fail_task(task.task_id, attempt, "AI unavailable: no inference backend")
             self._ai_status(task.study_instance_uid, AIStatus.UNAVAILABLE)
+            self.store.finish_study(task.study_instance_uid)  # its last task ended (failed)
             return
         self._submit(task, attempt, headers)
 

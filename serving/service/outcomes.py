@@ -35,7 +35,7 @@ import pydicom
 from models.manifest import Manifest, Task
 from router.result import AIResult, Mode
 from router.worklist import AIStatus
-from serving.jobstore import StudyState, TaskRow, TaskState, TransitionError
+from serving.jobstore import TaskRow
 from serving.scheduler.records import PriorityClass
 from serving.service.records import result_json, summary_of
 from serving.service.results import build_result, mask_on_source, source_instance, study_identity
@@ -107,6 +107,7 @@ def _handle_result(
             f"result handling failed: {type(error).__name__}",
         )
         coordinator._ai_status(launched.task.study_instance_uid, AIStatus.UNAVAILABLE)
+        coordinator.store.finish_study(launched.task.study_instance_uid)
 
 
 def result_ready(coordinator: Coordinator, launched: _Launched, job: JobResult) -> None:
@@ -123,6 +124,7 @@ def result_ready(coordinator: Coordinator, launched: _Launched, job: JobResult) 
         )
         metrics.inc("statlane_tasks_failed_total", model=task.model)
         coordinator._ai_status(task.study_instance_uid, AIStatus.UNAVAILABLE)
+        store.finish_study(task.study_instance_uid)  # a failed task ends too
         return
     assert coordinator.runtime is not None
     manifest = coordinator.runtime.manifests[task.model]
@@ -169,16 +171,8 @@ def result_ready(coordinator: Coordinator, launched: _Launched, job: JobResult) 
     coordinator.worklist.update_ai(
         task.study_instance_uid, AIStatus.DONE, ai.critical_positive, summary_of(ai)
     )
-    remaining = [
-        t
-        for t in store.tasks(study_uid=task.study_instance_uid)
-        if t.state in (TaskState.QUEUED, TaskState.RUNNING)
-    ]
-    if not remaining:
-        try:
-            store.set_study_state(task.study_instance_uid, StudyState.DONE)
-        except TransitionError:  # a late instance reopened the study: its re-run ends it
-            log.info("study reopened while its result was handled; the re-run finishes it")
+    if not store.finish_study(task.study_instance_uid):
+        log.debug("study not done yet: other tasks run, or a late instance re-runs it")
 
 
 def _ai_result(

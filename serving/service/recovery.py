@@ -99,10 +99,7 @@ def recover_after_restart(
             rerouted += 1
             continue
         _mark_handed_out(coordinator, uid, generation)
-        if all(
-            t.state in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED) for t in tasks
-        ):  # killed after the last result, before closing the study
-            store.set_study_state(uid, StudyState.DONE)
+        if store.finish_study(uid):  # killed after the last result, before closing the study
             continue
         for task in tasks:
             if task.state is TaskState.QUEUED:
