@@ -9,8 +9,10 @@ profiles. Systems, each on ONNX Runtime (CPU) with one device:
   without priorities);
 * ``strict-priority`` - statlane's engine with Triton-style priority levels (non-preemptive,
   no aging);
-* ``statlane-edf`` - statlane's default: EDF with aging, deadline-aware batch sizes and a
-  bounded blocking time;
+* ``statlane-edf`` - statlane as ``statlane serve`` runs it by default: EDF with aging,
+  deadline-aware batch sizes, a bounded blocking time (``runtime.max_blocking_s``), a stat lane
+  (``runtime.stat_lanes``: a stat batch may start next to the batch in flight, as a second
+  model instance would) and, on CPU, background batches that step aside while a stat runs;
 * ``triton-priority`` - the same requests sent to a real Triton server (nvidia-pytriton, ONNX
   Runtime callables, ``dynamic_batching`` with ``priority_levels 3``), skipped with ``--no-triton``.
 
@@ -23,7 +25,7 @@ blocking). Triton has no chunking and receives whole volumes.
 
 Latency is task ready (preprocessed input handed over) → result, seconds. Usage:
 ``python -m benchmarks.scheduling [--smoke] [--duration S] [--no-triton] [--max-blocking-s S]
-[--out DIR]``.
+[--stat-lanes N] [--out DIR]``; the defaults of the last two are the service's own.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from benchmarks.triton_peer import TritonPeerUnavailable, triton_server
 from models.profile import measure
 from models.registry import Registry
 from serving.backends import Backend, BackendModel, RequestContext, create_backend
+from serving.config import RuntimeConfig
 from serving.engine import ChunkSpec, Engine, InferenceJob, JobResult, ModelEntry
 from serving.engine.chunking import plan_windows
 from serving.scheduler import (
@@ -61,6 +64,7 @@ from serving.scheduler import (
 )
 from serving.scheduler.policies import EarliestDeadlineFirst, make_policy
 from serving.scheduler.workload import MixEntry, poisson_arrivals, rate_for_load
+from serving.service.stat_gate import StatGate
 
 NAME = "scheduling"
 MIX = (
@@ -74,10 +78,17 @@ SMOKE: dict[str, Any] = {"loads": [0.5], "duration_s": 4.0, "runs": 1, "min_arri
 a task of every class even when a slow (chunked) chest CT lowers the arrival rate."""
 BACKEND = {"name": "onnxruntime", "device": "cpu"}
 """The statlane systems' backend (``--backend``, ``--device``)."""
-MAX_BLOCKING_S: float | None = None
-"""Default of ``--max-blocking-s``: EDF's bound on a non-stat batch's duration, seconds (None:
-only deadlines limit batch sizes). A bound near one patch's time keeps routine chunk batches at
-one patch, so a stat arrival waits for one patch rather than for ``max_batch`` of them."""
+_SERVICE = RuntimeConfig()
+MAX_BLOCKING_S: float | None = _SERVICE.max_blocking_s
+"""Default of ``--max-blocking-s``: EDF's bound on a non-stat batch's duration, seconds, as
+``statlane serve`` sets it (``runtime.max_blocking_s``). A bound near one patch's time keeps
+routine chunk batches at one patch, so a stat arrival waits for one patch rather than for
+``max_batch`` of them."""
+STAT_LANES = _SERVICE.stat_lanes
+"""Default of ``--stat-lanes``: stat batches that may start next to a busy device's batch, as
+``statlane serve`` sets it (``runtime.stat_lanes``); EDF only, the baselines have none."""
+STAT_GATE_MAX_WAIT_S = _SERVICE.stat_gate_max_wait_s
+"""Longest a background batch steps aside for a stat (seconds), as ``statlane serve`` sets it."""
 DEADLINES_S = {PriorityClass.STAT: 2.0, PriorityClass.URGENT: 6.0, PriorityClass.ROUTINE: 60.0}
 """Deadlines scaled to runs of tens of seconds (production: 60 s, 5 min, 60 min), keeping
 stat < urgent < routine cap < routine deadline as in production."""
@@ -163,8 +174,10 @@ def _profiles(models: dict[str, _Model], backend: Backend, runs: int) -> Latency
     return LatencyTable(table)
 
 
-def _config() -> SchedulerConfig:
-    config = SchedulerConfig(max_queue_delay_s=0.002, deadlines_s=dict(DEADLINES_S))
+def _config(stat_lanes: int = 0) -> SchedulerConfig:
+    config = SchedulerConfig(
+        max_queue_delay_s=0.002, deadlines_s=dict(DEADLINES_S), stat_lanes=stat_lanes
+    )
     config.max_wait_s.update(DEADLINES_S)
     config.max_wait_s[PriorityClass.ROUTINE] = ROUTINE_MAX_WAIT_S
     return config
@@ -177,8 +190,13 @@ def _run_statlane(
     tasks: Sequence[TaskRecord],
     inputs: dict[str, np.ndarray],
     max_blocking_s: float | None = MAX_BLOCKING_S,
+    stat_lanes: int = STAT_LANES,
 ) -> list[dict[str, Any]]:
     entries = {m.backend.ident: m.entry() for m in models.values()}
+    # Stat lanes (and background batches stepping aside for a stat on a CPU that both share)
+    # are part of statlane's policy, as in the service; the baselines run one batch at a time.
+    lanes = stat_lanes if policy == "statlane-edf" else 0
+    gate = StatGate(max_wait_s=STAT_GATE_MAX_WAIT_S) if lanes else None
     chosen = (
         EarliestDeadlineFirst(max_blocking_s=max_blocking_s)
         if policy == "statlane-edf"
@@ -188,9 +206,11 @@ def _run_statlane(
     engine = Engine(
         entries,
         [backend],
-        Scheduler(latency, chosen, _config()),
+        Scheduler(latency, chosen, _config(lanes)),
         clock=time.monotonic,
         max_pending=100_000,
+        urgency=gate,
+        background_yields_device=gate is not None and BACKEND["device"] == "cpu",
     )
     futures: list[tuple[TaskRecord, Future[JobResult]]] = []
     base = time.monotonic()
@@ -312,7 +332,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-blocking-s",
         type=float,
         default=MAX_BLOCKING_S,
-        help="EDF: longest non-stat batch, seconds (default: deadlines only)",
+        help=f"EDF: longest non-stat batch, seconds (default: the service's, {MAX_BLOCKING_S})",
+    )
+    parser.add_argument(
+        "--stat-lanes",
+        type=int,
+        default=STAT_LANES,
+        help=f"EDF: stat batches next to a busy device's (default: the service's, {STAT_LANES})",
     )
     args = parser.parse_args(argv)
     # One "deadline at risk" line per task would drown the progress lines under overload.
@@ -347,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "deadlines_s": {k.value: v for k, v in config.deadlines_s.items()},
             "routine_max_wait_s": ROUTINE_MAX_WAIT_S,
             "edf_max_blocking_s": args.max_blocking_s,
+            "edf_stat_lanes": args.stat_lanes,
             "devices": 1,
             "backend": f"{args.backend}-{args.device}",
             "profiles_s": {
@@ -364,7 +391,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     progress(f"unloaded: {len(unloaded_tasks)} stat tasks")
     unloaded = _metrics(
-        _run_statlane("statlane-edf", models, latency, unloaded_tasks, inputs, args.max_blocking_s),
+        _run_statlane(
+            "statlane-edf",
+            models,
+            latency,
+            unloaded_tasks,
+            inputs,
+            args.max_blocking_s,
+            args.stat_lanes,
+        ),
         unloaded_tasks,
     )
     report.runs.append({"system": "statlane-edf", "load": 0.0, "metrics": unloaded})
@@ -381,7 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     progress(f"triton skipped: {str(error).splitlines()[0]}")
                     continue
             else:
-                records = _run_statlane(system, models, latency, tasks, inputs, args.max_blocking_s)
+                records = _run_statlane(
+                    system, models, latency, tasks, inputs, args.max_blocking_s, args.stat_lanes
+                )
             report.runs.append(
                 {"system": system, "load": load, "metrics": _metrics(records, tasks)}
             )
