@@ -489,8 +489,10 @@ def test_a_study_is_done_when_its_last_task_ends_done_or_failed(store: JobStore)
     receive(store, "1.1")
     _routed(store, 0, ["ich-ct-head@2", "ich-ct-head@3"])
     first = new_task(store)
+    assert store.planned_tasks_exist(STUDY) is False
     assert store.finish_study(STUDY) is False  # the second planned task is not created yet
     second = new_task(store, model_version="3")
+    assert store.planned_tasks_exist(STUDY) is True
     attempt = store.start_task(first)
     assert store.finish_task(first, attempt, {"ok": True})
     assert store.finish_study(STUDY) is False  # the second is still queued

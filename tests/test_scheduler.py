@@ -297,3 +297,20 @@ def test_the_lane_leaves_free_devices_and_non_stat_heads_alone() -> None:
     dispatch(no_lanes, 0.0)
     no_lanes.submit(task("s", STAT, deadline=5.0), 0.0)
     assert no_lanes.next_batch(0.0, stat_lane=True) == Wait(None)
+
+
+def test_the_lane_serves_a_stat_behind_routine_work_that_aged_ahead_of_it() -> None:
+    """Aging orders a long-waiting routine task first on the device; the stat still starts on
+    the lane next to the device's batch (it only defers to earlier deadlines)."""
+    config = SchedulerConfig(stat_lanes=1, max_queue_delay_s=0.0)
+    config.max_wait_s[ROUTINE] = 1.0
+    s = Scheduler(latency(ich={1: 0.2}, chest={1: 0.6}), "edf", config)
+    s.submit(task("busy", ROUTINE, model="chest"), 0.0)
+    busy = dispatch(s, 0.0)
+    s.submit(task("aged", ROUTINE, model="chest"), 0.0)  # ordered by arrival + 1 s
+    s.submit(task("head", STAT, arrival=0.5, deadline=60.5), 0.5)  # ordered by 60.5
+    assert [task_id for _, task_id in s._order] == ["aged", "head"]
+    lane = s.next_batch(0.5, stat_lane=True)
+    assert isinstance(lane, BatchPlan) and lane.stat_lane and ids(lane) == ["head"]
+    s.complete(busy.batch_id, 0.6)
+    assert ids(dispatch(s, 0.6)) == ["aged"]  # the aged routine task keeps the device

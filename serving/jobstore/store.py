@@ -63,7 +63,7 @@ from serving.jobstore.states import (
     TaskState,
     UnknownEntityError,
 )
-from serving.jobstore.study_end import end_study_if_settled
+from serving.jobstore.study_end import end_study_if_settled, planned_tasks_exist
 from serving.scheduler.records import PriorityClass
 
 DEFAULT_URL = "sqlite:///var/statlane.db"
@@ -275,6 +275,11 @@ class JobStore:
         """
         with self.writing() as changes:
             return end_study_if_settled(changes, study_uid)
+
+    def planned_tasks_exist(self, study_uid: str) -> bool:
+        """Whether every task of the study's newest routing decision has been created."""
+        with self.reading() as session:
+            return planned_tasks_exist(session, study_uid)
 
     def study(self, study_uid: str) -> StudyRow | None:
         """One study, or None."""

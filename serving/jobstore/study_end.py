@@ -10,6 +10,7 @@ close a study whose re-run is about to start.
 from __future__ import annotations
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from serving.jobstore.changes import StateChanges, get_entity
 from serving.jobstore.schema import RoutingDecision, Study, Task
@@ -39,29 +40,34 @@ def end_study_if_settled(changes: StateChanges, study_uid: str) -> bool:
     )
     if active:
         return False
-    newest = session.scalars(
-        select(RoutingDecision.decision)
-        .where(RoutingDecision.study_instance_uid == study_uid)
-        .order_by(RoutingDecision.id.desc())
-        .limit(1)
-    ).first()
-    if newest is not None and not _planned_tasks_exist(changes, study_uid, newest):
+    if not planned_tasks_exist(session, study_uid):
         return False
     changes.record(EntityKind.STUDY, study_uid, StudyState.ROUTED, StudyState.DONE)
     study.state = StudyState.DONE
     return True
 
 
-def _planned_tasks_exist(
-    changes: StateChanges, study_uid: str, decision: dict[str, object]
-) -> bool:
-    """Whether every task the routing decision plans has been created."""
+def planned_tasks_exist(session: Session, study_uid: str) -> bool:
+    """Whether every task the study's newest routing decision plans has been created.
+
+    A task is identified by series, model (``name@version``) and generation (0 when the
+    decision does not say). True when the study has no routing decision, or a decision whose
+    plan is not in that form.
+    """
+    decision = session.scalars(
+        select(RoutingDecision.decision)
+        .where(RoutingDecision.study_instance_uid == study_uid)
+        .order_by(RoutingDecision.id.desc())
+        .limit(1)
+    ).first()
+    if decision is None:
+        return True
     generation = decision.get("generation", 0)
     planned_tasks = decision.get("tasks", [])
     if not isinstance(generation, int) or not isinstance(planned_tasks, list):
-        return True  # a decision written before generations were kept: nothing to wait for
+        return True
     planned = {(str(t.get("series", "")), str(t.get("model", ""))) for t in planned_tasks}
-    rows = changes.session.execute(
+    rows = session.execute(
         select(Task.series_instance_uid, Task.model_name, Task.model_version).where(
             Task.study_instance_uid == study_uid, Task.generation == generation
         )

@@ -98,8 +98,11 @@ class Scheduler:
         """The batch a free device should run now, or how long to wait before asking again.
 
         With ``stat_lane`` the caller is a stat lane (see ``SchedulerConfig.stat_lanes``): it
-        gets a batch only while every device is busy, a lane is free and the most urgent task
-        is stat, and then only stat items.
+        gets a batch only while every device is busy and a lane is free, and then only stat
+        items: the first stat task in the queue's order and the stat items batched with it,
+        unless a task ahead of it has an earlier deadline (that one runs on the device next).
+        Routine work that aging moved ahead of a stat keeps its place on the device; the lane
+        still serves the stat next to it.
         """
         lanes = sum(1 for p in self._in_flight.values() if p.stat_lane)
         on_devices = len(self._in_flight) - lanes
@@ -111,17 +114,16 @@ class Scheduler:
         elif on_devices >= self.config.devices:
             return Wait(None)
         head = self._tasks[self._order[0][1]]
-        if stat_lane and head.record.priority is not PriorityClass.STAT:
-            return Wait(None)
+        if stat_lane:
+            lane_head = self._lane_head()
+            if lane_head is None:
+                return Wait(None)
+            head = lane_head
         group_key = self._group(head)
         model_latency = self.latency.model(head.record.model)
         group, others = self._scan(group_key, model_latency.max_batch)
         if stat_lane:
-            stat_run = next(
-                (i for i, c in enumerate(group) if c.task.priority is not PriorityClass.STAT),
-                len(group),
-            )
-            group = group[:stat_run]
+            group = [c for c in group if c.task.priority is PriorityClass.STAT]
         decision = self.policy.decide(group, others, model_latency, now, self.config)
         if decision.size == 0:
             return Wait(decision.wait_until_s)
@@ -185,6 +187,16 @@ class Scheduler:
         return depth
 
     # ---- internals -----------------------------------------------------------------------------
+
+    def _lane_head(self) -> _TaskState | None:
+        """The first stat task in queue order, unless a task ahead has an earlier deadline."""
+        earliest_ahead = float("inf")
+        for _, task_id in self._order:
+            state = self._tasks[task_id]
+            if state.record.priority is PriorityClass.STAT:
+                return state if state.record.deadline_s <= earliest_ahead else None
+            earliest_ahead = min(earliest_ahead, state.record.deadline_s)
+        return None
 
     @staticmethod
     def _group(state: _TaskState) -> tuple[str, tuple[int, ...]]:

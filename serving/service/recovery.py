@@ -94,7 +94,9 @@ def recover_after_restart(
         uid = study.study_instance_uid
         generation = _last_generation(coordinator, uid) or 0
         tasks = [t for t in store.tasks(study_uid=uid) if t.generation == generation]
-        if not tasks:  # killed between the routing decision and its tasks: route again
+        if not tasks or not store.planned_tasks_exist(uid):
+            # killed between the routing decision and (some of) its tasks: route again; the
+            # tasks already created are found, not duplicated
             _resume_route(coordinator, uid, generation)
             rerouted += 1
             continue
