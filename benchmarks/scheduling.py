@@ -18,10 +18,11 @@ profiles. Systems, each on ONNX Runtime (CPU) with one device:
 
 Models whose manifest sets ``runtime.chunking`` (the chest CT) run on statlane's engine as
 sliding-window patches, exactly as in production: their latency profile is measured per patch
-batch and each task has one chunk per patch. EDF hands out single chunks, and a stat arrival starts
-on the stat lane next to the chunk batch in flight; fifo and strict-priority do not chunk, so the engine runs all patches
-of each of their chest CTs back to back as one non-preemptible unit (same work, whole-volume
-blocking). Triton has no chunking and receives whole volumes.
+batch and each task has one chunk per patch. EDF hands out single chunks, and a stat arrival
+starts on the stat lane next to the chunk batch in flight; fifo and strict-priority do not
+chunk, so the engine runs all patches of each of their chest CTs back to back as one
+non-preemptible unit (same work, whole-volume blocking). Triton has no chunking and receives
+whole volumes.
 
 Latency is task ready (preprocessed input handed over) → result, seconds. Usage:
 ``python -m benchmarks.scheduling [--smoke] [--duration S] [--no-triton] [--max-blocking-s S]
