@@ -125,9 +125,9 @@ def orthanc_server(
             if _answers(peer, timeout_s):
                 break
         except BaseException:
-            _stop(process, log)
+            stop_orthanc(process, log)
             raise
-        _stop(process, log)
+        stop_orthanc(process, log)
         if attempt == START_ATTEMPTS:
             raise RuntimeError(
                 f"Orthanc exited with {process.returncode} {START_ATTEMPTS} times: "
@@ -136,7 +136,7 @@ def orthanc_server(
     try:
         yield peer
     finally:
-        _stop(process, log)
+        stop_orthanc(process, log)
 
 
 START_ATTEMPTS = 3
@@ -169,7 +169,7 @@ def _answers(peer: OrthancPeer, timeout_s: float) -> bool:
     return False
 
 
-def _stop(process: subprocess.Popen[bytes], log: Any) -> None:
+def stop_orthanc(process: subprocess.Popen[bytes], log: Any) -> None:
     """Terminate Orthanc (kill it after 10 s) and close its log."""
     process.terminate()
     try:

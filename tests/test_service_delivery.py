@@ -29,7 +29,13 @@ from serving.cli import main
 from serving.gateway.mllp import ack_code, send_message
 from serving.jobstore import OutboxState, StudyState, TaskState
 from serving.service.app import Service
-from tests.orthanc_peer import DICOMWEB_PLUGIN, OrthancPeer, free_port, orthanc_server
+from tests.orthanc_peer import (
+    DICOMWEB_PLUGIN,
+    OrthancPeer,
+    free_port,
+    orthanc_server,
+    stop_orthanc,
+)
 from tests.peers import require_executable
 from tests.service_harness import running_service, service_config, storescu, wait_for
 from tests.test_delivery import mllp_peer
@@ -178,13 +184,7 @@ def _orthanc_on(workdir: Path, dicom_port: int, aet: str = "ORTHANC") -> Iterato
         wait_for(answers, timeout_s=30, what="Orthanc's REST API")
         yield peer
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        stop_orthanc(process, log)
 
 
 def _multipart(parts: Sequence[tuple[str, bytes]]) -> tuple[bytes, str]:
