@@ -109,10 +109,16 @@ class CodedConcept(_Strict):
 
 
 class FindingSpec(_Strict):
-    """A finding the model reports and how it is derived from the outputs."""
+    """A finding the model reports and how it is derived from the outputs.
+
+    ``category`` is the kind of thing the finding is, for SEG segments (DICOM CID 7150):
+    ``None`` means a morphologically abnormal structure (a lesion); an organ label of a
+    segmentation model carries ``SCT 91723000`` "Anatomical Structure".
+    """
 
     name: str
     concept: CodedConcept
+    category: CodedConcept | None = None
     output: str = Field(description="name of the output it is derived from")
     channel: int = Field(default=1, ge=0, description="output channel of the finding")
     derive: list[Literal["presence", "probability", "bounding_box", "volume_ml", "area_mm2"]]
@@ -124,8 +130,14 @@ class Postprocessing(_Strict):
 
     Attributes:
         activation: Applied to the finding's output channel(s).
+        discrete: How a map becomes labels (MONAI ``AsDiscrete``): ``threshold`` puts a voxel
+            in every finding whose probability exceeds ``voxel_threshold``; ``argmax`` gives
+            each voxel the one channel with the highest score (multi-label segmentation), so
+            labels never overlap.
+        largest_component: Keep only the largest connected component of each label (MONAI
+            ``KeepLargestConnectedComponent``).
         voxel_threshold: Probability above which a voxel/pixel belongs to the finding
-            (segmentation, detection heat maps).
+            (segmentation, detection heat maps) with ``discrete: threshold``.
         presence_threshold: Study-level probability above which the finding is present.
         connected_components: Split the thresholded mask into components.
         min_volume_ml: Components smaller than this are dropped (3D), millilitres.
@@ -133,6 +145,8 @@ class Postprocessing(_Strict):
     """
 
     activation: Literal["sigmoid", "softmax", "none"]
+    discrete: Literal["threshold", "argmax"] = "threshold"
+    largest_component: bool = False
     voxel_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     presence_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     connected_components: bool = False
@@ -189,12 +203,15 @@ class Chunking(_Strict):
         overlap: Overlap of neighbouring windows, fraction of ``roi_size``.
         mode: Blending of overlapping windows (``gaussian``: MONAI's recommendation).
         sigma_scale: Gaussian sigma as a fraction of ``roi_size``.
+        sw_batch_size: Patches per backend call where no scheduler batches them (``statlane
+            infer``, ``models evaluate``); the engine batches up to ``runtime.max_batch``.
     """
 
     roi_size: list[int]
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     mode: Literal["gaussian", "constant"] = "gaussian"
     sigma_scale: float = Field(default=0.125, gt=0.0)
+    sw_batch_size: int = Field(default=1, ge=1, le=256)
 
     @field_validator("roi_size")
     @classmethod
@@ -233,7 +250,12 @@ class LatencyProfile(_Strict):
 
 
 class ModelCard(_Strict):
-    """What a hospital reads before enabling the model."""
+    """What a hospital reads before enabling the model.
+
+    ``authors``, ``source_version`` and ``references`` say who made the model and which
+    release of it this is (for an imported MONAI bundle: its metadata's ``authors``,
+    ``version`` and ``references``).
+    """
 
     intended_use: str
     training_data: str
@@ -241,6 +263,46 @@ class ModelCard(_Strict):
     evaluation_data: str = ""
     limitations: str = ""
     not_for_clinical_use: bool = True
+    authors: str = ""
+    source_version: str = ""
+    references: list[str] = Field(default_factory=list)
+
+
+class ExportCheck(_Strict):
+    """One exported form checked against the original network on the same random input.
+
+    Attributes:
+        format: ``onnx`` or ``torchscript``.
+        max_abs_diff: Largest absolute difference of any output element.
+        tolerance: The largest difference the import accepted.
+        input_shape: The random input's shape, ``(N, C, *spatial)``.
+    """
+
+    format: Literal["onnx", "torchscript"]
+    max_abs_diff: float = Field(ge=0.0)
+    tolerance: float = Field(gt=0.0)
+    input_shape: list[int]
+
+
+class ImportRecord(_Strict):
+    """Where an imported package came from and how its weights were produced.
+
+    Attributes:
+        kind: What was imported (``monai-bundle``).
+        source: The bundle's name as published.
+        source_version: The bundle's version.
+        weights_from: The bundle file the exported weights come from (``models/model.pt``...).
+        network_evaluated: ``network_def`` was built with MONAI's ConfigParser (operator's
+            choice at import; the service never evaluates anything).
+        exports: Parity of each exported form with the original network.
+    """
+
+    kind: Literal["monai-bundle"] = "monai-bundle"
+    source: str
+    source_version: str = ""
+    weights_from: str
+    network_evaluated: bool
+    exports: list[ExportCheck] = Field(default_factory=list)
 
 
 class Manifest(_Strict):
@@ -263,6 +325,7 @@ class Manifest(_Strict):
     latency: list[LatencyProfile] = Field(default_factory=list)
     card: ModelCard
     manufacturer: str = "statlane"
+    imported: ImportRecord | None = None
 
     @field_validator("name")
     @classmethod
