@@ -1,17 +1,23 @@
 """Reading a MONAI bundle's configs as plain data: expressions found, never evaluated.
 
 ``$`` strings are Python expressions, ``@`` strings references, ``%`` strings macros for MONAI's
-ConfigParser. This module never evaluates one; it only follows a pure ``@a#b`` reference as a
-lookup in the same data. Used by :mod:`models.bundle`.
+ConfigParser. This module never evaluates an expression; it follows a pure ``@a#b`` reference
+and a ``%file#a`` macro as lookups in the bundle's own config data, and reads the tensors, the
+inferer and the labels from ``network_data_format``. Used by :mod:`models.bundle`.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from models.label_codes import ANATOMICAL_STRUCTURE, code_for_label
 from models.manifest import (
     CodedConcept,
     FindingSpec,
@@ -21,32 +27,12 @@ from models.manifest import (
     TensorSpec,
 )
 from models.registry import onnx_io
-from preprocessing.errors import PipelineSpecError
-from preprocessing.pipeline_spec import ALLOWED_TRANSFORMS, parse_step
 
 _SLUG = re.compile(r"[^a-z0-9]+")
 
 
 class BundleImportError(ValueError):
     """The bundle cannot become a package; the message says which file and what is missing."""
-
-
-@dataclass(frozen=True)
-class MappedStep:
-    """A bundle transform converted to a manifest preprocessing step."""
-
-    index: int
-    target: str
-    step: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class UnmappedStep:
-    """A bundle transform that was left out, and why."""
-
-    index: int
-    target: str
-    reason: str
 
 
 def slug(text: str) -> str:
@@ -58,29 +44,9 @@ def slug(text: str) -> str:
 
 
 _EXPRESSION = ("$", "@", "%")
-_REFERENCE = re.compile(r"^@\w+(#\w+)*$")
-# Done by statlane's own loader (decode, channel-first, float32 tensor): expected, not reported.
-_LOADER_STEPS = frozenset(
-    {"LoadImage", "EnsureChannelFirst", "EnsureType", "ToTensor", "AddChannel", "CastToType"}
-)
-# Dictionary plumbing, or ours to set (output is always float32 and eager).
-_KEY_ARGS = frozenset(
-    {
-        "keys",
-        "allow_missing_keys",
-        "meta_keys",
-        "meta_key_postfix",
-        "lazy",
-        "dtype",
-        "track_meta",
-        "image_only",
-    }
-)
-_PER_KEY_ARGS = frozenset({"mode", "padding_mode", "align_corners", "anti_aliasing"})
-
-
-class _Unmapped(Exception):
-    """Internal: this transform cannot be converted; the message is the reason."""
+_REFERENCE = re.compile(r"^@[\w.-]+((#|::)[\w.-]+)*$")
+_CONFIG_FILE = re.compile(r"^(.+?\.(?:json|ya?ml))(?:(?:#|::)(.*))?$")
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -111,117 +77,76 @@ def find_expressions(data: object, where: str = "") -> list[tuple[str, str]]:
     return found
 
 
-def _lookup(config: dict[str, Any], value: object, depth: int = 0) -> object:
-    """Follow a pure ``@a#b`` reference as a lookup in ``config``; anything else as is."""
-    if not isinstance(value, str) or not _REFERENCE.match(value) or depth > 8:
-        return value
-    node: object = config
-    for part in value[1:].split("#"):
+def resolve(config: dict[str, Any], value: object) -> object:
+    """Follow a pure ``@a#b`` reference (``#`` or ``::`` between ids) as a lookup in ``config``.
+
+    Nothing is evaluated: an expression (``$...``), a reference that does not resolve, or a
+    chain longer than 8 links comes back as it is.
+    """
+    for _ in range(8):
+        if not isinstance(value, str) or not _REFERENCE.match(value):
+            return value
+        found = _walk(config, value[1:])
+        if found is _MISSING:
+            return value
+        value = found
+    return value
+
+
+def expand_macros(config: dict[str, Any], bundle: Path) -> dict[str, Any]:
+    """``config`` with every ``%`` macro replaced by the data it names, as MONAI does on
+    reading: ``%a#b`` names an id of ``config``, ``%configs/common.yaml#a`` one of another
+    config file inside the bundle folder. A macro that names nothing stays as it is (and is
+    reported with the expressions)."""
+
+    def expand(node: object, depth: int) -> object:
+        if isinstance(node, dict):
+            return {k: expand(v, depth) for k, v in node.items()}
+        if isinstance(node, list):
+            return [expand(v, depth) for v in node]
+        if isinstance(node, str) and node.startswith("%") and depth < 8:
+            found = _macro(config, node[1:], bundle)
+            return node if found is _MISSING else expand(copy.deepcopy(found), depth + 1)
+        return node
+
+    expanded = expand(config, 0)
+    assert isinstance(expanded, dict)
+    return expanded
+
+
+def _walk(node: object, ids: str) -> object:
+    for part in (p for p in re.split(r"#|::", ids) if p):
         if isinstance(node, dict) and part in node:
             node = node[part]
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         else:
-            return value
-    return _lookup(config, node, depth + 1)
+            return _MISSING
+    return node
 
 
-def _transforms(config: dict[str, Any], section: str) -> list[object] | None:
-    node = _lookup(config, config.get(section))
-    if isinstance(node, dict):
-        node = _lookup(config, node.get("transforms"))
-    return node if isinstance(node, list) else None
-
-
-def _short_name(target: str) -> tuple[str, bool]:
-    """``monai.transforms.Spacingd`` -> (``Spacing``, True); unknown names come back as is."""
-    short = target.rsplit(".", 1)[-1]
-    for suffix in ("d", "D", "Dict"):
-        base = short.removesuffix(suffix)
-        if short.endswith(suffix) and (base in ALLOWED_TRANSFORMS or base in _LOADER_STEPS):
-            return base, True
-    return short, False
-
-
-def _map_step(config: dict[str, Any], raw: object, input_key: str) -> dict[str, Any] | None:
-    """One bundle transform -> one manifest step, ``None`` for loader steps."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("_target_"), str):
-        raise _Unmapped("not a plain mapping with a _target_")
-    if raw["_target_"].startswith(_EXPRESSION) or isinstance(raw.get("_disabled_"), str):
-        raise _Unmapped("_target_/_disabled_ is an expression; not evaluated")
-    name, dictionary = _short_name(raw["_target_"])
-    if raw.get("_disabled_") is True or name in _LOADER_STEPS:
-        return None
-    if name not in ALLOWED_TRANSFORMS:
-        raise _Unmapped("not in the allow-list; add an equivalent step by hand if it matters")
-    keys = raw.get("keys", [])
-    key_list = [keys] if isinstance(keys, str) else keys
-    if dictionary:
-        if not isinstance(key_list, list) or not all(
-            isinstance(k, str) and not k.startswith(_EXPRESSION) for k in key_list
-        ):
-            raise _Unmapped(f"keys {keys!r} are not plain names; not evaluated")
-        if input_key not in key_list:
-            raise _Unmapped(f"applies to {key_list}, not the input {input_key!r}")
-    args: dict[str, Any] = {}
-    for key, value in raw.items():
-        if (key.startswith("_") and key.endswith("_")) or key in _KEY_ARGS:
-            continue
-        value = _lookup(config, value)
-        if isinstance(value, str) and value.startswith(_EXPRESSION):
-            raise _Unmapped(f"{key}={value!r} is an expression; not evaluated")
-        per_key = dictionary and key in _PER_KEY_ARGS and len(key_list) > 1
-        if per_key and isinstance(value, list) and len(value) == len(key_list):
-            value = value[key_list.index(input_key)]
-        args[key] = value
-    step = {"transform": name, **args}
+def _macro(config: dict[str, Any], text: str, bundle: Path) -> object:
+    """``%file#id`` (or ``%id`` inside ``config``), read as data; only the bundle's files."""
+    match = _CONFIG_FILE.match(text)
+    if match is None:
+        return _walk(config, text)
+    path = (bundle / match.group(1)).resolve()
+    if bundle.resolve() not in path.parents or not path.is_file():
+        return _MISSING
     try:
-        parse_step(0, step)
-    except PipelineSpecError as error:
-        raise _Unmapped(error.detail.removeprefix(f"pipeline step 0 ({name}): ")) from None
-    return step
+        raw = path.read_text(encoding="utf-8")
+        data = json.loads(raw) if path.suffix == ".json" else yaml.safe_load(raw)
+    except (OSError, ValueError, yaml.YAMLError):
+        return _MISSING
+    return _walk(data, match.group(2) or "")
 
 
-@dataclass
-class PreprocessingMap:
-    """The bundle's preprocessing, converted.
-
-    Attributes:
-        steps: Manifest preprocessing steps, in order.
-        mapped: Which bundle transform became which step.
-        skipped: Loader transforms statlane does itself (decode, channel-first, ...).
-        unmapped: Transforms left out, with reasons.
-    """
-
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    mapped: list[MappedStep] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    unmapped: list[UnmappedStep] = field(default_factory=list)
-
-
-def map_preprocessing(config: dict[str, Any], input_key: str) -> PreprocessingMap:
-    """Convert the bundle's preprocessing transforms that apply to ``input_key``."""
-    result = PreprocessingMap()
-    transforms = _transforms(config, "preprocessing")
-    if transforms is None:
-        found = config.get("preprocessing")
-        reason = f"no plain transforms list ({found!r})"
-        result.unmapped.append(UnmappedStep(-1, "preprocessing", reason))
-        return result
-    for index, raw in enumerate(transforms):
-        raw = _lookup(config, raw)
-        target = str(raw.get("_target_", "?")) if isinstance(raw, dict) else repr(raw)
-        try:
-            step = _map_step(config, raw, input_key)
-        except _Unmapped as why:
-            result.unmapped.append(UnmappedStep(index, target, str(why)))
-            continue
-        if step is None:
-            result.skipped.append(target)
-        else:
-            result.mapped.append(MappedStep(index, target, step))
-            result.steps.append(step)
-    return result
+def transforms_of(config: dict[str, Any], section: str) -> list[object] | None:
+    """The ``transforms`` list of a ``Compose`` section (references followed), or None."""
+    node = resolve(config, config.get(section))
+    if isinstance(node, dict):
+        node = resolve(config, node.get("transforms"))
+    return node if isinstance(node, list) else None
 
 
 def _ints(value: object) -> list[int] | None:
@@ -232,16 +157,51 @@ def _ints(value: object) -> list[int] | None:
     return None
 
 
+def _number(value: object, default: float) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if ok else default  # type: ignore[arg-type]
+
+
 def _sliding_window(config: dict[str, Any]) -> dict[str, Any] | None:
-    inferer = _lookup(config, config.get("inferer"))
+    """``SlidingWindowInferer`` settings with MONAI's defaults (mode ``constant``, overlap
+    0.25, sigma_scale 0.125, sw_batch_size 1), or None without a plain ``roi_size``."""
+    inferer = resolve(config, config.get("inferer"))
     if not isinstance(inferer, dict) or "SlidingWindow" not in str(inferer.get("_target_")):
         return None
-    roi = _ints(_lookup(config, inferer.get("roi_size")))
+    roi = _ints(resolve(config, inferer.get("roi_size")))
     if roi is None:
         return None
-    overlap = inferer.get("overlap", 0.25)
-    ok = isinstance(overlap, int | float) and not isinstance(overlap, bool) and 0 <= overlap < 1
-    return {"roi_size": roi, "overlap": float(overlap) if ok else 0.25}
+    overlap = resolve(config, inferer.get("overlap", 0.25))
+    if isinstance(overlap, list) and overlap and len(set(map(str, overlap))) == 1:
+        overlap = overlap[0]  # one overlap per axis, all the same
+    overlap_s = _number(overlap, 0.25)
+    mode = str(resolve(config, inferer.get("mode", "constant"))).lower()
+    sigma = resolve(config, inferer.get("sigma_scale", 0.125))
+    if isinstance(sigma, list) and sigma and len(set(map(str, sigma))) == 1:
+        sigma = sigma[0]
+    batch = resolve(config, inferer.get("sw_batch_size", 1))
+    return {
+        "roi_size": roi,
+        "overlap": overlap_s if 0.0 <= overlap_s < 1.0 else 0.25,
+        "mode": mode if mode in ("gaussian", "constant") else "constant",
+        "sigma_scale": _number(sigma, 0.125) if _number(sigma, 0.125) > 0 else 0.125,
+        "sw_batch_size": int(batch) if isinstance(batch, int) and 1 <= batch <= 256 else 1,
+    }
+
+
+def inferer_notes(config: dict[str, Any]) -> list[str]:
+    """What of a ``SlidingWindowInferer`` statlane does not take over, one line each."""
+    inferer = resolve(config, config.get("inferer"))
+    if not isinstance(inferer, dict) or "SlidingWindow" not in str(inferer.get("_target_")):
+        return []
+    notes = []
+    mode = str(resolve(config, inferer.get("mode", "constant"))).lower()
+    if mode not in ("gaussian", "constant"):
+        notes.append(f"inferer mode {mode!r} is not supported: constant blending used")
+    for key in ("padding_mode", "cval", "sw_device", "device", "progress", "cache_roi_weight_map"):
+        if key in inferer:
+            notes.append(f"inferer {key}={inferer[key]!r} not taken over (statlane's own)")
+    return notes
 
 
 def chunking_from(config: dict[str, Any], spatial: list[int]) -> dict[str, Any] | None:
@@ -259,18 +219,6 @@ def geometry_of(steps: list[dict[str, Any]]) -> dict[str, Any]:
         if step["transform"] == "Orientation" and isinstance(step.get("axcodes"), str):
             update["orientation"] = step["axcodes"]
     return update
-
-
-def activation_of(config: dict[str, Any], notes: list[str]) -> Any:
-    """``softmax`` / ``sigmoid`` from an ``Activations(d)`` postprocessing step, else ``none``."""
-    for raw in _transforms(config, "postprocessing") or []:
-        raw = _lookup(config, raw)
-        if isinstance(raw, dict) and "Activations" in str(raw.get("_target_")):
-            for kind in ("softmax", "sigmoid"):
-                if raw.get(kind) is True:
-                    return kind
-    notes.append("no plain Activations step in postprocessing: activation 'none'")
-    return "none"
 
 
 def _spatial(
@@ -301,8 +249,13 @@ def _spatial(
 
 
 def _findings(output: str, spec_out: dict[str, Any], task: Task, dims: int) -> list[FindingSpec]:
-    """One placeholder-coded finding per non-background channel of ``channel_def``."""
-    channel_def = spec_out.get("channel_def")
+    """One finding per non-background channel of ``channel_def``.
+
+    A segmentation label whose name is in the reviewed table (:mod:`models.label_codes`)
+    gets its SNOMED CT code and the category "Anatomical Structure"; any other label a marked
+    placeholder code in the private scheme ``99STATLANE`` (listed by the import report).
+    """
+    channel_def = spec_out.get("channel_def") or spec_out.get("label_def")
     if not isinstance(channel_def, dict):
         return []
     if task is Task.SEGMENTATION:
@@ -310,14 +263,31 @@ def _findings(output: str, spec_out: dict[str, Any], task: Task, dims: int) -> l
     else:
         derive = ["presence", "probability"]
     findings = []
+    names: set[str] = set()
     for channel, label in channel_def.items():
         if not str(channel).isdigit() or not isinstance(label, str) or label == "background":
             continue
         name = slug(label)
-        concept = CodedConcept(value=name.upper(), scheme="99STATLANE", meaning=label)
+        if name in names:
+            name = slug(f"{label}-{channel}")
+        names.add(name)
+        known = code_for_label(label) if task is Task.SEGMENTATION else None
+        if known is not None:
+            concept = CodedConcept(value=known.value, scheme="SCT", meaning=known.meaning)
+            category: CodedConcept | None = CodedConcept(
+                value=ANATOMICAL_STRUCTURE.value, scheme="SCT", meaning=ANATOMICAL_STRUCTURE.meaning
+            )
+        else:
+            concept = CodedConcept(value=name.upper(), scheme="99STATLANE", meaning=label[:64])
+            category = None
         findings.append(
             FindingSpec(
-                name=name, concept=concept, output=output, channel=int(channel), derive=derive
+                name=name,
+                concept=concept,
+                category=category,
+                output=output,
+                channel=int(channel),
+                derive=derive,
             )
         )
     return findings
@@ -383,7 +353,7 @@ def tensors_from(
         outputs.append(OutputSpec(name=name, dtype="float32", shape=shape, meaning=meaning))
         findings += _findings(name, spec_out, task, len(shape) - 2)
     if not findings:
-        notes.append("no channel_def in the outputs: no findings declared")
+        notes.append("no channel_def (or label_def) in the outputs: no findings declared")
     modality = spec_in.get("modality")
     if not isinstance(modality, str):
         notes.append("no input modality in the metadata: modality OT")

@@ -1,23 +1,33 @@
-"""Run one model package in-process: verify its weights, preprocess a volume, run a batch.
+"""Run one model package in-process on the serving runtime's own backends and chunking.
 
-This is the plain path used by ``statlane infer``, the evaluation and the tests; the serving
-runtime's backend interface builds on the same steps. Weights are checked against the manifest's
-sha256 *before* any runtime parses them, so an altered package is refused, never executed.
+``statlane infer``, ``models profile``, ``models evaluate``, the benchmarks and the service's
+engine share one inference layer: a :class:`~serving.backends.base.Backend` (ONNX Runtime or
+TorchScript, built by :func:`serving.backends.create_backend`) and the sliding-window code of
+:mod:`serving.engine.chunking`. A volume larger than a chunked model's ``roi_size`` runs here as
+patch batches merged with the declared blend mode, exactly as the engine runs it chunk by chunk.
+
+Weights are checked against the manifest's sha256 *before* any runtime parses them
+(:meth:`BackendModel.from_package`), so an altered package is refused, never executed.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from models.manifest import BackendKind, Manifest, verify_weights
+from models.manifest import BackendKind, Manifest
 from preprocessing.volume import Volume
+from serving.backends import BackendUnavailable, create_backend
+from serving.backends.base import Backend, BackendError, BackendModel, RequestContext
+from serving.engine.chunking import ChunkingError, ChunkSpec, sliding_window
 
 FloatArray = npt.NDArray[np.float32]
+_REQUESTS = itertools.count()
 
 
 class RunnerError(RuntimeError):
@@ -59,21 +69,29 @@ def to_model_layout(tensor: np.ndarray, input_shape: tuple[int, ...] | list[int]
 
 
 class ModelRunner:
-    """One loaded model version on one backend.
+    """One loaded model version on one in-process backend.
 
     Args:
         manifest: The package's validated manifest.
         folder: The version folder holding the manifest and weight files.
         backend: ``onnxruntime`` or ``torchscript``.
-        device: ``cpu`` or ``cuda`` (ONNX Runtime uses its CUDA provider when present).
+        device: ``cpu``, ``cuda`` or ``auto`` (the GPU when the backend finds one).
+        engine_backend: An already built backend to load the model on (shared by several
+            runners, as the engine shares one per device); default builds one.
 
     Raises:
         WeightsMismatchError: A weight file is missing or altered (checked before loading).
-        BackendUnavailableError: Unknown backend, or no weights for it in the package.
+        BackendUnavailableError: Unknown backend, not installed, or no weights for it.
     """
 
     def __init__(
-        self, manifest: Manifest, folder: Path, backend: str = "onnxruntime", device: str = "cpu"
+        self,
+        manifest: Manifest,
+        folder: Path,
+        backend: str = "onnxruntime",
+        device: str = "cpu",
+        *,
+        engine_backend: Backend | None = None,
     ) -> None:
         self.manifest = manifest
         self.folder = Path(folder)
@@ -82,47 +100,26 @@ class ModelRunner:
             self.backend = BackendKind(backend)
         except ValueError:
             raise BackendUnavailableError(f"unknown backend {backend!r}") from None
-        verify_weights(manifest, self.folder)
-        self._pipeline = manifest.pipeline()
-        if self.backend is BackendKind.ONNXRUNTIME:
-            self._session = self._load_onnx()
-        elif self.backend is BackendKind.TORCHSCRIPT:
-            self._module = self._load_torchscript()
-        else:
+        if self.backend is BackendKind.TRITON:
             raise BackendUnavailableError(
-                f"{manifest.ident}: backend {backend} is served remotely, not in-process"
+                f"{manifest.ident}: backend triton is served remotely, not in-process"
             )
-
-    def _load_onnx(self) -> Any:
-        entry = self.manifest.weights.onnx
+        self.model = BackendModel.from_package(manifest, self.folder)
+        weights = manifest.weights
+        entry = weights.onnx if self.backend is BackendKind.ONNXRUNTIME else weights.torchscript
         if entry is None:
-            raise BackendUnavailableError(f"{self.manifest.ident}: package has no ONNX weights")
-        try:
-            import onnxruntime as ort
-        except ImportError:
             raise BackendUnavailableError(
-                "onnxruntime is not installed: pip install onnxruntime"
-            ) from None
-        providers = ["CPUExecutionProvider"]
-        if self.device.startswith("cuda") and "CUDAExecutionProvider" in (
-            ort.get_available_providers()
-        ):
-            providers.insert(0, "CUDAExecutionProvider")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        return ort.InferenceSession(
-            str(self.folder / entry.path), sess_options=options, providers=providers
-        )
-
-    def _load_torchscript(self) -> Any:
-        entry = self.manifest.weights.torchscript
-        if entry is None:
-            raise BackendUnavailableError(f"{self.manifest.ident}: package has no TorchScript")
-        import torch
-
-        module = torch.jit.load(str(self.folder / entry.path), map_location=self.device)
-        module.eval()
-        return module
+                f"{manifest.ident}: package has no {self.backend.value} weights"
+            )
+        try:
+            self.engine_backend = engine_backend or create_backend(backend, device=device)
+            self.engine_backend.load(self.model)
+        except BackendUnavailable as error:
+            raise BackendUnavailableError(f"{manifest.ident}: {error}") from error
+        except BackendError as error:
+            raise RunnerError(str(error)) from error
+        self.chunking = ChunkSpec.from_manifest(manifest)
+        self._pipeline = manifest.pipeline()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -141,36 +138,70 @@ class ModelRunner:
         return self.preprocess(volume).array
 
     def _check(self, batch: np.ndarray) -> None:
+        """A batch must be ``(N, C, *spatial)``: the input's spatial size exactly, or any size
+        of the same rank for a chunked model (it runs as sliding-window patches)."""
         expected = self.input_shape[1:]
-        chunking = self.manifest.runtime.chunking
-        if chunking is not None and tuple(batch.shape[2:]) == tuple(chunking.roi_size):
-            expected = (expected[0], *chunking.roi_size)  # one sliding-window patch per item
-        if batch.ndim != len(self.input_shape) or tuple(batch.shape[1:]) != expected:
+        fits = batch.ndim == len(self.input_shape) and batch.shape[1] == expected[0]
+        if self.chunking is None:
+            fits = fits and tuple(batch.shape[1:]) == expected
+        if not fits:
+            wanted = ", ".join(str(n) for n in expected)
+            if self.chunking is not None:
+                wanted = f"{expected[0]}, any {len(expected) - 1}D size"
             raise InputShapeError(
                 f"{self.manifest.ident}: input shape {tuple(batch.shape)} does not match "
-                f"(batch, {', '.join(str(n) for n in expected)})"
+                f"(batch, {wanted})"
             )
         if batch.shape[0] < 1:
             raise InputShapeError(f"{self.manifest.ident}: empty batch")
+
+    def _infer(self, batch: FloatArray) -> Mapping[str, np.ndarray]:
+        """One backend call of at most ``max_batch`` items."""
+        context = RequestContext(f"local-{next(_REQUESTS)}")
+        try:
+            return self.engine_backend.infer(self.model, batch, context)
+        except BackendError as error:
+            raise RunnerError(str(error)) from error
+
+    def _run_whole(self, batch: FloatArray) -> dict[str, FloatArray]:
+        step = self.model.max_batch
+        parts = [self._infer(batch[i : i + step]) for i in range(0, batch.shape[0], step)]
+        return {
+            name: np.concatenate([np.asarray(p[name], dtype=np.float32) for p in parts])
+            for name in self.model.output_names
+        }
+
+    def predict(self, item: np.ndarray) -> dict[str, FloatArray]:
+        """Outputs ``{name: (C_out, *spatial)}`` of one input ``(C, *spatial)``.
+
+        A chunked model runs the input as sliding-window patches, ``sw_batch_size`` (at most
+        ``max_batch``) per backend call, merged with the declared blend mode; a patch-sized
+        input runs whole.
+        """
+        array = np.ascontiguousarray(item, dtype=np.float32)
+        self._check(array[None])
+        spec = self.chunking
+        if spec is None or tuple(array.shape[1:]) == spec.roi_size:
+            return {name: value[0] for name, value in self._run_whole(array[None]).items()}
+        chunking = self.manifest.runtime.chunking
+        assert chunking is not None
+        size = max(1, min(chunking.sw_batch_size, self.model.max_batch))
+        try:
+            return sliding_window(array, spec, self._infer, batch_size=size)
+        except ChunkingError as error:
+            raise InputShapeError(f"{self.manifest.ident}: {error}") from error
 
     def run(self, batch: np.ndarray) -> dict[str, FloatArray]:
         """Run a batch ``(N, C, *spatial)``; returns raw outputs by manifest output name.
 
         Raises:
             InputShapeError: ``batch`` does not match the input spec.
+            RunnerError: The backend failed.
         """
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         self._check(batch)
-        names = [o.name for o in self.manifest.outputs]
-        if self.backend is BackendKind.ONNXRUNTIME:
-            results = self._session.run(names, {self.manifest.input.name: batch})
-            return {n: np.asarray(r, dtype=np.float32) for n, r in zip(names, results, strict=True)}
-        import torch
-
-        with torch.inference_mode():
-            out = self._module(torch.from_numpy(batch).to(self.device))
-        tensors = out if isinstance(out, tuple | list) else (out,)
-        return {
-            n: t.detach().cpu().numpy().astype(np.float32)
-            for n, t in zip(names, tensors, strict=True)
-        }
+        spec = self.chunking
+        if spec is None or tuple(batch.shape[2:]) == spec.roi_size:
+            return self._run_whole(batch)
+        items = [self.predict(item) for item in batch]
+        return {name: np.stack([o[name] for o in items]) for name in self.model.output_names}

@@ -26,13 +26,16 @@ ALLOWED_TRANSFORMS: dict[str, type[Transform]] = {
     "ResizeWithPadOrCrop": mt.ResizeWithPadOrCrop,
     "SpatialPad": mt.SpatialPad,
     "CenterSpatialCrop": mt.CenterSpatialCrop,
+    "CropForeground": mt.CropForeground,
+    "DivisiblePad": mt.DivisiblePad,
+    "ScaleIntensityRangePercentiles": mt.ScaleIntensityRangePercentiles,
 }
 """Transform names a spec may use, besides the ``Window`` alias."""
 
 WINDOW_DEFAULTS: dict[str, Any] = {"b_min": 0.0, "b_max": 1.0, "clip": True}
 # Arguments that are ours to set (output is always float32, geometry always eager or fused) or that
 # take objects rather than plain data.
-_REFUSED_ARGS = frozenset({"lazy", "dtype", "labels"})
+_REFUSED_ARGS = frozenset({"lazy", "dtype", "labels", "select_fn", "return_coords"})
 _EXPRESSION_PREFIXES = ("$", "@", "%")
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 

@@ -73,9 +73,9 @@ def _inference(sentinel: Path) -> dict[str, Any]:
                     "b_max": 1.0,
                     "clip": True,
                 },
+                {"_target_": "CropForegroundd", "keys": "image", "source_key": "image"},
                 {"_target_": "Resized", "keys": "image", "spatial_size": "@image_size"},
                 {"_target_": "Lambdad", "keys": "image", "func": f"$open('{sentinel}', 'w')"},
-                {"_target_": "CropForegroundd", "keys": "image", "source_key": "image"},
                 {"_target_": "EnsureTyped", "keys": "image"},
             ],
         },
@@ -116,7 +116,7 @@ def make_bundle(
 
 def test_torchscript_bundle_becomes_a_valid_package(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path)
-    report = import_bundle(bundle, tmp_path / "repo")
+    report = import_bundle(bundle, tmp_path / "repo", allow_unmapped=True)
     assert report.ident == "tiny-head-ct@1"
     assert report.folder == tmp_path / "repo" / "tiny-head-ct" / "1"
     results = Registry(tmp_path / "repo").validate()
@@ -134,6 +134,7 @@ def test_torchscript_bundle_becomes_a_valid_package(tmp_path: Path) -> None:
             "b_max": 1.0,
             "clip": True,
         },
+        {"transform": "CropForeground"},
         {"transform": "Resize", "spatial_size": list(SPATIAL)},
     ]
     assert manifest.task is Task.CLASSIFICATION
@@ -143,39 +144,47 @@ def test_torchscript_bundle_becomes_a_valid_package(tmp_path: Path) -> None:
     assert [(o.name, o.shape) for o in manifest.outputs] == [("pred", [-1, 2])]
     assert manifest.postprocessing.activation == "softmax"
     assert [(f.name, f.channel) for f in manifest.findings] == [("hemorrhage", 1)]
-    assert manifest.weights.onnx is None and manifest.weights.torchscript is not None
-    assert manifest.runtime.backends == [BackendKind.TORCHSCRIPT]
+    # The shipped TorchScript is kept; ONNX is exported from it and checked against it.
+    assert manifest.weights.onnx is not None and manifest.weights.torchscript is not None
+    assert manifest.runtime.backends == [BackendKind.ONNXRUNTIME, BackendKind.TORCHSCRIPT]
+    assert manifest.imported is not None and manifest.imported.weights_from == "models/model.ts"
     assert manifest.modality == ["CT"]
     assert manifest.card.not_for_clinical_use
 
 
 def test_unmapped_steps_and_expressions_are_reported_never_run(tmp_path: Path) -> None:
     sentinel = tmp_path / "sentinel"
-    report = import_bundle(make_bundle(tmp_path), tmp_path / "repo")
+    with pytest.raises(BundleImportError, match=r"unsupported transform.*\[7\] Lambdad"):
+        import_bundle(make_bundle(tmp_path), tmp_path / "repo")
+    report = import_bundle(tmp_path / "bundle", tmp_path / "repo", allow_unmapped=True)
     assert not sentinel.exists(), "a bundle expression was evaluated"
     assert [m.target for m in report.mapped] == [
         "Orientationd",
         "Spacingd",
         "monai.transforms.ScaleIntensityRanged",
+        "CropForegroundd",
         "Resized",
+        "postprocessing Activationsd",
     ]
     assert report.skipped == ["LoadImaged", "EnsureChannelFirstd", "EnsureTyped"]
     unmapped = {u.target: u.reason for u in report.unmapped}
-    assert set(unmapped) == {"Lambdad", "CropForegroundd"}
-    assert "not in the allow-list" in unmapped["CropForegroundd"]
+    assert set(unmapped) == {"Lambdad"}
+    assert "not in the allow-list" in unmapped["Lambdad"]
     found = dict(report.expressions)
-    assert found["preprocessing#transforms#6#func"] == f"$open('{sentinel}', 'w')"
+    assert found["preprocessing#transforms#7#func"] == f"$open('{sentinel}', 'w')"
     assert found["run"].startswith("$open(")
     assert found["imports#0"] == "$import glob"
-    assert found["preprocessing#transforms#5#spatial_size"] == "@image_size"
+    assert found["preprocessing#transforms#6#spatial_size"] == "@image_size"
     text = "\n".join(report.lines())
     assert f"expression at run NOT evaluated: $open('{sentinel}', 'w').write('ran')" in text
-    assert "UNMAPPED [7] CropForegroundd" in text
+    assert "UNMAPPED [7] Lambdad" in text
 
 
 def test_onnx_bundle_takes_names_and_dims_from_the_graph(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path, onnx=True, spatial=["8*n", "8*n", "8*n"], yaml_config=True)
-    report = import_bundle(bundle, tmp_path / "repo", name="head-onnx", version=3, max_batch=2)
+    report = import_bundle(
+        bundle, tmp_path / "repo", name="head-onnx", version=3, max_batch=2, allow_unmapped=True
+    )
     manifest = load_manifest(report.folder)
     assert manifest.ident == "head-onnx@3"
     assert manifest.input.name == "image" and manifest.input.shape == [-1, 1, *SPATIAL]
@@ -191,7 +200,9 @@ def test_symbolic_shape_needs_a_concrete_size(tmp_path: Path) -> None:
     with pytest.raises(BundleImportError, match=r"symbolic .* pass --input-shape"):
         import_bundle(bundle, tmp_path / "repo")
     assert not (tmp_path / "repo" / "tiny-head-ct" / "1").exists()
-    report = import_bundle(bundle, tmp_path / "repo", input_shape=list(SPATIAL))
+    report = import_bundle(
+        bundle, tmp_path / "repo", input_shape=list(SPATIAL), allow_unmapped=True
+    )
     assert load_manifest(report.folder).input.shape == [-1, 1, *SPATIAL]
 
 
@@ -199,7 +210,13 @@ def test_sliding_window_inferer_settings_are_read() -> None:
     config = {
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 8], "overlap": 0.5}
     }
-    assert chunking_from(config, [32, 32, 16]) == {"roi_size": [16, 16, 8], "overlap": 0.5}
+    assert chunking_from(config, [32, 32, 16]) == {
+        "roi_size": [16, 16, 8],
+        "overlap": 0.5,
+        "mode": "constant",
+        "sigma_scale": 0.125,
+        "sw_batch_size": 1,
+    }
 
 
 def test_sliding_window_inferer_on_a_classifier_is_reported_not_chunked(tmp_path: Path) -> None:
@@ -210,7 +227,7 @@ def test_sliding_window_inferer_on_a_classifier_is_reported_not_chunked(tmp_path
         "overlap": 0.5,
     }
     bundle = make_bundle(tmp_path, spatial=["8*n", "8*n", "8*n"], inference=config)
-    report = import_bundle(bundle, tmp_path / "repo")
+    report = import_bundle(bundle, tmp_path / "repo", allow_unmapped=True)
     manifest = load_manifest(report.folder)
     assert manifest.input.shape == [-1, 1, *SPATIAL]
     assert manifest.runtime.chunking is None  # windows of class scores cannot be merged
@@ -226,8 +243,8 @@ def test_nothing_mappable_is_refused(tmp_path: Path) -> None:
 
 def test_second_import_gets_the_next_version(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path)
-    import_bundle(bundle, tmp_path / "repo")
-    assert import_bundle(bundle, tmp_path / "repo").ident == "tiny-head-ct@2"
+    import_bundle(bundle, tmp_path / "repo", allow_unmapped=True)
+    assert import_bundle(bundle, tmp_path / "repo", allow_unmapped=True).ident == "tiny-head-ct@2"
     with pytest.raises(BundleImportError, match="already exists"):
         import_bundle(bundle, tmp_path / "repo", version=1)
 
@@ -235,10 +252,11 @@ def test_second_import_gets_the_next_version(tmp_path: Path) -> None:
 def test_cli_prints_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bundle = make_bundle(tmp_path)
     repo = tmp_path / "repo"
-    assert main(["models", "import-bundle", str(bundle), "--out", str(repo)]) == 0
+    args = ["models", "import-bundle", str(bundle), "--out", str(repo), "--allow-unmapped"]
+    assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"imported tiny-head-ct@1 -> {repo / 'tiny-head-ct' / '1'}")
-    assert "UNMAPPED [6] Lambdad" in out and "NOT evaluated" in out
+    assert f"imported tiny-head-ct@1 -> {repo / 'tiny-head-ct' / '1'}" in out
+    assert "UNMAPPED [7] Lambdad" in out and "NOT evaluated" in out
     assert not (tmp_path / "sentinel").exists()
     assert main(["models", "--root", str(repo), "validate", "tiny-head-ct"]) == 0
     assert main(["models", "import-bundle", str(tmp_path / "absent")]) == 2

@@ -88,7 +88,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bundle.add_argument("--name", default=None)
     bundle.add_argument("--version", type=int, default=None)
     bundle.add_argument("--input-shape", type=_ints, default=None, help="spatial voxels, 96,96,96")
-    bundle.add_argument("--max-batch", type=int, default=1)
+    bundle.add_argument(
+        "--max-batch", type=int, default=None, help="default: the inferer's sw_batch_size, or 1"
+    )
+    bundle.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="evaluate nothing of the bundle: needs models/model.ts (or model.onnx)",
+    )
+    bundle.add_argument(
+        "--allow-unmapped",
+        action="store_true",
+        help="import although some transforms have no statlane equivalent (listed)",
+    )
+    bundle.add_argument(
+        "--dry-run", action="store_true", help="map and report only: build and write nothing"
+    )
 
     train = verb("train", _train, "train a reference model on synthetic phantoms")
     train.add_argument("name")
@@ -232,6 +247,8 @@ def _import_bundle(args: argparse.Namespace, registry: Registry) -> int:
 
     if not args.bundle.is_dir():
         raise _UsageError(f"not a folder: {args.bundle}")
+    if args.max_batch is not None and not 1 <= args.max_batch <= 256:
+        raise _UsageError("--max-batch must be between 1 and 256")
     report = import_bundle(
         args.bundle,
         args.out or registry.root,
@@ -239,6 +256,10 @@ def _import_bundle(args: argparse.Namespace, registry: Registry) -> int:
         version=args.version,
         input_shape=args.input_shape,
         max_batch=args.max_batch,
+        evaluate=not args.no_eval,
+        allow_unmapped=args.allow_unmapped,
+        dry_run=args.dry_run,
+        say=lambda line: print(line, flush=True),
     )
     print("\n".join(report.lines()))
     return 0
