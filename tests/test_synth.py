@@ -1,4 +1,5 @@
-"""Synthetic studies: determinism, geometry, tissue HU, findings, faults, compression, CLI."""
+"""Synthetic studies: determinism, geometry, tissue HU, findings, organ labels, faults,
+compression, CLI."""
 
 from __future__ import annotations
 
@@ -17,13 +18,16 @@ import pytest
 from pydicom.errors import InvalidDicomError
 
 from models.synthetic import (
+    ORGAN_LABELS,
     Compression,
     Fault,
     StudyKind,
     SyntheticStudy,
     SynthSpecError,
     generate_study,
+    load_label_map,
 )
+from preprocessing import Volume, load_study, scan_folder
 from serving.commands import synth as synth_command
 
 
@@ -54,6 +58,18 @@ def head_ich(out: Path) -> SyntheticStudy:
 @pytest.fixture(scope="module")
 def chest_nodule(out: Path) -> SyntheticStudy:
     return generate_study(StudyKind.CT_CHEST, out, seed=7, finding=True, matrix=64)
+
+
+@pytest.fixture(scope="module")
+def abdomen(out: Path) -> SyntheticStudy:
+    """100 x 2.5 mm from the lung bases down: liver and spleen wholly inside the series."""
+    return generate_study(StudyKind.CT_ABDOMEN, out, seed=7, slices=100, matrix=96)
+
+
+@pytest.fixture(scope="module")
+def abdomen_volume(abdomen: SyntheticStudy) -> Volume:
+    (volume,) = load_study(scan_folder(abdomen.study_dir)).values()
+    return volume
 
 
 # --- determinism and identity -------------------------------------------------------------
@@ -151,6 +167,128 @@ def test_default_ct_head_is_512_and_fast(tmp_path: Path) -> None:
     assert (ds.Rows, ds.Columns, len(study.files)) == (512, 512, 32)
     assert float(ds.PixelSpacing[0]) == 0.46875
     assert elapsed < 10.0, f"512x512x32 CT head took {elapsed:.1f} s"
+
+
+# --- CT abdomen: organ label map ---------------------------------------------------------
+
+
+def test_ct_abdomen_is_deterministic(tmp_path: Path) -> None:
+    a = generate_study("ct-abdomen", tmp_path / "a", seed=3, slices=40, matrix=64)
+    b = generate_study("ct-abdomen", tmp_path / "b", seed=3, slices=40, matrix=64)
+    for pa, pb in zip(a.files, b.files, strict=True):
+        assert pa.read_bytes() == pb.read_bytes()
+    assert a.ground_truth is not None and b.ground_truth is not None
+    assert a.ground_truth.read_bytes() == b.ground_truth.read_bytes()
+    assert a.labels is not None and b.labels is not None
+    assert a.labels.read_bytes() == b.labels.read_bytes()
+    c = generate_study("ct-abdomen", tmp_path / "c", seed=4, slices=40, matrix=64)
+    assert c.labels is not None and c.labels.read_bytes() != a.labels.read_bytes()
+
+
+def test_ct_abdomen_geometry_and_identity(abdomen: SyntheticStudy) -> None:
+    slices = read_all(abdomen)
+    assert len(slices) == 100 and abdomen.mask is None
+    ds = slices[50]
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2" and ds.Modality == "CT"
+    assert ds.BodyPartExamined == "ABDOMEN" and ds.StudyDescription == "CT ABDOMEN WO CONTRAST"
+    assert ds.ProcedureCodeSequence[0].CodeValue == "36424-0"
+    assert math.isclose(float(ds.PixelSpacing[0]), 380.0 / 96)
+    z = np.array([float(d.ImagePositionPatient[2]) for d in slices])
+    assert np.allclose(np.diff(z), 2.5) and z[-1] == 115.0  # top slice in the lung bases
+    assert float(ds.SliceThickness) == 2.5
+
+
+def test_ct_abdomen_label_map_matches_loaded_volume(
+    abdomen: SyntheticStudy, abdomen_volume: Volume
+) -> None:
+    labels, affine = load_label_map(abdomen.study_dir)
+    assert labels.dtype == np.uint8 and labels.shape == abdomen_volume.shape == (96, 96, 100)
+    assert np.allclose(affine, abdomen_volume.affine, atol=1e-6)
+    assert set(np.unique(labels).tolist()) == {0, *ORGAN_LABELS.values()}
+    assert ORGAN_LABELS == {"spleen": 1, "liver": 2}
+    gt = truth(abdomen)
+    assert gt["label_map"]["axes"] == ["column", "row", "slice"]
+    assert gt["label_map"]["file"] == "labels.npy"
+    assert abdomen.labels == abdomen.study_dir / "labels.npy"
+    for name, value in ORGAN_LABELS.items():
+        assert gt["organs"][name]["voxel_count"] == int((labels == value).sum())
+
+
+@pytest.mark.parametrize(("organ", "low", "high"), [("spleen", 45.0, 50.0), ("liver", 55.0, 65.0)])
+def test_ct_abdomen_organ_hu(
+    abdomen: SyntheticStudy, abdomen_volume: Volume, organ: str, low: float, high: float
+) -> None:
+    labels, _ = load_label_map(abdomen.study_dir)
+    inside = abdomen_volume.array[labels == ORGAN_LABELS[organ]]
+    assert low < float(inside.mean()) < high  # aligned: the label sits on the organ's tissue
+    lo, hi = np.percentile(inside, [0.5, 99.5])
+    assert low - 30.0 < lo and hi < high + 30.0  # noise only, no other tissue inside the label
+    assert truth(abdomen)["organs"][organ]["nominal_hu"] == pytest.approx(inside.mean(), abs=2)
+
+
+def test_ct_abdomen_organ_volumes_and_sides(abdomen: SyntheticStudy) -> None:
+    gt = truth(abdomen)
+    assert gt["finding_present"] is False and gt["finding_type"] is None
+    voxel_ml = gt["geometry"]["voxel_volume_ml"]
+    spleen, liver = gt["organs"]["spleen"], gt["organs"]["liver"]
+    assert spleen["complete"] and liver["complete"]
+    assert 100.0 <= spleen["volume_ml"] <= 300.0
+    assert 1000.0 <= liver["volume_ml"] <= 2000.0
+    for organ in (spleen, liver):
+        assert organ["volume_ml"] == pytest.approx(organ["voxel_count"] * voxel_ml, rel=1e-12)
+    assert spleen["centre_mm"][0] > 40.0 and spleen["centre_mm"][1] > 20.0  # left, posterior
+    assert liver["centre_mm"][0] < -20.0  # patient's right: the left of the displayed image
+    labels, _ = load_label_map(abdomen.study_dir)
+    spleen_column, liver_column = (np.nonzero(labels == v)[0].mean() for v in (1, 2))
+    assert spleen_column > labels.shape[0] / 2 > liver_column  # columns run to patient's left
+
+
+def test_ct_abdomen_other_tissue(abdomen_volume: Volume) -> None:
+    def at(x: float, y: float, z: float) -> float:
+        ijk = np.linalg.solve(abdomen_volume.affine, [x, y, z, 1.0])[:3]
+        i, j, k = (int(v) for v in np.rint(ijk))
+        return float(abdomen_volume.array[i - 1 : i + 2, j - 1 : j + 2, k].mean())
+
+    z = 0.0
+    assert at(0.0, -180.0, z) < -900.0  # air in front of the body
+    assert -130.0 < at(0.0, -116.0, z) < -70.0  # subcutaneous fat
+    assert 25.0 < at(0.0, -104.0, z) < 55.0  # abdominal wall muscle
+    assert at(0.0, 58.0, 75.0) > 300.0  # vertebral body (bone, between two discs)
+    assert 30.0 < at(16.0, 22.0, z) < 60.0  # aorta
+
+
+def test_ct_abdomen_partial_coverage(tmp_path: Path) -> None:
+    study = generate_study("ct-abdomen", tmp_path, seed=5, slices=40, matrix=64)
+    (volume,) = load_study(scan_folder(study.study_dir)).values()
+    labels, _ = load_label_map(study.study_dir)
+    assert labels.shape == volume.shape == (64, 64, 40)
+    liver = truth(study)["organs"]["liver"]
+    assert liver["voxel_count"] > 0 and not liver["complete"]  # 100 mm: the liver runs on
+
+
+def test_ct_abdomen_with_series_fault(tmp_path: Path) -> None:
+    study = generate_study(
+        "ct-abdomen", tmp_path, seed=5, slices=40, matrix=64, fault="missing-slice"
+    )
+    assert len(study.files) == 39
+    labels, _ = load_label_map(study.study_dir)
+    assert labels.shape == (64, 64, 40)  # the source grid, as documented
+
+
+def test_label_map_only_for_ct_abdomen(head_ich: SyntheticStudy) -> None:
+    assert head_ich.labels is None
+    with pytest.raises(FileNotFoundError):
+        load_label_map(head_ich.study_dir)
+
+
+def test_default_ct_abdomen_is_512_and_fast(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    study = generate_study("ct-abdomen", tmp_path, seed=1)
+    elapsed = time.perf_counter() - start
+    ds = pydicom.dcmread(study.files[0])
+    assert (ds.Rows, ds.Columns, len(study.files)) == (512, 512, 100)
+    assert float(ds.PixelSpacing[0]) == 0.7421875 and float(ds.SliceThickness) == 2.5
+    assert elapsed < 15.0, f"512x512x100 CT abdomen took {elapsed:.1f} s"
 
 
 # --- findings -------------------------------------------------------------------------------
@@ -319,6 +457,11 @@ def test_series_faults_rejected_for_radiographs(out: Path) -> None:
         {"kind": "ct-head", "slice_thickness_mm": 3.0},
         {"kind": "ct-chest", "slices": 99},
         {"kind": "ct-chest", "gantry_tilt_deg": 10.0},
+        {"kind": "ct-abdomen", "finding": True},
+        {"kind": "ct-abdomen", "slices": 15},
+        {"kind": "ct-abdomen", "slices": 300},
+        {"kind": "ct-abdomen", "slice_thickness_mm": 5.0},
+        {"kind": "ct-abdomen", "gantry_tilt_deg": 10.0},
         {"kind": "ct-head", "priority": "URGENT"},
         {"kind": "mr-knee"},
         {"kind": "ct-head", "compression": "jpeg-lossy"},
@@ -367,3 +510,26 @@ def test_cli_writes_a_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         assert gt["finding_present"] is True
         name = str(pydicom.dcmread(folder / "IM_0001.dcm").PatientName)
         assert all(part not in "\n".join(lines) for part in name.split("^"))
+
+
+def test_cli_abdomen_only_when_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    synth_command.add_parser(parser.add_subparsers())
+    args = parser.parse_args(
+        ["synth", "--out", str(tmp_path / "abd"), "--kind", "ct-abdomen", "--count", "2",
+         "--slices", "16", "--matrix", "64", "--finding-rate", "1"]
+    )  # fmt: skip
+    assert args.func(args) == 0  # a finding rate of 1 is harmless: the abdomen has none
+    folders = sorted(p for p in (tmp_path / "abd").iterdir() if p.is_dir())
+    assert len(folders) == 2
+    for folder in folders:
+        gt = json.loads((folder / "ground_truth.json").read_text())
+        assert gt["kind"] == "ct-abdomen" and gt["finding_present"] is False
+        assert (folder / "labels.npy").is_file()
+    args = parser.parse_args(["synth", "--out", str(tmp_path / "all"), "--matrix", "64"])
+    assert args.func(args) == 0
+    kinds = sorted(
+        json.loads((p / "ground_truth.json").read_text())["kind"]
+        for p in (tmp_path / "all").iterdir()
+    )
+    assert kinds == ["cr-chest", "ct-chest", "ct-head", "dx-chest"]  # the default four

@@ -26,6 +26,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "matrix": 64,
     },
     "ct-chest-nodule": {"kind": "ct-chest", "finding": True, "slices": 100, "matrix": 64},
+    "ct-abdomen": {"kind": "ct-abdomen", "slices": 16, "matrix": 64},
+    "ct-abdomen-jpeg-ls": {
+        "kind": "ct-abdomen",
+        "slices": 16,
+        "matrix": 64,
+        "compression": "jpeg-ls",
+    },
     "cr-chest-pneumothorax": {"kind": "cr-chest", "finding": True, "matrix": 256},
     "dx-chest-pneumothorax": {"kind": "dx-chest", "finding": True, "matrix": 256},
     "dx-chest-stat": {"kind": "dx-chest", "priority": "STAT", "matrix": 128},

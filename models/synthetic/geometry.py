@@ -124,6 +124,18 @@ class SeriesGeometry:
             + np.outer(np.asarray(row, dtype=np.float64) * self.pixel_spacing_mm, col_dir)
         )
 
+    def affine_lps(self) -> FloatArray:
+        """4x4 voxel index ``(column, row, slice, 1)`` → LPS mm, as the DICOM loader builds it
+        (``preprocessing.Volume.affine``): columns are row direction x spacing, column direction
+        x spacing, the table step along z, and the first voxel's position."""
+        affine = np.eye(4)
+        s = self.pixel_spacing_mm
+        affine[:3, 0] = np.array(self.row_direction) * s
+        affine[:3, 1] = np.array(self.column_direction) * s
+        affine[:3, 2] = (0.0, 0.0, self.table_step_mm)
+        affine[:3, 3] = self.positions()[0]
+        return affine
+
     def nearest_voxel(self, point_mm: tuple[float, float, float]) -> tuple[int, int, int]:
         """Indices (column, row, slice) of the voxel centre nearest to an LPS point."""
         ipp0 = self.positions()[0]

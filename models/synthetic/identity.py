@@ -23,6 +23,7 @@ REFERRING_PHYSICIANS = ("PARRISH^ODETTE^^DR", "LINDQVIST^TOMAS^^DR", "ABARA^NKEM
 STATIONS = {
     StudyKind.CT_HEAD: "CTED01",
     StudyKind.CT_CHEST: "CTMAIN02",
+    StudyKind.CT_ABDOMEN: "CTMAIN02",
     StudyKind.CR_CHEST: "CRROOM3",
     StudyKind.DX_CHEST: "DXED01",
 }
@@ -48,6 +49,9 @@ PROCEDURES = {
     ),
     StudyKind.CT_CHEST: ProcedureCode(
         "29252-4", "LN", "CT Chest WO contrast", "CT CHEST WO CONTRAST", "CHEST"
+    ),
+    StudyKind.CT_ABDOMEN: ProcedureCode(
+        "36424-0", "LN", "CT Abdomen WO contrast", "CT ABDOMEN WO CONTRAST", "ABDOMEN"
     ),
     StudyKind.CR_CHEST: _XR_CHEST,
     StudyKind.DX_CHEST: _XR_CHEST,

@@ -1,6 +1,7 @@
 """CT phantoms in Hounsfield units (HU): a head with an optional haemorrhage, a chest with an
-optional nodule. Volumes are indexed ``[slice, row, column]`` and sampled analytically at the
-voxel centres of a :class:`SeriesGeometry`, so gantry tilt is exact."""
+optional nodule (and, from :mod:`models.synthetic.abdomen`, an abdomen with an organ label map).
+Volumes are indexed ``[slice, row, column]`` and sampled analytically at the voxel centres of a
+:class:`SeriesGeometry`, so gantry tilt is exact."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from models.synthetic import abdomen
 from models.synthetic.geometry import FloatArray, SeriesGeometry
 from models.synthetic.spec import StudyKind, StudySpec, seeded_int
 
@@ -41,11 +43,13 @@ class Lesion:
 
 @dataclass(frozen=True)
 class CtPhantom:
-    """HU volume ``[slice, row, column]`` (float32, noise included) and the lesion mask."""
+    """HU volume ``[slice, row, column]`` (float32, noise included), the lesion mask and, for
+    ct-abdomen, the organ label map (uint8, same indexing, ``abdomen.ORGAN_LABELS``)."""
 
     hu: npt.NDArray[np.float32]
     mask: BoolVolume | None
     lesion: Lesion | None
+    labels: npt.NDArray[np.uint8] | None = None
 
 
 class _Painter:
@@ -288,6 +292,12 @@ def ct_series(spec: StudySpec) -> tuple[SeriesGeometry, CtPhantom]:
             gantry_tilt_deg=spec.gantry_tilt_deg,
         )
         return geometry, ct_head(geometry, rng, spec.finding)
+    if spec.kind is StudyKind.CT_ABDOMEN:
+        geometry = abdomen.abdomen_geometry(
+            matrix=spec.matrix, slices=spec.slices, slice_thickness_mm=spec.slice_thickness_mm
+        )
+        organs = abdomen.ct_abdomen(geometry, rng)
+        return geometry, CtPhantom(hu=organs.hu, mask=None, lesion=None, labels=organs.labels)
     geometry = chest_geometry(
         matrix=spec.matrix, slices=spec.slices, slice_thickness_mm=spec.slice_thickness_mm
     )

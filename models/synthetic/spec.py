@@ -16,13 +16,19 @@ class StudyKind(StrEnum):
 
     CT_HEAD = "ct-head"
     CT_CHEST = "ct-chest"
+    CT_ABDOMEN = "ct-abdomen"
     CR_CHEST = "cr-chest"
     DX_CHEST = "dx-chest"
 
     @property
     def is_ct(self) -> bool:
         """True for cross-sectional CT series, False for single-image radiographs."""
-        return self in (StudyKind.CT_HEAD, StudyKind.CT_CHEST)
+        return self in (StudyKind.CT_HEAD, StudyKind.CT_CHEST, StudyKind.CT_ABDOMEN)
+
+    @property
+    def has_finding(self) -> bool:
+        """True when the kind can carry a planted finding (see ``FINDING_TYPES``)."""
+        return self in FINDING_TYPES
 
 
 class Fault(StrEnum):
@@ -57,7 +63,8 @@ FINDING_TYPES = {
     StudyKind.CR_CHEST: "pneumothorax",
     StudyKind.DX_CHEST: "pneumothorax",
 }
-"""The one finding each kind can carry when ``finding=True``."""
+"""The one finding each kind can carry when ``finding=True``. ct-abdomen has none: it is
+normal anatomy with an organ label map, and asking it for a finding is a ``SynthSpecError``."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,8 @@ class SyntheticStudy:
     compression: Compression
     priority: str = "ROUTINE"
     finding: bool = False
+    labels: Path | None = None
+    """The organ label map (``labels.npy``, ct-abdomen only); read it with ``load_label_map``."""
 
 
 class SynthSpecError(ValueError):
@@ -141,6 +150,18 @@ class StudySpec:
                 raise SynthSpecError(f"ct-chest takes >= 100 slices, got {slices}")
             if thickness not in (1.25, 2.5):
                 raise SynthSpecError(f"ct-chest slice thickness is 1.25 or 2.5 mm, got {thickness}")
+        elif kind is StudyKind.CT_ABDOMEN:
+            slices = 100 if slices is None else slices
+            thickness = 2.5 if slice_thickness_mm is None else float(slice_thickness_mm)
+            if thickness not in (1.25, 2.0, 2.5):
+                raise SynthSpecError(
+                    f"ct-abdomen slice thickness is 1.25, 2.0 or 2.5 mm, got {thickness}"
+                )
+            if slices < 16 or (slices - 1) * thickness > 600.0:
+                raise SynthSpecError(
+                    f"ct-abdomen takes 16 slices up to 600 mm of coverage, got {slices} x "
+                    f"{thickness} mm"
+                )
         else:
             if slices not in (None, 1):
                 raise SynthSpecError(f"{kind.value} is a single image; slices must be None or 1")
@@ -154,6 +175,8 @@ class StudySpec:
         matrix = (512 if kind.is_ct else 1024) if matrix is None else int(matrix)
         if not 32 <= matrix <= 4096:
             raise SynthSpecError(f"matrix must be 32-4096 pixels, got {matrix}")
+        if finding and not kind.has_finding:
+            raise SynthSpecError(f"{kind.value} has no finding to plant")
         if fault is not None and fault.needs_series and not kind.is_ct:
             raise SynthSpecError(f"fault {fault.value} needs a CT series, not {kind.value}")
         return cls(

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
-from models.synthetic import faults, phantom, radiograph, writer
+from models.synthetic import abdomen, faults, phantom, radiograph, writer
 from models.synthetic.geometry import SeriesGeometry
 from models.synthetic.identity import Order, Patient, make_order, make_patient
 from models.synthetic.spec import (
@@ -25,6 +25,8 @@ from models.synthetic.spec import (
 
 GROUND_TRUTH_NAME = "ground_truth.json"
 MASK_NAME = "mask.npy"
+LABELS_NAME = "labels.npy"
+LABEL_AXES = ["column", "row", "slice"]
 
 
 def generate_study(
@@ -44,10 +46,13 @@ def generate_study(
     """Write one synthetic study to ``out_dir/<accession>/`` and return what was written.
 
     ``finding`` plants an intracranial haemorrhage (ct-head), a lung nodule (ct-chest) or a
-    pneumothorax (cr-chest, dx-chest). ``matrix`` is rows = columns (default 512 for CT, 1024
-    for radiographs). Slice thickness is in mm, gantry tilt in degrees (ct-head only). The same
-    arguments always give byte-identical files. Raises ``SynthSpecError`` for impossible
-    requests and ``EncoderMissingError`` when the lossless encoder is not installed.
+    pneumothorax (cr-chest, dx-chest); ct-abdomen has no finding (``finding=True`` is a
+    ``SynthSpecError``) but writes an organ label map (``labels.npy``, see
+    :func:`load_label_map`) and organ volumes in the ground truth. ``matrix`` is rows = columns
+    (default 512 for CT, 1024 for radiographs). Slice thickness is in mm, gantry tilt in degrees
+    (ct-head only). The same arguments always give byte-identical files. Raises
+    ``SynthSpecError`` for impossible requests and ``EncoderMissingError`` when the lossless
+    encoder is not installed.
     """
     spec = StudySpec.build(
         kind,
@@ -75,6 +80,7 @@ def generate_study(
         mask_path = study_dir / MASK_NAME
         np.save(mask_path, np.ascontiguousarray(mask.astype(np.uint8)))
         truth["mask"] = MASK_NAME
+    labels_path = study_dir / LABELS_NAME if "label_map" in truth else None
     truth_path = study_dir / GROUND_TRUTH_NAME
     truth_path.write_text(json.dumps(truth, indent=2, sort_keys=False) + "\n")
     return SyntheticStudy(
@@ -90,6 +96,7 @@ def generate_study(
         compression=spec.compression,
         priority=spec.priority,
         finding=spec.finding,
+        labels=labels_path,
     )
 
 
@@ -142,6 +149,10 @@ def _write_ct(
     if volume.mask is not None and volume.lesion is not None:
         truth.update(_lesion_truth(volume.mask, volume.lesion, geometry, slice_files))
         mask = volume.mask.transpose(2, 1, 0).astype(np.uint8)  # [column, row, slice]
+    if volume.labels is not None:
+        # [column, row, slice] as a transposed view: np.save writes it Fortran-ordered, no copy
+        np.save(study_dir / LABELS_NAME, volume.labels.transpose(2, 1, 0))
+        truth.update(_organ_truth(volume.labels, geometry))
     return files, truth, mask
 
 
@@ -237,6 +248,66 @@ def _geometry_truth(geometry: SeriesGeometry) -> dict[str, Any]:
         "spacing_along_normal_mm": geometry.spacing_along_normal_mm,
         "voxel_volume_ml": geometry.voxel_volume_ml,
     }
+
+
+def _organ_truth(labels: npt.NDArray[np.uint8], geometry: SeriesGeometry) -> dict[str, Any]:
+    """Label-map description and, per organ, volume (mL) exactly = voxel count x voxel volume,
+    centroid in LPS mm, the slices it spans and whether the series covers all of it."""
+    counts = np.bincount(labels.ravel(), minlength=max(abdomen.ORGAN_LABELS.values()) + 1)
+    nominal_hu = {"spleen": abdomen.HU_SPLEEN, "liver": abdomen.HU_LIVER}
+    organs: dict[str, Any] = {}
+    for name, value in abdomen.ORGAN_LABELS.items():
+        voxels = int(counts[value])
+        entry: dict[str, Any] = {
+            "label": value,
+            "voxel_count": voxels,
+            "volume_ml": voxels * geometry.voxel_volume_ml,
+            "nominal_hu": nominal_hu[name],
+            "centre_mm": None,
+            "slice_range": None,
+            "complete": False,
+        }
+        if voxels:
+            k_idx, j_idx, i_idx = np.nonzero(labels == value)
+            centre = geometry.voxel_to_patient(
+                np.array([i_idx.mean()]), np.array([j_idx.mean()]), np.array([k_idx.mean()])
+            )[0]
+            first, last = int(k_idx.min()), int(k_idx.max())
+            entry["centre_mm"] = [float(v) for v in centre]
+            entry["slice_range"] = [first, last]
+            entry["complete"] = first > 0 and last < geometry.slices - 1
+        organs[name] = entry
+    return {
+        "label_map": {
+            "file": LABELS_NAME,
+            "axes": LABEL_AXES,
+            "dtype": "uint8",
+            "values": {"background": abdomen.LABEL_BACKGROUND, **abdomen.ORGAN_LABELS},
+            "affine_lps": geometry.affine_lps().tolist(),
+            "grid": "source series as written, before any planted fault",
+        },
+        "organs": organs,
+    }
+
+
+def load_label_map(study_dir: Path) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]]:
+    """The organ label map of a written ct-abdomen study and its voxel → LPS mm affine.
+
+    Labels are uint8 indexed ``[column, row, slice]`` (slice 0 most inferior), the same order,
+    shape and affine as ``preprocessing.Volume.array`` / ``.affine`` of the series loaded with
+    ``load_study(scan_folder(study_dir))``; values are 0 background, 1 spleen, 2 liver
+    (``abdomen.ORGAN_LABELS``). The map is on the source grid: after a missing- or
+    duplicate-slice fault it no longer matches the loaded volume slice for slice. Raises
+    ``FileNotFoundError`` when the study has no label map (every kind except ct-abdomen).
+    """
+    study_dir = Path(study_dir)
+    truth = json.loads((study_dir / GROUND_TRUTH_NAME).read_text())
+    entry = truth.get("label_map")
+    if entry is None:
+        raise FileNotFoundError(f"{study_dir}: a {truth.get('kind')} study has no label map")
+    labels: npt.NDArray[np.uint8] = np.load(study_dir / entry["file"])
+    affine = np.array(entry["affine_lps"], dtype=np.float64)
+    return labels, affine
 
 
 def _lesion_truth(

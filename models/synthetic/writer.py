@@ -40,7 +40,10 @@ ENCODER_PACKAGES = {
 WINDOWS = {
     StudyKind.CT_HEAD: ([40.0, 80.0], [600.0, 2800.0], ["BRAIN", "BONE"]),
     StudyKind.CT_CHEST: ([-600.0, 40.0], [1500.0, 400.0], ["LUNG", "MEDIASTINUM"]),
+    StudyKind.CT_ABDOMEN: ([40.0, 60.0], [400.0, 150.0], ["ABDOMEN", "LIVER"]),
 }
+KERNELS = {StudyKind.CT_HEAD: "H30s", StudyKind.CT_CHEST: "B70f", StudyKind.CT_ABDOMEN: "B30f"}
+"""Reconstruction kernel per CT kind: soft head, sharp lung, soft body."""
 
 
 class EncoderMissingError(RuntimeError):
@@ -130,8 +133,8 @@ def ct_slice(
     ds.ExposureTime = "1000"
     ds.XRayTubeCurrent = 300 if kind is StudyKind.CT_HEAD else 150
     ds.Exposure = 300 if kind is StudyKind.CT_HEAD else 150
-    ds.FilterType = "BODY" if kind is StudyKind.CT_CHEST else "HEAD"
-    ds.ConvolutionKernel = "H30s" if kind is StudyKind.CT_HEAD else "B70f"
+    ds.FilterType = "HEAD" if kind is StudyKind.CT_HEAD else "BODY"
+    ds.ConvolutionKernel = KERNELS[kind]
     ds.PatientPosition = "HFS"
     ds.PositionReferenceIndicator = ""
     position = geometry.positions()[index]
@@ -240,6 +243,7 @@ def sop_class_for(kind: StudyKind) -> tuple[str, str]:
     return {
         StudyKind.CT_HEAD: (CTImageStorage, "CT"),
         StudyKind.CT_CHEST: (CTImageStorage, "CT"),
+        StudyKind.CT_ABDOMEN: (CTImageStorage, "CT"),
         StudyKind.CR_CHEST: (ComputedRadiographyImageStorage, "CR"),
         StudyKind.DX_CHEST: (DigitalXRayImageStorageForPresentation, "DX"),
     }[kind]

@@ -18,6 +18,10 @@ from models.synthetic import (
 )
 from models.synthetic.spec import PRIORITIES, seeded_int
 
+DEFAULT_KINDS = (StudyKind.CT_HEAD, StudyKind.CT_CHEST, StudyKind.CR_CHEST, StudyKind.DX_CHEST)
+"""Kinds written without ``--kind``: those with a finding. ct-abdomen (normal anatomy with an
+organ label map, for segmentation) is written only when asked for."""
+
 
 def _kinds(value: str) -> list[StudyKind]:
     try:
@@ -38,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``synth`` and its options."""
     parser = subparsers.add_parser(
         "synth",
-        help="write synthetic DICOM studies (CT head/chest, CR/DX chest) with ground truth",
+        help="write synthetic DICOM studies (CT head/chest/abdomen, CR/DX chest) with ground truth",
         description="Write synthetic studies with made-up identities; same seed, same bytes.",
     )
     parser.add_argument("--out", type=Path, default=Path("./synth-out"), help="output folder")
@@ -46,7 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--kind",
         type=_kinds,
         action="append",
-        help="study kind, repeatable or comma separated (default: all four)",
+        help="study kind, repeatable or comma separated (default: ct-head, ct-chest, cr-chest, "
+        "dx-chest; ct-abdomen only when named)",
     )
     parser.add_argument("--count", type=int, default=1, help="studies per kind (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
@@ -54,7 +59,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--finding-rate",
         type=_rate,
         default=0.5,
-        help="fraction of studies with a finding, 0..1 (default 0.5)",
+        help="fraction of studies with a finding, 0..1 (default 0.5); kinds without a finding "
+        "(ct-abdomen) never get one",
     )
     parser.add_argument("--slices", type=int, default=None, help="CT slices")
     parser.add_argument("--thickness", type=float, default=None, help="CT slice thickness, mm")
@@ -70,7 +76,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _with_finding(seed: int, kind: StudyKind, index: int, rate: float) -> bool:
     """Deterministic per (seed, kind, index): exactly round(rate * count) is not promised,
-    but the same arguments always choose the same studies."""
+    but the same arguments always choose the same studies. Always False for a kind that has no
+    finding (ct-abdomen), so ``--finding-rate`` cannot make its request impossible."""
+    if not kind.has_finding:
+        return False
     draw = seeded_int("finding", seed, kind.value, index) / float(2**64)
     return draw < rate
 
@@ -86,7 +95,7 @@ def _fault_for(kind: StudyKind, fault: str | None) -> Fault | None:
 def run(args: argparse.Namespace) -> int:
     """Generate ``count`` studies per kind; prints one line per study (no patient names)."""
     kinds: list[StudyKind] = (
-        [k for group in args.kind for k in group] if args.kind else list(StudyKind)
+        [k for group in args.kind for k in group] if args.kind else list(DEFAULT_KINDS)
     )
     kinds = list(dict.fromkeys(kinds))
     if args.count < 1:
