@@ -2,7 +2,7 @@
 
 Result objects (SR, GSPS, SC, SEG) and messages (HL7 ORU, FHIR) are built from an ``AIResult``
 only: the findings as the model reported them, the source study's identity and the geometry of
-the source instances. No tensor crosses this boundary except the optional binary mask, already
+the source instances. No tensor crosses this boundary except the optional label map, already
 resampled onto the source series' grid.
 """
 
@@ -121,8 +121,10 @@ class AIResult:
         algorithm: Model identification.
         findings: Findings as postprocessed (presence, probability, measurements).
         key_images: Key slices with boxes on the source instances, one per located finding.
-        mask: Optional binary mask on the source grid, ``(len(source_instances), rows, columns)``
-            bool, for SEG; None for classifiers.
+        mask: Optional label map on the source grid, ``(len(source_instances), rows, columns)``
+            unsigned integers (``uint8``, ``uint16`` beyond 255 findings), for SEG: a voxel of
+            value ``v > 0`` belongs to ``findings[v - 1]``, 0 is background. A ``bool`` mask is
+            still accepted and belongs to the single located finding. None for classifiers.
         mode: What the result may touch.
         completed_at: When inference finished (timezone-aware).
     """

@@ -25,6 +25,7 @@ from router.objects import (
     write_objects,
 )
 from router.objects.common import box_outline
+from router.objects.gsps import label_box
 from router.objects.uids import KINDS, object_uid, tracking_uid
 from router.result import AIResult, KeyImage
 from tests.peers import require_executable
@@ -236,6 +237,21 @@ def test_gsps_draws_the_box_as_a_closed_polyline_on_the_key_slice(
     (series,) = ds.ReferencedSeriesSequence
     assert series.SeriesInstanceUID == ct.source_instances[0].series_instance_uid
     assert len(series.ReferencedImageSequence) == len(ct.source_instances)
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        (40.0, 50.0, 60.0, 70.0),  # room above
+        (40.0, 2.0, 60.0, 70.0),  # room below only
+        (10.0, 0.0, 20.0, 127.0),  # an organ from the top to the bottom row
+        (10.0, 2.0, 20.0, 120.0),  # small gaps either side
+        (127.0, 60.0, 127.0, 64.0),  # on the right edge
+    ],
+)
+def test_gsps_label_band_is_never_empty(box: tuple[float, float, float, float]) -> None:
+    x0, y0, x1, y1 = label_box(box, 128, 128)
+    assert 0.0 <= x0 < x1 <= 128.0 and 0.0 <= y0 < y1 <= 128.0
 
 
 # --- SC ---------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Placing findings on the source images: boxes on the key slice, the mask on the source grid."""
+"""Placing findings on the source images: boxes on the key slice, the label map on the source
+grid."""
 
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ def test_mask_lands_on_the_same_source_voxels(head: tuple[Volume, list]) -> None
         {"logits": logits}, manifest, volume.affine_ras, volume.affine, volume.shape
     )
     assert mask is not None and mask.shape == (slices, rows, cols)
+    assert mask.dtype == np.uint8  # a label map: 1 is manifest.findings[0]
     expected = np.zeros_like(mask)
-    expected[5:8, 20:30, 10:20] = True
+    expected[5:8, 20:30, 10:20] = 1
     assert np.array_equal(mask, expected)
 
 

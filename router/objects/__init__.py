@@ -67,9 +67,9 @@ _BUILDERS: dict[str, Callable[[AIResult], Dataset | None]] = {
 def build_objects(result: AIResult, kinds: Iterable[str] = KINDS) -> list[ResultObject]:
     """Every object of ``kinds`` that applies to ``result``, in :data:`KINDS` order.
 
-    The SR always; GSPS and SC when a present finding has a key image; SEG when there is a
-    non-empty mask for a located finding. ``kinds`` lets a caller build the SR first and send
-    it while the others are built.
+    The SR always; GSPS and SC when a present finding has a key image; SEG when the mask
+    (label map) holds a label of a present finding, one segment per such label. ``kinds``
+    lets a caller build the SR first and send it while the others are built.
 
     Raises:
         ResultObjectError: The result cannot be turned into a valid object (message names the

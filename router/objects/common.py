@@ -105,6 +105,21 @@ def finding_code(finding: Finding) -> hd.sr.CodedConcept:
     )
 
 
+FINDING_CATEGORY: Final = hd.sr.CodedConcept(*codes.SCT.MorphologicallyAbnormalStructure)
+"""Category of a finding that names none (a lesion): SCT 49755003 (DICOM CID 7150)."""
+
+
+def finding_category(finding: Finding) -> hd.sr.CodedConcept:
+    """The finding's category (an organ: SCT 91723000 Anatomical Structure), else a lesion's."""
+    if finding.category_value and finding.category_scheme and finding.category_meaning:
+        return hd.sr.CodedConcept(
+            value=finding.category_value,
+            scheme_designator=finding.category_scheme,
+            meaning=finding.category_meaning,
+        )
+    return FINDING_CATEGORY
+
+
 def located_findings(result: AIResult) -> list[tuple[Finding, KeyImage]]:
     """Present findings that have a key image, in finding order.
 

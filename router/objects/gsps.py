@@ -97,14 +97,23 @@ def build_gsps(result: AIResult) -> Dataset | None:
 def label_box(
     box_px: tuple[float, float, float, float], rows: int, columns: int
 ) -> tuple[float, float, float, float]:
-    """Where a finding's label goes, pixel units: a band just above its box, else below."""
+    """Where a finding's label goes, pixel units: a band just above its box, else below.
+
+    A box too tall for a full band on either side (an organ spanning the image) gets the
+    larger of the two gaps, or, with no gap at all, a band inside its top edge.
+    """
     outline = box_outline(box_px)
     left, top, bottom = float(outline[0, 0]), float(outline[0, 1]), float(outline[2, 1])
     height = max(8.0, round(rows * _LABEL_HEIGHT_FRACTION))
+    below = float(rows) - bottom
     if top >= height:
         y0, y1 = top - height, top
+    elif below >= height:
+        y0, y1 = bottom, bottom + height
+    elif max(top, below) >= 1.0:
+        y0, y1 = (0.0, top) if top >= below else (bottom, float(rows))
     else:
-        y0, y1 = bottom, min(float(rows), bottom + height)
+        y0, y1 = top, min(float(rows), top + height)
     right = float(columns)
     if left >= right - 1.0:  # a box on the right edge: the label starts at the left
         left = 0.0

@@ -5,7 +5,8 @@ rescaled to modality units (Hounsfield units for CT), windowed (the brain window
 to 8-bit MONOCHROME2 and enlarged by a whole factor (nearest neighbour) until it is about
 :data:`TARGET_SIZE_PX` wide, so the burned-in text stays legible. Each located finding on that
 slice gets a white outline drawn just outside its pixels; a black banner at the top says
-"AI result - preliminary" and names the findings. BurnedInAnnotation is YES.
+"AI result - preliminary" and names the findings (the first few, then how many more: a
+multi-label segmentation can put dozens of organs on one slice). BurnedInAnnotation is YES.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ TARGET_SIZE_PX: Final = 512
 """The capture is enlarged by a whole factor until its longer side reaches about this."""
 BANNER_TEXT: Final = "AI result - preliminary"
 WHITE: Final = 255
+MAX_BANNER_FINDINGS: Final = 4
+"""Findings named in the banner; the others are counted (every box is drawn)."""
 _AXIS_LETTERS: Final = (("L", "R"), ("P", "A"), ("H", "F"))  # + and - along LPS x, y, z
 
 
@@ -131,7 +134,7 @@ def render(
     line = outline_width(image.width, image.height)
     for _, key in marks:
         draw.rectangle(outline_rectangle(key.box_px, scale, line), outline=WHITE, width=line)
-    _banner(draw, image.width, [BANNER_TEXT] + [_label(f) for f, _ in marks])
+    _banner(draw, image.width, banner_lines([f for f, _ in marks]))
     return np.asarray(image, dtype=np.uint8).copy(), scale
 
 
@@ -178,6 +181,17 @@ def _letters(direction: list[float]) -> str:
         for axis in order
         if abs(direction[axis]) > 0.25
     )
+
+
+def banner_lines(findings: list[Finding]) -> list[str]:
+    """The banner: the warning, then at most :data:`MAX_BANNER_FINDINGS` findings and a count.
+
+    A multi-label segmentation can put dozens of organs on one key slice; listing them all
+    would cover the image.
+    """
+    shown = [_label(f) for f in findings[:MAX_BANNER_FINDINGS]]
+    rest = len(findings) - len(shown)
+    return [BANNER_TEXT, *shown, *([f"+{rest} more findings"] if rest > 0 else [])]
 
 
 def _label(finding: Finding) -> str:

@@ -1,6 +1,7 @@
 """The AI result as a DICOM Comprehensive 3D SR, TID 1500 Measurement Report (IHE AI Results).
 
-One measurement group per finding: finding type and category, presence (Present / Absent),
+One measurement group per finding (per label of a multi-label segmentation): finding type and
+category (an organ's own, else morphologically abnormal structure), presence (Present / Absent),
 probability, volume (ml) and key-slice area (mm²) where the model measured them, the box on the
 key slice as an image region, a tracking identifier and UID, and the algorithm (TID 4019).
 Observer is the model as a device. The document is PRELIMINARY and UNVERIFIED until a
@@ -23,6 +24,7 @@ from router.objects.common import (
     ResultObjectError,
     box_outline,
     equipment_kwargs,
+    finding_category,
     finding_code,
     finding_tracking_uid,
     finish,
@@ -48,7 +50,6 @@ UNIT_MM2: Final = CodedConcept("mm2", "UCUM", "square millimeter")
 PRESENT: Final = CodedConcept(*codes.SCT.Present)  # SCT 52101004
 ABSENT: Final = CodedConcept(*codes.SCT.Absent)  # SCT 272519000 (CID 240; 2667000 is retired)
 AI_FAMILY: Final = CodedConcept(*codes.cid7162.ArtificialIntelligence)  # DCM 123110
-FINDING_CATEGORY: Final = CodedConcept(*codes.SCT.MorphologicallyAbnormalStructure)
 
 # When the source names no procedure: by modality, then by body part (CID 100 where possible).
 _PROCEDURE_BY_MODALITY: Final = {
@@ -187,7 +188,7 @@ def _group(result: AIResult, finding: Finding, key: KeyImage | None) -> Group:
             uid=finding_tracking_uid(result, finding), identifier=finding.name
         ),
         "finding_type": finding_code(finding),
-        "finding_category": FINDING_CATEGORY,
+        "finding_category": finding_category(finding),
         "algorithm_id": _algorithm_id(result),
         "measurements": _measurements(finding),
         "qualitative_evaluations": [

@@ -184,8 +184,10 @@ def _ai_result(
 ) -> tuple[AIResult, Callable[[AIResult], AIResult]]:
     """The result without its mask, and how to add the mask on the source grid.
 
-    The mask only feeds the SEG; resampling it takes tenths of a second on a small CPU,
-    so delivery adds it after the SR is queued.
+    The mask is the model's label map (value ``v > 0`` is ``findings[v - 1]``) resampled onto
+    the source grid; it only feeds the SEG, and resampling takes tenths of a second on a
+    small CPU, so delivery adds it after the SR is queued. A map without any label gives no
+    mask (and no SEG).
     """
     source = launched.source
     volume = source.load()
@@ -213,8 +215,10 @@ def _ai_result(
             return result
         assert source.affine_ras is not None
         mask = mask_on_source(job.outputs, manifest, source.affine_ras, volume.affine, volume.shape)
-        if mask is None or mask.shape[0] != len(instances) or not mask.any():
+        if mask is None or mask.shape[0] != len(instances):
             return result  # multi-frame source: SEG from frames is not supported yet
+        if not mask.any():
+            return result  # no label anywhere: nothing to segment
         return dataclasses.replace(result, mask=mask)
 
     return ai, with_mask

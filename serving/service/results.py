@@ -1,7 +1,7 @@
 """From an engine result to the router's ``AIResult``: findings placed on the source images.
 
 The model sees a resampled grid; radiologists see the source instances. Boxes are projected
-from LPS millimetres onto the source slice nearest to the finding's centre, and the binary mask
+from LPS millimetres onto the source slice nearest to the finding's centre, and the label map
 is resampled (nearest neighbour) from the model grid onto the source grid, so GSPS, secondary
 capture and SEG refer to the images in the PACS.
 """
@@ -11,16 +11,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pydicom
 from scipy import ndimage
 
 from models.manifest import Manifest
-from models.postprocess import Finding, activate
+from models.postprocess import Finding, label_map
 from router.result import AIResult, Algorithm, KeyImage, Mode, SourceInstance, StudyIdentity
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_REVERSE_AXES = np.array(
+    [[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64
+)  # voxel index [slice, row, column] → [column, row, slice]
 
 
 def study_identity(ds: pydicom.Dataset) -> StudyIdentity:
@@ -124,41 +128,103 @@ def mask_on_source(
     source_affine_lps: np.ndarray,
     source_shape: tuple[int, int, int],
 ) -> np.ndarray | None:
-    """The union of the manifest's map findings, resampled onto the source grid.
+    """The model's label map (:func:`models.postprocess.label_map`) on the source grid.
+
+    Nearest neighbour, like MONAI ``Invertd`` followed by discretisation: every source voxel
+    takes the label of the model voxel its centre falls in (0 outside the model grid).
 
     Args:
         outputs: Raw outputs of one item (batch axis removed), ``(C, X, Y, Z)`` maps.
-        manifest: Supplies activation, voxel threshold and which output/channel each finding is.
+        manifest: Supplies the postprocessing rules and which output/channel each finding is.
         model_affine_ras: Model grid voxel → RAS mm.
         source_affine_lps: Source volume voxel ``[column, row, slice]`` → LPS mm.
         source_shape: Source volume shape ``(columns, rows, slices)``.
 
     Returns:
-        ``(slices, rows, columns)`` bool, or None when the model has no spatial map.
+        ``(slices, rows, columns)`` unsigned integers, ``v > 0`` being ``manifest.findings[v - 1]``
+        (0 background), or None when the model has no 3D map (classifier findings of a model
+        that has one are never labelled).
     """
-    union: np.ndarray | None = None
-    for spec in manifest.findings:
-        raw = np.asarray(outputs[spec.output])
-        if raw.ndim < 4:
-            return None
-        prob = activate(raw, manifest.postprocessing.activation)[spec.channel]
-        mask = prob > manifest.postprocessing.voxel_threshold
-        union = mask if union is None else union | mask
-    if union is None or not union.any():
-        return np.zeros((source_shape[2], source_shape[1], source_shape[0]), dtype=bool)
-    # source voxel → LPS → RAS → model voxel
+    labels = label_map(outputs, manifest, model_affine_ras)
+    if labels is None or labels.ndim != 3:
+        return None
+    # source voxel [slice, row, column] → [column, row, slice] → LPS → RAS → model voxel
     matrix = np.linalg.inv(np.asarray(model_affine_ras, np.float64)) @ _RAS_TO_LPS
-    matrix = matrix @ np.asarray(source_affine_lps, np.float64)
-    resampled = ndimage.affine_transform(
-        union.astype(np.uint8),
-        matrix[:3, :3],
+    matrix = matrix @ np.asarray(source_affine_lps, np.float64) @ _REVERSE_AXES
+    columns, rows, slices = source_shape
+    return resample_labels(labels, matrix, (slices, rows, columns))
+
+
+def resample_labels(
+    labels: np.ndarray,
+    source_to_model: np.ndarray,
+    source_shape: tuple[int, ...],
+    *,
+    fast: bool = True,
+) -> np.ndarray:
+    """Nearest-neighbour labels of every source voxel, ``source_shape`` (0 outside the grid).
+
+    Args:
+        labels: Label map on the model grid, 3 axes.
+        source_to_model: 4x4 source voxel index → model voxel index.
+        source_shape: Output shape (source voxel axes).
+        fast: Use per-axis index lookups when the map is axis-aligned (a permutation with
+            scales and flips, the usual case after Orientation and Spacing); the result is the
+            same as ``ndimage.affine_transform(order=0)``, which any other map uses.
+    """
+    matrix = np.array(source_to_model, dtype=np.float64)
+    linear = matrix[:3, :3]
+    # round-off of the inverse (1e-17 where a zero belongs) decides nothing in either path
+    linear[np.abs(linear) < _SNAP * np.abs(linear).max()] = 0.0
+    axes = _axis_permutation(linear)
+    if fast and axes is not None:
+        return _resample_axis_aligned(labels, matrix, axes, source_shape)
+    return ndimage.affine_transform(
+        labels,
+        linear,
         offset=matrix[:3, 3],
-        output_shape=source_shape,
+        output_shape=tuple(source_shape),
         order=0,
         mode="constant",
         cval=0,
     )
-    return np.ascontiguousarray(resampled.astype(bool).transpose(2, 1, 0))
+
+
+_SNAP = 1e-12
+
+
+def _axis_permutation(linear: np.ndarray) -> list[int] | None:
+    """For each source axis the model axis it maps onto, or None for a sheared/rotated map."""
+    nonzero = linear != 0.0
+    if not (nonzero.sum(axis=0) == 1).all() or not (nonzero.sum(axis=1) == 1).all():
+        return None
+    return [int(np.flatnonzero(nonzero[:, s])[0]) for s in range(3)]
+
+
+def _resample_axis_aligned(
+    labels: np.ndarray, matrix: np.ndarray, axes: list[int], source_shape: tuple[int, ...]
+) -> np.ndarray:
+    """Axis-aligned nearest neighbour: one index lookup per axis (``np.take``).
+
+    Matches ``ndimage.affine_transform(order=0, mode="constant")`` exactly: the model
+    coordinate ``c = scale * index + offset`` is computed the same way, a voxel inside
+    ``0 <= c <= n - 1`` takes the model voxel ``floor(c + 0.5)``, any other voxel 0.
+    """
+    out = labels.transpose(axes)  # model axes in source axis order (a view)
+    outside = []
+    for s, a in enumerate(axes):
+        coordinate = matrix[a, s] * np.arange(source_shape[s], dtype=np.float64) + matrix[a, 3]
+        size = labels.shape[a]
+        inside = (coordinate >= 0.0) & (coordinate <= size - 1)
+        index = np.clip(np.floor(coordinate + 0.5), 0, size - 1).astype(np.intp)
+        out = np.take(out, index, axis=s)
+        outside.append(~inside)
+    for s, gone in enumerate(outside):
+        if gone.any():
+            where: list[Any] = [slice(None)] * 3
+            where[s] = gone
+            out[tuple(where)] = 0
+    return out
 
 
 def build_result(
