@@ -53,6 +53,8 @@ bench: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m benchmarks.scheduling
 	$(BIN)/python -m benchmarks.ingest
 	$(BIN)/python -m benchmarks.e2e
+	$(BIN)/python -m benchmarks.bundles
+	$(BIN)/python -m benchmarks.result_objects
 	$(BIN)/python -m models.evaluate
 
 bench-smoke: $(STAMP) $(TRITON_STAMP)
@@ -60,6 +62,8 @@ bench-smoke: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m benchmarks.scheduling --smoke
 	$(BIN)/python -m benchmarks.ingest --smoke
 	$(BIN)/python -m benchmarks.e2e --smoke
+	$(BIN)/python -m benchmarks.bundles --smoke --out var/bench-smoke
+	$(BIN)/python -m benchmarks.result_objects --smoke --out var/bench-smoke
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -11,17 +11,22 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 
-from models.manifest import ManifestError, load_manifest
+from models.manifest import Manifest, ManifestError, Task, load_manifest
 from models.postprocess import Finding, postprocess
 from models.registry import Registry, RegistryError
 from models.runner import ModelRunner, RunnerError
 from preprocessing import PreprocessingError, Volume, load_study, scan_folder
+from router.objects import ResultObjectError, build_objects, write_objects
+from router.result import Mode
+from serving.service.results import build_result, mask_on_source, source_instance, study_identity
 
 
 class NoMatchingSeriesError(LookupError):
@@ -30,7 +35,17 @@ class NoMatchingSeriesError(LookupError):
 
 @dataclass(frozen=True)
 class InferenceResult:
-    """Findings of one model on one series, with the UIDs that identify them (no PHI)."""
+    """Findings of one model on one series, with the UIDs that identify them (no PHI).
+
+    Attributes:
+        stage_s: Seconds per stage: ``load`` (DICOM files → volume), ``preprocess``,
+            ``inference`` (every sliding-window patch included), ``postprocess`` (findings),
+            ``placement`` (label map back on the source geometry), ``objects`` (SEG/SR
+            written; only with an output folder).
+        label_map: ``(slices, rows, columns)`` labels on the source series (value ``v > 0``
+            is finding ``v - 1``), for segmentation models; None otherwise.
+        written: Result object files written.
+    """
 
     model: str
     backend: str
@@ -40,6 +55,9 @@ class InferenceResult:
     key_instance_uids: list[str | None]
     preprocess_s: float
     inference_s: float
+    stage_s: dict[str, float] = field(default_factory=dict)
+    label_map: np.ndarray | None = field(default=None, compare=False, repr=False)
+    written: list[Path] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
@@ -53,7 +71,9 @@ class InferenceResult:
             "series_instance_uid": self.series_uid,
             "preprocess_s": round(self.preprocess_s, 4),
             "inference_s": round(self.inference_s, 4),
+            "stage_s": {k: round(v, 4) for k, v in self.stage_s.items()},
             "findings": findings,
+            "written": [str(p) for p in self.written],
         }
 
 
@@ -86,18 +106,52 @@ def infer_study(
 
 
 def infer_with_package(
-    study_dir: Path, folder: Path, backend: str = "onnxruntime"
+    study_dir: Path,
+    folder: Path,
+    backend: str = "onnxruntime",
+    *,
+    out_dir: Path | None = None,
+    device: str = "cpu",
+    runner: ModelRunner | None = None,
 ) -> InferenceResult:
-    """Run the package version in ``folder`` on the matching series of ``study_dir``."""
+    """Run the package version in ``folder`` on the matching series of ``study_dir``.
+
+    Args:
+        study_dir: Folder of the study's DICOM files.
+        folder: The package version folder.
+        backend: ``onnxruntime`` or ``torchscript``.
+        out_dir: Write the result objects here (SR; SEG for a segmentation model), on the
+            source series' geometry.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        runner: An already loaded runner of this package (benchmarks load it once).
+    """
     manifest = load_manifest(folder)
-    runner = ModelRunner(manifest, folder, backend=backend)
+    runner = runner or ModelRunner(manifest, folder, backend=backend, device=device)
+    clock = time.perf_counter
+    stages: dict[str, float] = {}
+    started = clock()
     volume = choose_series(load_study(scan_folder(study_dir)), manifest.modality)
-    started = time.perf_counter()
+    stages["load"] = clock() - started
+    started = clock()
     prepared = runner.preprocess(volume)
-    middle = time.perf_counter()
+    stages["preprocess"] = clock() - started
+    started = clock()
     outputs = runner.run(prepared.array)
-    ended = time.perf_counter()
+    stages["inference"] = clock() - started
+    started = clock()
     findings = postprocess(outputs, manifest, prepared.affine_ras)
+    stages["postprocess"] = clock() - started
+    labels = None
+    if manifest.task is not Task.CLASSIFICATION:
+        started = clock()
+        item = {name: value[0] for name, value in outputs.items()}
+        labels = mask_on_source(item, manifest, prepared.affine_ras, volume.affine, volume.shape)
+        stages["placement"] = clock() - started
+    written: list[Path] = []
+    if out_dir is not None:
+        started = clock()
+        written = write_result_objects(study_dir, volume, manifest, findings, labels, out_dir)
+        stages["objects"] = clock() - started
     return InferenceResult(
         model=manifest.ident,
         backend=runner.backend.value,
@@ -105,9 +159,51 @@ def infer_with_package(
         series_uid=volume.series_uid,
         findings=findings,
         key_instance_uids=[key_instance_uid(f, prepared.affine_ras, volume) for f in findings],
-        preprocess_s=middle - started,
-        inference_s=ended - middle,
+        preprocess_s=stages["preprocess"],
+        inference_s=stages["inference"],
+        stage_s=stages,
+        label_map=labels,
+        written=written,
     )
+
+
+def write_result_objects(
+    study_dir: Path,
+    volume: Volume,
+    manifest: Manifest,
+    findings: list[Finding],
+    labels: np.ndarray | None,
+    out_dir: Path,
+) -> list[Path]:
+    """Build the result objects of one run on the source series and write them to ``out_dir``.
+
+    The SR always, GSPS and secondary capture for located findings, the SEG for a label map
+    with any label in it: the same objects ``statlane serve`` sends, with the same
+    deterministic UIDs for the same input and model version.
+    """
+    headers: dict[str, tuple[pydicom.Dataset, str]] = {}
+    wanted = set(volume.sop_instance_uids)
+    for path in scan_folder(study_dir):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except (pydicom.errors.InvalidDicomError, OSError):
+            continue
+        uid = str(header.get("SOPInstanceUID", ""))
+        if uid in wanted:
+            headers[uid] = (header, str(path))
+    ordered = [headers[uid] for uid in volume.sop_instance_uids if uid in headers]
+    instances = [source_instance(h, p) for h, p in ordered]
+    result = build_result(
+        task_id=f"infer-{volume.series_uid}",
+        study=study_identity(ordered[0][0]),
+        instances=instances,
+        manifest=manifest,
+        findings=findings,
+        completed_at=datetime.now(UTC),
+        mode=Mode.ASSISTANT,
+        mask=labels if labels is not None and labels.shape[0] == len(instances) else None,
+    )
+    return write_objects(build_objects(result), out_dir)
 
 
 def key_instance_uid(finding: Finding, affine_ras: np.ndarray, volume: Volume) -> str | None:
@@ -124,10 +220,17 @@ def key_instance_uid(finding: Finding, affine_ras: np.ndarray, volume: Volume) -
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``statlane infer``."""
-    parser = subparsers.add_parser("infer", help="run a model package on one study folder (CPU)")
+    parser = subparsers.add_parser("infer", help="run a model package on one study folder")
     parser.add_argument("study", type=Path, help="folder holding the study's DICOM files")
     parser.add_argument("--model", required=True, help="NAME or NAME@VERSION, e.g. ich-ct-head@2")
     parser.add_argument("--backend", choices=["onnxruntime", "torchscript"], default="onnxruntime")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the result objects here: SR, and SEG on the source series for segmentation",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run)
 
@@ -143,8 +246,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"statlane infer: {error}", file=sys.stderr)
         return 2
     try:
-        result = infer_with_package(Path(args.study), folder, backend=args.backend)
-    except (PreprocessingError, NoMatchingSeriesError, RunnerError, ManifestError) as error:
+        result = infer_with_package(
+            Path(args.study), folder, backend=args.backend, out_dir=args.out, device=args.device
+        )
+    except (
+        PreprocessingError,
+        NoMatchingSeriesError,
+        RunnerError,
+        ManifestError,
+        ResultObjectError,
+    ) as error:
         print(f"statlane infer: {error}", file=sys.stderr)
         return 1
     if args.json:
@@ -158,8 +269,8 @@ def format_table(result: InferenceResult) -> str:
     """A human-readable summary: one line per finding."""
     lines = [
         f"model {result.model} ({result.backend})  study {result.study_uid}",
-        f"series {result.series_uid}  preprocess {result.preprocess_s:.2f} s  "
-        f"inference {result.inference_s:.2f} s",
+        f"series {result.series_uid}  "
+        + "  ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.stage_s.items()),
         f"{'finding':<26}{'present':<9}{'prob':>6}{'volume mL':>11}{'key slice':>11}  box LPS mm",
     ]
     for finding in result.findings:
@@ -176,4 +287,5 @@ def format_table(result: InferenceResult) -> str:
         lines.append(
             f"{finding.name:<26}{flag:<9}{finding.probability:>6.3f}{volume:>11}{key:>11}  {box}"
         )
+    lines += [f"wrote {path}" for path in result.written]
     return "\n".join(lines)
