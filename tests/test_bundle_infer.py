@@ -127,3 +127,18 @@ def test_both_backends_give_the_same_label_map_on_the_source_grid(
     agree = np.mean(onnx.label_map == script.label_map)
     assert agree > 0.999, agree
     assert set(onnx.stage_s) >= {"load", "preprocess", "inference", "postprocess", "placement"}
+
+
+def test_the_imported_package_validates_and_profiles_per_patch_batch(
+    package: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = str(package.parents[1])
+    assert main(["models", "--root", root, "validate", "spleen-ct-segmentation"]) == 0
+    args = ["profile", "spleen-ct-segmentation", "--batch-sizes", "1,2", "--warmup", "0"]
+    assert main(["models", "--root", root, *args, "--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "OK      spleen-ct-segmentation@1" in out
+    assert [line.split()[0] for line in out.splitlines() if line[:5].strip().isdigit()] == [
+        "1",
+        "2",
+    ]

@@ -256,12 +256,11 @@ def _conclusion(result: AIResult) -> str:
 
 
 def _finding_concept(result: AIResult, finding: Finding) -> Json:
+    """The finding's code; a private code (an imported model's placeholder, ``99STATLANE``)
+    has no FHIR system, so the concept carries text only and says it is not coded."""
     code = Code(finding.concept_value, finding.concept_scheme, finding.concept_meaning)
     if code.scheme not in FHIR_SYSTEM_BY_SCHEME:
-        raise MessageInvalid(
-            f"study {result.study.study_instance_uid}: finding {finding.name} is coded in "
-            f"{code.scheme!r}, which has no FHIR system here"
-        )
+        return {"text": f"{code.meaning} (not coded: {code.scheme} {code.value})"}
     return _concept(code)
 
 
