@@ -437,3 +437,14 @@ def test_seg_and_sr_of_100_labels_on_a_512x512x300_ct_stay_within_budget(
     assert int(seg.NumberOfFrames) > LABELS
     assert sr is not None
     assert total_s < CPU_BUDGET_S
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_source_voxel_inside_the_last_model_voxel_takes_its_label(fast: bool) -> None:
+    labels = np.arange(1, 65, dtype=np.uint8).reshape(4, 4, 4)
+    source_to_model = np.eye(4)
+    source_to_model[0, 0] = 1.1  # source x = 3 lands at model x = 3.3: inside voxel 3
+    out = resample_labels(labels, source_to_model, (5, 4, 4), fast=fast)
+    assert list(out[:, 0, 0]) == [1, 17, 33, 49, 0]  # x = 4.4 is past the model grid
+    source_to_model[:3, 3] = -0.5  # a centre on the first voxel's outer edge is inside it
+    assert resample_labels(labels, source_to_model, (1, 1, 1), fast=fast)[0, 0, 0] == 1

@@ -185,7 +185,7 @@ def resample_labels(
         offset=matrix[:3, 3],
         output_shape=tuple(source_shape),
         order=0,
-        mode="constant",
+        mode="grid-constant",  # a model voxel covers [c - 0.5, c + 0.5), edges included
         cval=0,
     )
 
@@ -206,16 +206,17 @@ def _resample_axis_aligned(
 ) -> np.ndarray:
     """Axis-aligned nearest neighbour: one index lookup per axis (``np.take``).
 
-    Matches ``ndimage.affine_transform(order=0, mode="constant")`` exactly: the model
-    coordinate ``c = scale * index + offset`` is computed the same way, a voxel inside
-    ``0 <= c <= n - 1`` takes the model voxel ``floor(c + 0.5)``, any other voxel 0.
+    Matches ``ndimage.affine_transform(order=0, mode="grid-constant")`` exactly: the model
+    coordinate ``c = scale * index + offset`` is computed the same way, a source voxel whose
+    centre lies inside a model voxel (``-0.5 <= c < n - 0.5``) takes that voxel
+    ``floor(c + 0.5)``, any other voxel 0.
     """
     out = labels.transpose(axes)  # model axes in source axis order (a view)
     outside = []
     for s, a in enumerate(axes):
         coordinate = matrix[a, s] * np.arange(source_shape[s], dtype=np.float64) + matrix[a, 3]
         size = labels.shape[a]
-        inside = (coordinate >= 0.0) & (coordinate <= size - 1)
+        inside = (coordinate >= -0.5) & (coordinate < size - 0.5)  # the model voxels' extent
         index = np.clip(np.floor(coordinate + 0.5), 0, size - 1).astype(np.intp)
         out = np.take(out, index, axis=s)
         outside.append(~inside)
