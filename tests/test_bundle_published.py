@@ -267,3 +267,17 @@ def test_the_swin_unetr_bundle_maps_and_names_why_its_network_cannot_be_built(
     with pytest.raises(BundleImportError, match="network_def fails to instantiate"):
         import_bundle(copy, tmp_path / "repo")
     assert _nothing_written(tmp_path / "repo")
+
+
+@pytest.mark.slow
+def test_the_whole_body_bundle_imports_with_its_105_channel_segresnet(tmp_path: Path) -> None:
+    bundle = published_bundle(tmp_path, "wholeBody_ct_segmentation")
+    report = import_bundle(bundle, tmp_path / "repo")
+    manifest = load_manifest(report.folder)
+    assert [o.shape for o in manifest.outputs] == [[-1, 105, 96, 96, 96]]
+    assert len(manifest.findings) == 104
+    assert manifest.runtime.chunking is not None and manifest.runtime.chunking.mode == "gaussian"
+    assert manifest.imported is not None
+    assert all(c.max_abs_diff <= c.tolerance for c in manifest.imported.exports)
+    assert ("network_def#_target_", "instantiate SegResNet") in report.evaluated
+    assert all(r.ok for r in Registry(tmp_path / "repo").validate())
