@@ -126,9 +126,24 @@ def postprocess(
         affine_ras: 4x4 model-grid voxel index → RAS mm (the preprocessing MetaTensor's affine).
         index: Which batch item.
     """
+    return postprocess_with_labels(outputs, manifest, affine_ras, index)[0]
+
+
+def postprocess_with_labels(
+    outputs: Mapping[str, np.ndarray], manifest: Manifest, affine_ras: np.ndarray, index: int = 0
+) -> tuple[list[Finding], np.ndarray | None]:
+    """:func:`postprocess` and :func:`label_map` of item ``index`` from one segmentation pass.
+
+    Returns:
+        The findings, and the model-grid label map of the 3D map findings (None without one,
+        or when map outputs of several spatial shapes share no label map).
+    """
     names = {spec.output for spec in manifest.findings}
     item = {name: np.asarray(outputs[name])[index] for name in names}
-    return _findings(item, manifest.findings, manifest.postprocessing, affine_ras)
+    groups = _segment(item, manifest.findings, manifest.postprocessing, affine_ras)
+    findings = _findings(item, manifest.findings, manifest.postprocessing, groups)
+    labels = groups[0].labels if len(groups) == 1 and len(groups[0].spatial) == 3 else None
+    return findings, labels
 
 
 def label_map(
@@ -177,7 +192,8 @@ def finding_of(
     output: np.ndarray, spec: FindingSpec, rules: Postprocessing, affine_ras: np.ndarray
 ) -> Finding:
     """One finding from one item's output ``(C, ...)``: a vector (classifier) or a map."""
-    return _findings({spec.output: np.asarray(output)}, [spec], rules, affine_ras)[0]
+    item = {spec.output: np.asarray(output)}
+    return _findings(item, [spec], rules, _segment(item, [spec], rules, affine_ras))[0]
 
 
 def find_regions(prob: np.ndarray, rules: Postprocessing, affine_ras: np.ndarray) -> list[Region]:
@@ -473,9 +489,8 @@ def _findings(
     item: Mapping[str, np.ndarray],
     specs: Sequence[FindingSpec],
     rules: Postprocessing,
-    affine_ras: np.ndarray,
+    groups: Sequence[_Group],
 ) -> list[Finding]:
-    groups = _segment(item, specs, rules, affine_ras)
     regions: dict[int, list[Region]] = {}
     peaks: dict[int, Callable[[], float]] = {}
     for group in groups:

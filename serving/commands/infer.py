@@ -20,7 +20,7 @@ import numpy as np
 import pydicom
 
 from models.manifest import Manifest, ManifestError, Task, load_manifest
-from models.postprocess import Finding, postprocess
+from models.postprocess import Finding, postprocess_with_labels
 from models.registry import Registry, RegistryError
 from models.runner import ModelRunner, RunnerError
 from preprocessing import PreprocessingError, Volume, load_study, scan_folder
@@ -139,13 +139,20 @@ def infer_with_package(
     outputs = runner.run(prepared.array)
     stages["inference"] = clock() - started
     started = clock()
-    findings = postprocess(outputs, manifest, prepared.affine_ras)
+    findings, model_labels = postprocess_with_labels(outputs, manifest, prepared.affine_ras)
     stages["postprocess"] = clock() - started
     labels = None
     if manifest.task is not Task.CLASSIFICATION:
         started = clock()
         item = {name: value[0] for name, value in outputs.items()}
-        labels = mask_on_source(item, manifest, prepared.affine_ras, volume.affine, volume.shape)
+        labels = mask_on_source(
+            item,
+            manifest,
+            prepared.affine_ras,
+            volume.affine,
+            volume.shape,
+            labels=model_labels,
+        )
         stages["placement"] = clock() - started
     written: list[Path] = []
     if out_dir is not None:

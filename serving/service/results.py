@@ -127,6 +127,8 @@ def mask_on_source(
     model_affine_ras: np.ndarray,
     source_affine_lps: np.ndarray,
     source_shape: tuple[int, int, int],
+    *,
+    labels: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """The model's label map (:func:`models.postprocess.label_map`) on the source grid.
 
@@ -139,13 +141,17 @@ def mask_on_source(
         model_affine_ras: Model grid voxel → RAS mm.
         source_affine_lps: Source volume voxel ``[column, row, slice]`` → LPS mm.
         source_shape: Source volume shape ``(columns, rows, slices)``.
+        labels: The model-grid label map when the caller has it already
+            (:func:`models.postprocess.postprocess_with_labels`); computed from ``outputs``
+            otherwise.
 
     Returns:
         ``(slices, rows, columns)`` unsigned integers, ``v > 0`` being ``manifest.findings[v - 1]``
         (0 background), or None when the model has no 3D map (classifier findings of a model
         that has one are never labelled).
     """
-    labels = label_map(outputs, manifest, model_affine_ras)
+    if labels is None:
+        labels = label_map(outputs, manifest, model_affine_ras)
     if labels is None or labels.ndim != 3:
         return None
     # source voxel [slice, row, column] → [column, row, slice] → LPS → RAS → model voxel
