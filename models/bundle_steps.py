@@ -165,6 +165,7 @@ def _map_step(
     """One bundle transform -> one manifest step, ``None`` for loader steps."""
     _, name, dictionary = _target(raw)
     assert isinstance(raw, dict)
+    dictionary = dictionary or "keys" in raw  # an unknown dictionary transform names its keys
     if raw.get("_disabled_") is True or name in _LOADER_STEPS:
         return None
     key_list = _key_list(config, raw) if dictionary else [input_key]

@@ -34,11 +34,9 @@ SLOWER = {
     "inference": "both run the same 3D UNet over the same windows (each voxel in ~8 of them at "
     "the bundle's overlap 0.5); the backend's time per window decides it. " + INFERENCE_OPTIONS,
     "postprocess": "statlane computes findings (argmax, components, volumes, key slice, boxes) "
-    "that the bundle's path never computes (its postprocess is the softmax alone), and "
-    "placement then recomputes the same argmax/segmentation through mask_on_source -> "
-    "label_map -> _segment: computing it once and handing the labels to mask_on_source would "
-    "save ~0.5 s at 512x512x200; _argmax_labels also keeps its running maximum in float64 "
-    "(float32 suffices).",
+    "that the bundle's path never computes (its postprocess is the softmax alone); the "
+    "segmentation is computed once and its labels handed to placement. _argmax_labels keeps "
+    "its running maximum in float64 (float32 would do).",
     "placement": "statlane argmaxes on the model grid and places labels with per-axis lookups; "
     "check that the axis-aligned fast path of resample_labels was taken.",
 }
@@ -131,8 +129,9 @@ def aim_text(report: Report) -> str:
         f"The e2e target aims at {AIM}: not reached ({ratio:.3f}). statlane-onnxruntime would "
         f"need {need:.2f} s less of its {mine['median_e2e_s']:.2f} s; inference is "
         f"{infer:.2f} s ({infer / mine['median_e2e_s']:.0%}) and everything else {rest:.2f} s. "
-        "Computing the segmentation once instead of twice (postprocess and placement) saves "
-        "about 0.5 s; the rest has to come from the time per window. " + INFERENCE_OPTIONS
+        "Postprocess (the findings: components, volumes, key slice, boxes, which the bundle's "
+        "own path does not compute) is the largest of the rest; most has to come from the "
+        "time per window. " + INFERENCE_OPTIONS
     )
 
 
