@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from models.label_codes import ANATOMICAL_STRUCTURE, code_for_label
+from models.label_codes import ANATOMICAL_STRUCTURE, code_for_label, laterality_for_label
 from models.manifest import (
     CodedConcept,
     FindingSpec,
@@ -272,6 +272,10 @@ def _findings(output: str, spec_out: dict[str, Any], task: Task, dims: int) -> l
             name = slug(f"{label}-{channel}")
         names.add(name)
         known = code_for_label(label) if task is Task.SEGMENTATION else None
+        side = laterality_for_label(label) if known is not None else None
+        laterality = (
+            CodedConcept(value=side.value, scheme="SCT", meaning=side.meaning) if side else None
+        )
         if known is not None:
             concept = CodedConcept(value=known.value, scheme="SCT", meaning=known.meaning)
             category: CodedConcept | None = CodedConcept(
@@ -285,6 +289,7 @@ def _findings(output: str, spec_out: dict[str, Any], task: Task, dims: int) -> l
                 name=name,
                 concept=concept,
                 category=category,
+                laterality=laterality,
                 output=output,
                 channel=int(channel),
                 derive=derive,

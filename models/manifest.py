@@ -113,12 +113,15 @@ class FindingSpec(_Strict):
 
     ``category`` is the kind of thing the finding is, for SEG segments (DICOM CID 7150):
     ``None`` means a morphologically abnormal structure (a lesion); an organ label of a
-    segmentation model carries ``SCT 91723000`` "Anatomical Structure".
+    segmentation model carries ``SCT 91723000`` "Anatomical Structure". ``laterality`` is the
+    side of a paired organ whose code names none (``SCT 7771000`` Left, ``24028007`` Right):
+    left and right kidney share one concept and differ by it.
     """
 
     name: str
     concept: CodedConcept
     category: CodedConcept | None = None
+    laterality: CodedConcept | None = None
     output: str = Field(description="name of the output it is derived from")
     channel: int = Field(default=1, ge=0, description="output channel of the finding")
     derive: list[Literal["presence", "probability", "bounding_box", "volume_ml", "area_mm2"]]

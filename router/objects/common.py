@@ -120,6 +120,24 @@ def finding_category(finding: Finding) -> hd.sr.CodedConcept:
     return FINDING_CATEGORY
 
 
+def finding_laterality(finding: Finding) -> hd.sr.CodedConcept | None:
+    """The side of a paired organ (SCT Left / Right), or None."""
+    if finding.laterality_value and finding.laterality_scheme and finding.laterality_meaning:
+        return hd.sr.CodedConcept(
+            value=finding.laterality_value,
+            scheme_designator=finding.laterality_scheme,
+            meaning=finding.laterality_meaning,
+        )
+    return None
+
+
+def finding_label(finding: Finding) -> str:
+    """What a reader sees for the finding: its code meaning, and the side when it has one
+    (``Kidney, left``), at most 64 characters (a DICOM LO)."""
+    side = f", {finding.laterality_meaning.lower()}" if finding.laterality_meaning else ""
+    return f"{finding.concept_meaning}{side}"[:64]
+
+
 def located_findings(result: AIResult) -> list[tuple[Finding, KeyImage]]:
     """Present findings that have a key image, in finding order.
 

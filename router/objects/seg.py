@@ -40,6 +40,8 @@ from router.objects.common import (
     equipment_kwargs,
     finding_category,
     finding_code,
+    finding_label,
+    finding_laterality,
     finding_tracking_uid,
     finish,
     located_findings,
@@ -209,9 +211,9 @@ def segment(result: AIResult, finding: Finding, number: int) -> hd.seg.SegmentDe
     The category is the finding's own (an organ: SCT 91723000 Anatomical Structure), else
     morphologically abnormal structure.
     """
-    return hd.seg.SegmentDescription(
+    description = hd.seg.SegmentDescription(
         segment_number=number,
-        segment_label=finding.concept_meaning[:64],
+        segment_label=finding_label(finding),
         segmented_property_category=finding_category(finding),
         segmented_property_type=finding_code(finding),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -221,6 +223,11 @@ def segment(result: AIResult, finding: Finding, number: int) -> hd.seg.SegmentDe
         tracking_uid=finding_tracking_uid(result, finding),
         tracking_id=finding.name,
     )
+    side = finding_laterality(finding)
+    if side is not None:  # a paired organ's side modifies its property type (PS3.3 C.8.20.2)
+        item = description.SegmentedPropertyTypeCodeSequence[0]
+        item.SegmentedPropertyTypeModifierCodeSequence = DicomSequence([side])
+    return description
 
 
 # ---- fast frames ------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from router.objects.common import (
     equipment_kwargs,
     finding_category,
     finding_code,
+    finding_laterality,
     finding_tracking_uid,
     finish,
     frame_numbers,
@@ -197,6 +198,11 @@ def _group(result: AIResult, finding: Finding, key: KeyImage | None) -> Group:
             )
         ],
     }
+    side = finding_laterality(finding)
+    if side is not None:  # a paired organ: where it is, on which side
+        common["finding_sites"] = [
+            hd.sr.FindingSite(anatomic_location=finding_code(finding), laterality=side)
+        ]
     if key is None:
         return hd.sr.MeasurementsAndQualitativeEvaluations(**common)
     instance = source_instance(result, key.sop_instance_uid)
