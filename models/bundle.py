@@ -220,11 +220,8 @@ def _network(
         return _Network(load_torchscript(ts), "models/model.ts", False, ts)
     if (models / "model.onnx").is_file():
         return None
-    listed = (
-        "; large_files.yml lists where to download them"
-        if (bundle / "large_files.yml").is_file()
-        else ""
-    )
+    listing = next(iter(sorted(bundle.glob("large_files.*"))), None)
+    listed = f"; {listing.name} lists where to download them" if listing else ""
     if evaluate:
         raise BundleImportError(f"{models}: no model.pt, model.ts or model.onnx{listed}")
     raise BundleImportError(f"{models}: --no-eval needs model.ts (or model.onnx){listed}")
