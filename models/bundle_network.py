@@ -347,7 +347,7 @@ def export_and_check(
         example: Random input ``(N, C, *spatial)``, N >= 2 so the dynamic batch axis is used.
         folder: Where the files go (the import's staging folder).
         input_name: ONNX input name.
-        output_names: ONNX output names, one per network output.
+        output_names: The ONNX output name (one: networks with one output are exported).
         shipped_torchscript: Copy this file as ``model.ts`` instead of tracing ``network``
             (``--no-eval``: the network *is* that module).
 
@@ -380,9 +380,10 @@ def export_and_check(
     except Exception as error:
         raise BundleImportError(f"TorchScript export failed: {error}") from None
     try:
-        if len(output_names) != len(expected):
+        if len(expected) != 1 or len(output_names) != 1:
             raise BundleImportError(
-                f"the network gives {len(expected)} outputs, the metadata names {len(output_names)}"
+                f"the network gives {len(expected)} outputs ({len(output_names)} named); "
+                "the export handles networks with one output"
             )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
