@@ -17,7 +17,13 @@ from typing import Any
 
 import yaml
 
-from models.label_codes import ANATOMICAL_STRUCTURE, code_for_label, laterality_for_label
+from models.label_codes import (
+    ANATOMICAL_STRUCTURE,
+    APPROXIMATE_LABELS,
+    code_for_label,
+    laterality_for_label,
+    normalise_label,
+)
 from models.manifest import (
     CodedConcept,
     FindingSpec,
@@ -271,7 +277,10 @@ def _findings(output: str, spec_out: dict[str, Any], task: Task, dims: int) -> l
         if name in names:
             name = slug(f"{label}-{channel}")
         names.add(name)
-        known = code_for_label(label) if task is Task.SEGMENTATION else None
+        # an approximate entry (the portal *and splenic* veins coded as "Portal vein") would
+        # name the segment wrongly: it stays a marked placeholder until someone codes it
+        exact = normalise_label(label) not in APPROXIMATE_LABELS
+        known = code_for_label(label) if task is Task.SEGMENTATION and exact else None
         side = laterality_for_label(label) if known is not None else None
         laterality = (
             CodedConcept(value=side.value, scheme="SCT", meaning=side.meaning) if side else None
