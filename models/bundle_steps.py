@@ -130,8 +130,12 @@ def _target(raw: object) -> tuple[str, str, bool]:
         raise _Unmapped("not a plain mapping with a _target_")
     if raw["_target_"].startswith(_EXPRESSION) or isinstance(raw.get("_disabled_"), str):
         raise _Unmapped("_target_/_disabled_ is an expression; not evaluated")
-    name, dictionary = short_name(raw["_target_"])
-    return raw["_target_"], name, dictionary
+    target = raw["_target_"]
+    if "." in target and not target.startswith("monai."):
+        # the bundle's own class (scripts.transforms.Orientationd, ...): same name, other code
+        raise _Unmapped("a transform of the bundle's own code, not MONAI's; not evaluated")
+    name, dictionary = short_name(target)
+    return target, name, dictionary
 
 
 Evaluate = Callable[[str, str], object]

@@ -97,6 +97,7 @@ def test_preprocessing_sorts_label_only_data_only_and_unsupported_steps() -> Non
         {"_target_": "RandFlipd", "keys": "label", "prob": 0.5},
         {"_target_": "RandGaussianNoised", "keys": "@image_key", "prob": 0.5},
         {"_target_": "CropForegroundd", "keys": "@image_key", "source_key": "label"},
+        {"_target_": "scripts.transforms.ScaleIntensityd", "keys": "@image_key"},
     )
     result = map_preprocessing(config, "image")
     assert result.steps == [{"transform": "Spacing", "pixdim": [1, 1, 2], "mode": "bilinear"}]
@@ -105,6 +106,10 @@ def test_preprocessing_sorts_label_only_data_only_and_unsupported_steps() -> Non
     assert reasons["RandFlipd"] == (False, "applies to ['label'], not the input 'image'")
     assert reasons["RandGaussianNoised"][0] is True  # would change the image: refused
     assert reasons["CropForegroundd"] == (True, "source_key 'label' is not the input 'image'")
+    assert reasons["scripts.transforms.ScaleIntensityd"] == (
+        True,
+        "a transform of the bundle's own code, not MONAI's; not evaluated",
+    )
 
 
 def test_an_argument_expression_is_evaluated_only_through_the_evaluator() -> None:
