@@ -164,8 +164,9 @@ def _ints(value: object) -> list[int] | None:
 
 
 def _number(value: object, default: float) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    return float(value) if ok else default  # type: ignore[arg-type]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    return float(value)
 
 
 def _sliding_window(config: dict[str, Any]) -> dict[str, Any] | None:

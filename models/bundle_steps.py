@@ -286,9 +286,13 @@ def _post_step(config: dict[str, Any], raw: dict[str, Any], name: str) -> dict[s
         threshold = arg("threshold")
         if arg("argmax") is True and threshold is None:
             return {"discrete": "argmax"}
-        number = isinstance(threshold, int | float) and not isinstance(threshold, bool)
-        if number and arg("argmax") is not True and 0.0 < float(threshold) < 1.0:  # type: ignore[arg-type]
-            return {"discrete": "threshold", "voxel_threshold": float(threshold)}  # type: ignore[arg-type]
+        if (
+            isinstance(threshold, int | float)
+            and not isinstance(threshold, bool)
+            and arg("argmax") is not True
+            and 0.0 < float(threshold) < 1.0
+        ):
+            return {"discrete": "threshold", "voxel_threshold": float(threshold)}
         raise _Unmapped("only argmax, or a threshold in (0, 1), is supported")
     if name == "KeepLargestConnectedComponent":
         if arg("is_onehot") is True or arg("independent", True) is not True:

@@ -17,7 +17,6 @@ import numpy.typing as npt
 from models.reference.recipes import Recipe
 from models.runner import to_model_layout
 from models.synthetic import phantom, radiograph
-from models.synthetic.geometry import SeriesGeometry
 from models.synthetic.spec import StudyKind, StudySpec, seeded_int
 from preprocessing.pipeline import Pipeline
 from preprocessing.volume import Volume
@@ -105,24 +104,13 @@ def phantom_case(
         return PhantomCase(spec.kind, seed, spec.finding, _with(volume, spec.kind), mask, None)
     geometry, ct = phantom.ct_series(spec)
     hu = phantom.stored_values(ct.hu).astype(np.float32) - np.float32(1024.0)
-    volume = _volume(hu.transpose(2, 1, 0), affine_lps(geometry))
+    volume = _volume(hu.transpose(2, 1, 0), geometry.affine_lps())
     truth = None
     mask = None
     if ct.mask is not None:
         mask = ct.mask.transpose(2, 1, 0)
         truth = float(mask.sum()) * geometry.voxel_volume_ml
     return PhantomCase(spec.kind, seed, spec.finding, _with(volume, spec.kind), mask, truth)
-
-
-def affine_lps(geometry: SeriesGeometry) -> npt.NDArray[np.float64]:
-    """Voxel index ``(column, row, slice)`` → LPS mm, as the loader builds it from the headers."""
-    affine = np.eye(4)
-    s = geometry.pixel_spacing_mm
-    affine[:3, 0] = np.array(geometry.row_direction) * s
-    affine[:3, 1] = np.array(geometry.column_direction) * s
-    affine[:3, 2] = (0.0, 0.0, geometry.table_step_mm)
-    affine[:3, 3] = geometry.positions()[0]
-    return affine
 
 
 def _volume(array: FloatArray, affine: npt.NDArray[np.float64]) -> Volume:
