@@ -363,7 +363,7 @@ def test_a_late_instance_during_result_handling_reruns_the_whole_study(tmp_path:
     *first_files, late = study.files
     with running_service(service_config(tmp_path)) as service:
         statuses: list[str] = []
-        update_ai, deliver = service.worklist.update_ai, service.coordinator.deliver
+        update_ai, deliver = service.worklist.update_ai, service.results.enqueue_results
 
         def recording_update_ai(study_uid: str, status: Any, *args: Any, **kwargs: Any) -> Any:
             statuses.append(str(status))
@@ -383,7 +383,7 @@ def test_a_late_instance_during_result_handling_reruns_the_whole_study(tmp_path:
                 )
 
         service.worklist.update_ai = recording_update_ai  # type: ignore[method-assign]
-        service.coordinator.deliver = deliver_then_late
+        service.results.enqueue_results = deliver_then_late  # type: ignore[method-assign,assignment]
         assert storescu(service.ports.dicom, first_files).returncode == 0
         tasks = wait_for(
             lambda: _finished_tasks(service, study.study_uid, count=2), what="generation 1"

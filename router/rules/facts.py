@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -136,36 +136,123 @@ def facts_from_datasets(
         FactsError: No datasets, an instance without Study/Series Instance UID, or more than
             one study.
     """
-    if not datasets:
-        raise FactsError("no DICOM instances")
-    studies = sorted({_text(ds, "StudyInstanceUID") for ds in datasets})
-    if "" in studies:
-        raise FactsError("an instance has no Study Instance UID")
-    if len(studies) > 1:
-        raise FactsError(f"instances of {len(studies)} studies: {', '.join(studies)}")
-    by_series: dict[str, list[Dataset]] = {}
+    builder = StudyFactsBuilder()
     for ds in datasets:
+        builder.add(ds)
+    return builder.facts(calling_ae, order)
+
+
+@dataclass
+class _SeriesSummary:
+    """What the facts of one series need, kept while its instances arrive."""
+
+    first: Dataset
+    image_count: int = 0
+    thickness: Counter[float] = field(default_factory=Counter)
+    orientation: Counter[Orientation] = field(default_factory=Counter)
+    contrast: bool = False
+
+    def add(self, ds: Dataset) -> None:
+        self.image_count += max(_integer(ds.get("NumberOfFrames")) or 1, 1)
+        thickness = _slice_thickness(ds)
+        if thickness is not None:
+            self.thickness[thickness] += 1
+        orientation = _orientation(ds)
+        if orientation is not None:
+            self.orientation[orientation] += 1
+        self.contrast = self.contrast or bool(_text(ds, "ContrastBolusAgent"))
+
+    def facts(self, uid: str) -> SeriesFacts:
+        first = self.first
+        return SeriesFacts(
+            series_instance_uid=uid,
+            series_number=_integer(first.get("SeriesNumber")),
+            modality=_text(first, "Modality").upper(),
+            body_part=_text(first, "BodyPartExamined").upper(),
+            series_description=_text(first, "SeriesDescription"),
+            image_count=self.image_count,
+            slice_thickness_mm=_most_common(self.thickness),
+            orientation=_most_common(self.orientation),
+            contrast=self.contrast,
+            station_name=_text(first, "StationName"),
+            department=_text(first, "InstitutionalDepartmentName"),
+            institution=_text(first, "InstitutionName"),
+        )
+
+
+class StudyFactsBuilder:
+    """The facts of one study, built incrementally: each header is read once, when it arrives.
+
+    :meth:`facts` costs a few microseconds per series whatever the number of instances, so the
+    coordinator can ask for the facts at every decision point (stat eligibility, quiet period,
+    routing) without reading the headers again. ``facts_from_datasets`` is this builder fed
+    with every dataset at once: both give the same facts for the same headers in the same
+    order.
+    """
+
+    def __init__(self) -> None:
+        self._first: Dataset | None = None
+        self._studies: dict[str, None] = {}
+        self._series: dict[str, _SeriesSummary] = {}
+        self._missing_series = False
+        self._codes: dict[Code, None] = {}
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        """Headers added."""
+        return self._count
+
+    def add(self, ds: Dataset) -> None:
+        """Take one more header (pixel data is never read)."""
+        self._count += 1
+        if self._first is None:
+            self._first = ds
+        self._studies[_text(ds, "StudyInstanceUID")] = None
         uid = _text(ds, "SeriesInstanceUID")
         if not uid:
+            self._missing_series = True
+        else:
+            summary = self._series.get(uid)
+            if summary is None:
+                summary = self._series[uid] = _SeriesSummary(ds)
+            summary.add(ds)
+        for code in _procedure_codes((ds,)):
+            self._codes[code] = None
+
+    def facts(self, calling_ae: str = "", order: OrderContext | None = None) -> StudyFacts:
+        """The study's facts from every header added so far.
+
+        Raises:
+            FactsError: No header, one without Study/Series Instance UID, or more than one
+                study.
+        """
+        if self._first is None:
+            raise FactsError("no DICOM instances")
+        studies = sorted(self._studies)
+        if "" in studies:
+            raise FactsError("an instance has no Study Instance UID")
+        if len(studies) > 1:
+            raise FactsError(f"instances of {len(studies)} studies: {', '.join(studies)}")
+        if self._missing_series:
             raise FactsError(f"study {studies[0]}: an instance has no Series Instance UID")
-        by_series.setdefault(uid, []).append(ds)
-    series = sorted(
-        (_series_facts(uid, members) for uid, members in by_series.items()),
-        key=lambda s: (s.series_number is None, s.series_number or 0, s.series_instance_uid),
-    )
-    first = datasets[0]
-    return StudyFacts(
-        study_instance_uid=studies[0],
-        accession_number=_text(first, "AccessionNumber"),
-        study_description=_text(first, "StudyDescription"),
-        procedure_codes=_procedure_codes(datasets),
-        requested_priority=_DICOM_PRIORITY.get(
-            _text(first, "RequestedProcedurePriority").upper(), OrderPriority.UNKNOWN
-        ),
-        series=tuple(series),
-        calling_ae=calling_ae.strip().upper(),
-        order=order,
-    )
+        series = sorted(
+            (summary.facts(uid) for uid, summary in self._series.items()),
+            key=lambda s: (s.series_number is None, s.series_number or 0, s.series_instance_uid),
+        )
+        first = self._first
+        return StudyFacts(
+            study_instance_uid=studies[0],
+            accession_number=_text(first, "AccessionNumber"),
+            study_description=_text(first, "StudyDescription"),
+            procedure_codes=tuple(self._codes),
+            requested_priority=_DICOM_PRIORITY.get(
+                _text(first, "RequestedProcedurePriority").upper(), OrderPriority.UNKNOWN
+            ),
+            series=tuple(series),
+            calling_ae=calling_ae.strip().upper(),
+            order=order,
+        )
 
 
 def read_headers(path: Path) -> list[Dataset]:
@@ -237,26 +324,6 @@ def orientation_of(cosines: Sequence[float]) -> Orientation:
     return (Orientation.SAGITTAL, Orientation.CORONAL, Orientation.AXIAL)[axis]
 
 
-def _series_facts(uid: str, members: Sequence[Dataset]) -> SeriesFacts:
-    first = members[0]
-    thickness = _most_common(_slice_thickness(ds) for ds in members)
-    orientation = _most_common(_orientation(ds) for ds in members)
-    return SeriesFacts(
-        series_instance_uid=uid,
-        series_number=_integer(first.get("SeriesNumber")),
-        modality=_text(first, "Modality").upper(),
-        body_part=_text(first, "BodyPartExamined").upper(),
-        series_description=_text(first, "SeriesDescription"),
-        image_count=sum(max(_integer(ds.get("NumberOfFrames")) or 1, 1) for ds in members),
-        slice_thickness_mm=thickness,
-        orientation=orientation,
-        contrast=any(_text(ds, "ContrastBolusAgent") for ds in members),
-        station_name=_text(first, "StationName"),
-        department=_text(first, "InstitutionalDepartmentName"),
-        institution=_text(first, "InstitutionName"),
-    )
-
-
 def _procedure_codes(datasets: Iterable[Dataset]) -> tuple[Code, ...]:
     """Procedure Code Sequence and every Request Attributes item's Requested Procedure Code."""
     found: dict[Code, None] = {}
@@ -297,9 +364,8 @@ def _orientation(ds: Dataset) -> Orientation | None:
         return None
 
 
-def _most_common(values: Iterable[Any]) -> Any:
-    """The most frequent non-None value (first seen wins a tie), None when there is none."""
-    counts = Counter(v for v in values if v is not None)
+def _most_common(counts: Counter[Any]) -> Any:
+    """The most frequent value (first seen wins a tie), None when there is none."""
     return counts.most_common(1)[0][0] if counts else None
 
 

@@ -130,14 +130,13 @@ class Service:
         self.streaming = StreamingVolumes() if self.runtime is not None else None
         self.coordinator = Coordinator(
             store=self.store,
-            outbox=self.outbox,
             rules=self.rules,
             rules_hash=rules_digest(rules_text),
             registry=self.registry,
             runtime=self.runtime,
             worklist=self.worklist,
             metrics=self.metrics,
-            deliver=self.results.enqueue_results,
+            sink=self.results,
             quiet_period_s=config.assembly.quiet_period_s,
             mono=mono,
             utc=utc,
@@ -285,6 +284,7 @@ class Service:
         self._stopping.set()
         with self.coordinator.lock:
             self.coordinator.lock.notify_all()
+        self.coordinator.finished.wake()
         for thread in self._threads:
             thread.join(timeout=10)
         if self.runtime is not None:

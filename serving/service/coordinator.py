@@ -1,38 +1,39 @@
 """The coordinator: stored instances → complete studies → rules → tasks → runtime → results.
 
-It owns no socket and no thread of its own besides the loop :class:`~serving.service.app.Service`
+It owns no socket and no thread of its own besides the loops :class:`~serving.service.app.Service`
 runs; every step writes its state to the job store before acting on it:
 
-1. ``instance_stored``: the gateway's callback (before the instance is acknowledged): the
-   instance is recorded in the job store and the assembler; its header is kept in memory for
-   identity checks and rules.
-2. ``tick``: studies the assembler declares complete are checked for identity (instances that
-   disagree on PatientID, AccessionNumber, or an order for another patient → quarantine), marked
-   complete, routed by the rules (decision recorded), and their tasks created (idempotent per
-   generation) and submitted to the engine.
-3. ``result_ready``: a finished job becomes an ``AIResult``; the task is finished exactly once
-   (conditional on its attempt), the worklist updated, and — by mode — result objects and
-   messages enqueued in the outbox.
+1. **Ingest** (:meth:`Coordinator.instance_stored`, :meth:`Coordinator.association_ended`): the
+   gateways' callbacks put typed messages (:mod:`serving.service.ingest_queue`) on a queue; the
+   ingest thread records instances in the job store in batches, feeds the assembler, and keeps
+   each study's headers and rule facts in its :class:`~serving.service.in_flight.StudyInFlight`.
+2. **Routing** (:meth:`Coordinator.tick`): studies the assembler declares complete are checked
+   for identity (instances that disagree on PatientID, AccessionNumber, or an order for another
+   patient → quarantine), marked complete, routed by the rules (decision recorded), and their
+   tasks created (idempotent per generation) and submitted to the engine. The study then leaves
+   memory (:meth:`Coordinator.forget`), whichever way routing ended.
+3. **Results** (:class:`~serving.service.outcomes.ResultHandler`): the engine pushes finished
+   jobs onto :class:`~serving.service.finished.FinishedJobs`; the results threads turn each into
+   an ``AIResult``, enqueue its deliveries and finish the task exactly once.
 
-The results side (step 3) lives in :mod:`serving.service.outcomes` and the restart recovery
-(:meth:`Coordinator.recover`) in :mod:`serving.service.recovery`; both are functions of the
-coordinator, called through its methods.
+Restart recovery (:meth:`Coordinator.recover`) lives in :mod:`serving.service.recovery`, which
+reaches the coordinator only through the narrow :class:`~serving.service.recovery.Resumable`
+interface.
+
+The rules are evaluated once per decision point, on facts built as the instances arrive: once
+when a study's first instances are recorded (is it stat? then it is decoded while it arrives and
+routed by the stat loop), and once for the instances and order known when its quiet period is
+checked; routing reuses that decision when nothing changed since.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-import queue
 import threading
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import nullcontext
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import pydicom
 
@@ -40,18 +41,22 @@ from models.registry import Registry
 from preprocessing.series import load_series
 from preprocessing.volume import Volume
 from router.context import OrderContext, OrderPriority
-from router.result import AIResult, Mode
-from router.rules import Decision, RuleSet, evaluate, facts_from_datasets
+from router.result import Mode
+from router.rules import Decision, RuleSet, evaluate
 from router.worklist import AIStatus, Worklist, WorklistEntry
 from serving.engine import EngineBusy, InferenceJob, JobResult
 from serving.gateway.element_text import element_count, element_text
 from serving.gateway.spool import StoredInstance
-from serving.jobstore import InstanceArrival, JobStore, Outbox, StudyState, TaskRow, TaskState
+from serving.jobstore import InstanceArrival, JobStore, StudyState, TaskRow, TaskState
 from serving.metrics import Metrics
 from serving.scheduler.records import PriorityClass
-from serving.service import outcomes, recovery
+from serving.service import recovery
 from serving.service.assembly import Arrival, CompleteStudy, StudyAssembler
 from serving.service.assembly import StudyState as Tracked
+from serving.service.finished import FinishedJobs, Launched
+from serving.service.in_flight import StudiesInFlight, StudyInFlight
+from serving.service.ingest_queue import IngestMessage, IngestQueue, Stored
+from serving.service.outcomes import ResultHandler, ResultSink, set_ai_status
 from serving.service.records import decision_json, identity_problem, order_problem
 from serving.service.runtime import Runtime, SeriesSource
 from serving.service.stat_gate import StatGate
@@ -60,32 +65,17 @@ from serving.service.streaming import StreamingVolumes
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _Launched:
-    """A task handed to the engine: what is needed to turn its result into an AIResult."""
-
-    task: TaskRow
-    attempt: int
-    source: SeriesSource
-    started_mono: float
-    #: SOP Instance UID → (header, path) of the series as read at ingest; None after a restart
-    #: (the results thread then reads the headers from the spool).
-    headers: Mapping[str, tuple[pydicom.Dataset, str]] | None = None
-
-
 class Coordinator:
-    """Glue between gateway, assembler, rules, job store, runtime, worklist and outbox.
+    """Glue between gateway, assembler, rules, job store, runtime, worklist and results.
 
     Args:
         store: The job store.
-        outbox: The delivery outbox.
         rules: Routing rules; ``rules_hash`` identifies them in routing decisions.
         registry: Resolves model references to ``name@version``.
         runtime: The inference runtime, or None when AI is unavailable (backend missing).
         worklist: The worklist to update.
         metrics: Service metrics.
-        deliver: ``(task, ai_result, order, add_mask) -> None``: enqueues results by mode and
-            destinations; ``add_mask`` returns the result with its mask (for the SEG).
+        sink: Enqueues a finished task's result objects and messages by mode and destinations.
         quiet_period_s: Quiet period per priority class, seconds.
         mono: Monotonic clock, seconds (assembly and deadlines on the engine's clock).
         utc: Wall clock, timezone-aware UTC (job store timestamps).
@@ -101,16 +91,13 @@ class Coordinator:
         self,
         *,
         store: JobStore,
-        outbox: Outbox,
         rules: RuleSet,
         rules_hash: str,
         registry: Registry,
         runtime: Runtime | None,
         worklist: Worklist,
         metrics: Metrics,
-        deliver: Callable[
-            [TaskRow, AIResult, OrderContext | None, Callable[[AIResult], AIResult]], None
-        ],
+        sink: ResultSink,
         quiet_period_s: Mapping[PriorityClass, float],
         mono: Callable[[], float],
         utc: Callable[[], datetime],
@@ -121,14 +108,12 @@ class Coordinator:
     ) -> None:
         self.store = store
         self.gate = gate if gate is not None else StatGate(max_wait_s=0.0)
-        self.outbox = outbox
         self.rules = rules
         self.rules_hash = rules_hash
         self.registry = registry
         self.runtime = runtime
         self.worklist = worklist
         self.metrics = metrics
-        self.deliver = deliver
         self.quiet_period = dict(quiet_period_s)
         self.mono = mono
         self.utc = utc
@@ -136,19 +121,21 @@ class Coordinator:
         self.streaming = streaming
         self.assembler = StudyAssembler(self._quiet_for, idle_timeout_s=idle_timeout_s)
         self.lock = threading.Condition()
-        self._headers: dict[str, dict[str, pydicom.Dataset]] = defaultdict(dict)
-        self._calling_ae: dict[str, str] = {}
-        self._quiet_cache: dict[str, tuple[int, float]] = {}
-        self._facts_cache: dict[str, tuple[int, OrderContext | None, Any]] = {}
-        self._stat_cache: dict[str, bool] = {}
+        self.in_flight = StudiesInFlight()
+        self.finished = FinishedJobs()
+        self.results = ResultHandler(
+            finished=self.finished,
+            store=store,
+            worklist=worklist,
+            metrics=metrics,
+            sink=sink,
+            manifests=runtime.manifests if runtime is not None else {},
+            gate=self.gate,
+            utc=utc,
+        )
         # started, refused by a busy engine: (task, attempt, ingest headers by SOP UID)
         self._waiting: list[tuple[TaskRow, int, Mapping[str, pydicom.Dataset] | None]] = []
-        # finished jobs, most urgent first: (class rank, deadline, sequence, job)
-        self._results: list[tuple[int, float, int, _Launched, Future[JobResult]]] = []
-        self._result_sequence = itertools.count()
-        self._results_ready = self.lock  # one condition: every waiter re-checks its own state
-        self._last_instance_mono: dict[str, float] = {}
-        self._ingest: queue.Queue[tuple[str, Any, float]] = queue.Queue()
+        self.ingest_queue = IngestQueue(mono)
 
     # ---- ingest ------------------------------------------------------------------------------
 
@@ -160,14 +147,14 @@ class Coordinator:
         arrived meanwhile) and the assembler; a crash in between is healed by the spool rescan
         at start-up (:meth:`recover`).
         """
-        self._ingest.put(("stored", instance, self.mono()))
+        self.ingest_queue.stored(instance)
 
     def association_ended(self, study_uids: Sequence[str]) -> None:
         """The association (or STOW request) that carried these studies ended.
 
         Queued behind the association's instances, so the release is applied after them.
         """
-        self._ingest.put(("released", tuple(study_uids), self.mono()))
+        self.ingest_queue.released(study_uids)
 
     def run_ingest(
         self, stopping: threading.Event, batch: int = 64, linger_s: float = 0.05
@@ -178,66 +165,67 @@ class Coordinator:
         C-STOREs is recorded a few instances per transaction instead of one (a transaction
         costs about a millisecond of Python whatever its size, under the GIL the receiving
         association needs). An association release ends the wait at once. Quiet periods count
-        from the acknowledgement times carried in the items, so the wait delays no study.
+        from the acknowledgement times carried in the messages, so the wait delays no study.
         """
         while not stopping.is_set():
-            try:
-                first = self._ingest.get(timeout=0.2)
-            except queue.Empty:
+            items = self.ingest_queue.take(batch=batch, linger_s=linger_s)
+            if not items:
                 continue
-            items = [first]
-            until = self.mono() + linger_s
-            while len(items) < batch and items[-1][0] == "stored":
-                remaining = until - self.mono()
-                try:
-                    if remaining > 0:
-                        items.append(self._ingest.get(timeout=remaining))
-                    else:
-                        items.append(self._ingest.get_nowait())
-                except queue.Empty:
-                    break
             try:
                 self.ingest(items)
-            except Exception:  # e.g. the job store is briefly unavailable: one by one, then on
+            # The job store may be briefly unavailable, or one instance unreadable: whatever it
+            # is, the thread must live on (every instance is durable in the spool).
+            except Exception:
                 log.exception("recording a batch failed; retrying its items one by one")
                 for item in items:
                     try:
                         self.ingest([item])
-                    except Exception:  # durable in the spool: the restart rescan records it
+                    # durable in the spool: the restart rescan records it
+                    except Exception:
                         log.exception("an instance could not be recorded; healed on restart")
 
-    def ingest(self, items: Sequence[tuple[str, Any, float]]) -> None:
+    def ingest(self, items: Sequence[IngestMessage]) -> None:
         """Record stored instances and apply association releases, in arrival order.
 
         Times are when the gateway acknowledged (monotonic), so a busy ingest thread never
         lengthens a study's quiet period.
         """
         pending: list[tuple[str, pydicom.Dataset, str, str, float]] = []
-        for kind, value, at in items:
-            if kind == "stored":
-                header = value.header
+        for item in items:
+            if isinstance(item, Stored):
+                instance = item.instance
+                header = instance.header
                 if header is None:
                     try:
-                        header = pydicom.dcmread(value.path, stop_before_pixels=True)
-                    except Exception:  # the spool validated it; a vanished file heals on restart
+                        header = pydicom.dcmread(instance.path, stop_before_pixels=True)
+                    # The spool validated it; a file that vanished or broke since (any error
+                    # pydicom may raise) heals on restart.
+                    except Exception:
                         log.exception("a spooled instance could not be read back")
                         continue
-                calling_ae = value.source.calling_ae or ""
-                pending.append((value.study_instance_uid, header, str(value.path), calling_ae, at))
+                calling_ae = instance.source.calling_ae or ""
+                pending.append(
+                    (instance.study_instance_uid, header, str(instance.path), calling_ae, item.at)
+                )
             else:
-                self._record_batch(pending)
+                self.record_batch(pending)
                 pending = []
                 with self.lock:
-                    for uid in dict.fromkeys(value):
-                        self.assembler.released(uid, at)
+                    for uid in item.study_uids:
+                        self.assembler.released(uid, item.at)
                     self.lock.notify_all()
-        self._record_batch(pending)
+        self.record_batch(pending)
 
     def ingest_idle(self) -> bool:
         """Nothing waits to be recorded (tests and the demo poll this)."""
-        return self._ingest.empty()
+        return self.ingest_queue.empty()
 
-    def _record_batch(self, batch: Sequence[tuple[str, pydicom.Dataset, str, str, float]]) -> None:
+    def record_batch(self, batch: Sequence[tuple[str, pydicom.Dataset, str, str, float]]) -> None:
+        """Record instances in the job store (one transaction) and track them.
+
+        Each item is ``(study UID, header, spool path, calling AE, acknowledged at)``, the
+        time in monotonic seconds.
+        """
         if not batch:
             return
         arrivals = [
@@ -259,9 +247,6 @@ class Coordinator:
         ):
             expected = element_count(header, "ImagesInAcquisition")
             with self.lock:
-                self._headers[study_uid][arrival_row.sop_uid] = header
-                self._calling_ae.setdefault(study_uid, calling_ae)
-                self._last_instance_mono[study_uid] = now
                 arrival = self.assembler.add(
                     study_uid=study_uid,
                     series_uid=arrival_row.series_uid,
@@ -271,9 +256,13 @@ class Coordinator:
                     now=now,
                     expected=expected,
                 )
+                ignored = arrival is Arrival.LATE and self.late_instances != "rerun"
+                if not ignored:
+                    flight = self.in_flight.open(study_uid, calling_ae)
+                    flight.add(arrival_row.sop_uid, header)
                 if arrival is Arrival.LATE:
                     self._late_instance(study_uid)
-            stat = result.new and self._stat_eligible(study_uid)  # judged once per study
+            stat = result.new and not ignored and self._stat_eligible(study_uid)
             if self.streaming is not None and stat:
                 self.streaming.offer(arrival_row.series_uid, arrival_row.modality, path)
             modality = arrival_row.modality or "unknown"
@@ -306,51 +295,69 @@ class Coordinator:
         with self.lock:
             self.lock.notify_all()
 
-    # ---- quiet period ------------------------------------------------------------------------
+    def forget(self, study_uid: str) -> None:
+        """Drop the study's in-memory state: it left the coordinator (routed with or without
+        tasks, quarantined, routing failed). What was recorded stays in the job store."""
+        with self.lock:
+            self.in_flight.forget(study_uid)
+
+    # ---- decisions ---------------------------------------------------------------------------
+
+    def _decide(self, flight: StudyInFlight, order: OrderContext | None) -> Decision:
+        """The rules' decision for the study's instances and order known now (evaluated once
+        per change of either; model references resolved through the registry)."""
+
+        def run(order: OrderContext | None) -> Decision:
+            facts = flight.facts.facts(flight.calling_ae, order)
+            return evaluate(self.rules, facts, order, resolve_model=self._resolve)
+
+        return flight.decide(order, run)
+
+    def _unresolved(self, flight: StudyInFlight, order: OrderContext | None) -> Decision:
+        """The decision without resolving model references (a rule names a model the
+        registry lacks: routing will fail, but the study still gets its class's timing)."""
+        facts = flight.facts.facts(flight.calling_ae, order)
+        return evaluate(self.rules, facts, order)
 
     def _quiet_for(self, study: Tracked) -> float:
         """The study's quiet period: that of the most urgent task the rules would give it."""
-        cached = self._quiet_cache.get(study.study_uid)
-        if cached is not None and cached[0] == study.instance_count:
-            return cached[1]
         quiet = self.quiet_period[PriorityClass.ROUTINE]
-        headers = list(self._headers.get(study.study_uid, {}).values())
-        if headers:
+        flight = self.in_flight.get(study.study_uid)
+        if flight is None or not flight.headers:
+            return quiet
+        if flight.quiet is not None and flight.quiet[0] == flight.facts.count:
+            return flight.quiet[1]
+        try:
+            order = self._order_for(flight)
             try:
-                order = self._order_for(headers)
-                facts = self._facts(study.study_uid, headers, order)
-                decision = evaluate(self.rules, facts, order)
-                if decision.tasks:
-                    urgent = min((t.priority for t in decision.tasks), key=lambda p: p.rank)
-                    quiet = self.quiet_period.get(urgent, quiet)
-            except Exception:  # a study the rules cannot read waits the routine period
-                log.debug("quiet period: rules could not evaluate study", exc_info=True)
-        self._quiet_cache[study.study_uid] = (study.instance_count, quiet)
+                decision = self._decide(flight, order)
+            except LookupError:  # an unknown model: the priority does not depend on it
+                decision = self._unresolved(flight, order)
+            if decision.tasks:
+                urgent = min((t.priority for t in decision.tasks), key=lambda p: p.rank)
+                quiet = self.quiet_period.get(urgent, quiet)
+        # The rules may fail on any malformed header (a value pydicom cannot convert): such a
+        # study waits the routine period and routing reports the error.
+        except Exception:
+            log.debug("quiet period: rules could not evaluate study", exc_info=True)
+        flight.quiet = (flight.facts.count, quiet)
         return quiet
-
-    def _facts(
-        self, uid: str, headers: Sequence[pydicom.Dataset], order: OrderContext | None
-    ) -> Any:
-        """Rule facts of the study; reused while neither the instances nor the order changed
-        (the quiet-period check at the release computes what routing needs moments later)."""
-        cached = self._facts_cache.get(uid)
-        if cached is not None and cached[0] == len(headers) and cached[1] == order:
-            return cached[2]
-        facts = facts_from_datasets(headers, self._calling_ae.get(uid, ""), order)
-        self._facts_cache[uid] = (len(headers), order, facts)
-        return facts
 
     def _stat_eligible(self, uid: str) -> bool:
         """Whether the rules would make this study stat, judged once from its first instances:
         only those are decoded while they arrive (streaming costs CPU that ingest needs)."""
-        known = self._stat_cache.get(uid)
-        if known is not None:
-            return known
-        headers = list(self._headers.get(uid, {}).values())
+        with self.lock:
+            flight = self.in_flight.get(uid)
+            if flight is None:
+                return False
+            if flight.stat is not None:
+                return flight.stat
         try:
-            order = self._order_for(headers)
-            facts = facts_from_datasets(headers, self._calling_ae.get(uid, ""), order)
-            decision = evaluate(self.rules, facts, order)
+            order = self._order_for(flight)
+            try:
+                decision = self._decide(flight, order)
+            except LookupError:  # an unknown model: the priority does not depend on it
+                decision = self._unresolved(flight, order)
             matched = {e.rule for e in decision.explanations if e.matched}
             # a matching rule whose task is stat (series size is not known yet: ignore it)
             stat = any(
@@ -360,13 +367,15 @@ class Coordinator:
                 if rule.name in matched
                 for spec in rule.produce
             )
-        except Exception:
+        # As for the quiet period: a study the rules cannot read now is not stat.
+        except Exception:  # noqa: BLE001
             stat = False
-        self._stat_cache[uid] = stat
+        flight.stat = stat
         return stat
 
-    def _order_for(self, headers: Sequence[pydicom.Dataset]) -> OrderContext | None:
-        accession = str(headers[0].get("AccessionNumber", "")) if headers else ""
+    def _order_for(self, flight: StudyInFlight) -> OrderContext | None:
+        first = next(iter(flight.headers.values()), None)
+        accession = str(first.get("AccessionNumber", "")) if first is not None else ""
         if not accession:
             return None
         row = self.store.order(accession)
@@ -375,7 +384,7 @@ class Coordinator:
     # ---- the loop ----------------------------------------------------------------------------
 
     def has_work(self) -> bool:
-        """Finished jobs or refused submissions wait for the loop (caller holds the lock)."""
+        """Refused submissions wait for the loop (caller holds the lock)."""
         return bool(self._waiting)
 
     def next_wakeup_s(self, *, stat_only: bool = False) -> float | None:
@@ -387,7 +396,8 @@ class Coordinator:
 
     def _is_stat(self, study_uid: str) -> bool:
         """Whether the rules make the study stat (as judged from its first instances)."""
-        return self._stat_cache.get(study_uid, False)
+        flight = self.in_flight.get(study_uid)
+        return flight is not None and bool(flight.stat)
 
     def tick(self, *, stat_only: bool = False) -> None:
         """Route complete studies and submit waiting tasks.
@@ -398,38 +408,56 @@ class Coordinator:
         """
         with self.lock:
             due = self.assembler.due(self.mono(), only=self._is_stat if stat_only else None)
-        # Studies the rules make stat are routed first when several complete together.
-        due.sort(key=lambda study: not self._stat_cache.get(study.study_uid, False))
+            # Studies the rules make stat are routed first when several complete together.
+            stats = {study.study_uid: self._is_stat(study.study_uid) for study in due}
+        due.sort(key=lambda study: not stats[study.study_uid])
         for study in due:
-            stat = self._stat_cache.get(study.study_uid, False)
+            stat = stats[study.study_uid]
             if not stat:  # a stat study being routed, built or delivered goes first
                 self.gate.step_aside()
             try:
                 with self.gate.stat_stage() if stat else nullcontext():
                     self.route(study)
+            # Any error routing one study (a broken header, a store hiccup) must not stop the
+            # loop that routes every other study: it stays complete in the job store and is
+            # routed again at the next start.
             except Exception:
                 log.exception("routing failed for a study; it stays complete and is retried")
                 self.store.audit("routing-failed", study_uid=study.study_uid)
+                self.forget(study.study_uid)
         if not stat_only:
             self._submit_waiting()
 
     # ---- routing -----------------------------------------------------------------------------
 
     def route(self, complete: CompleteStudy) -> Decision | None:
-        """Identity checks, completion, routing decision and tasks for one complete study."""
+        """Identity checks, completion, routing decision and tasks for one complete study.
+
+        Returns the decision, or None when the study was quarantined. Whichever way it ends
+        (an error included), the study leaves memory.
+        """
+        try:
+            return self._route(complete)
+        finally:
+            self.forget(complete.study_uid)
+
+    def _route(self, complete: CompleteStudy) -> Decision | None:
         uid = complete.study_uid
         with self.lock:
-            headers = list(self._headers.get(uid, {}).values())
+            flight = self.in_flight.get(uid)
+            headers = list(flight.headers.values()) if flight is not None else []
         # After a restart or a re-run only the newest headers are in memory; the rules must see
         # every instance of the study (a series of 1 late slice has too few images to route).
-        if len(headers) < sum(len(paths) for paths in complete.series.values()):
-            headers = [
-                pydicom.dcmread(p, stop_before_pixels=True)
-                for paths in complete.series.values()
-                for p in paths
-            ]
+        if flight is None or len(headers) < sum(len(p) for p in complete.series.values()):
+            known = self.store.study(uid)
+            flight = StudyInFlight(uid, known.calling_ae if known is not None else "")
+            for paths in complete.series.values():
+                for path in paths:
+                    header = pydicom.dcmread(path, stop_before_pixels=True)
+                    flight.add(element_text(header, "SOPInstanceUID"), header)
+            headers = list(flight.headers.values())
         problem = identity_problem(headers)
-        order = self._order_for(headers)
+        order = self._order_for(flight)
         if problem is None and order is not None:
             problem = order_problem(headers[0], self.store.order(order.accession_number))
         if problem is not None:
@@ -442,8 +470,7 @@ class Coordinator:
         if current is not None and current.state is StudyState.RECEIVING:
             self.store.mark_study_complete(uid, {s: len(p) for s, p in complete.series.items()})
         self.metrics.observe("statlane_assembly_wait_seconds", complete.waited_s)
-        facts = self._facts(uid, headers, order)
-        decision = evaluate(self.rules, facts, order, resolve_model=self._resolve)
+        decision = self._decide(flight, order)
         self.store.record_routing(
             uid, decision_json(decision, complete), rules_hash=self.rules_hash
         )
@@ -471,12 +498,6 @@ class Coordinator:
                 self.launch(task, by_sop)
         if not decision.tasks:
             self.store.set_study_state(uid, StudyState.DONE)
-        with self.lock:
-            self._headers.pop(uid, None)
-            self._facts_cache.pop(uid, None)
-            self._quiet_cache.pop(uid, None)
-            self._stat_cache.pop(uid, None)
-            self._last_instance_mono.pop(uid, None)
         return decision
 
     def _resolve(self, ref: str) -> str:
@@ -521,7 +542,7 @@ class Coordinator:
         attempt = self.store.start_task(task.task_id)
         if self.runtime is None:
             self.store.fail_task(task.task_id, attempt, "AI unavailable: no inference backend")
-            self._ai_status(task.study_instance_uid, AIStatus.UNAVAILABLE)
+            set_ai_status(self.worklist, task.study_instance_uid, AIStatus.UNAVAILABLE)
             self.store.finish_study(task.study_instance_uid)  # its last task ended (failed)
             return
         self._submit(task, attempt, headers)
@@ -547,15 +568,11 @@ class Coordinator:
             with self.lock:
                 self._waiting.append((task, attempt, headers))
             return
-        launched = _Launched(task, attempt, source, self.mono(), known)
+        launched = Launched(task, attempt, source, self.mono(), known)
+        finished = self.finished
 
-        rank = task.priority.rank
-
-        def done(f: Future[JobResult], launched: _Launched = launched) -> None:
-            with self.lock:
-                entry = (rank, deadline_mono, next(self._result_sequence), launched, f)
-                heapq.heappush(self._results, entry)
-                self._results_ready.notify_all()
+        def done(f: Future[JobResult], launched: Launched = launched) -> None:
+            finished.push(launched, f, deadline_mono)
 
         future.add_done_callback(done)
 
@@ -593,29 +610,13 @@ class Coordinator:
     # ---- results (serving.service.outcomes) ---------------------------------------------------
 
     def run_results(self, stopping: threading.Event, *, stat_only: bool = False) -> None:
-        """The results thread: finished jobs become results, most urgent class first.
-
-        With ``stat_only`` it takes stat results only (the service runs one such thread next
-        to the general one). See :func:`serving.service.outcomes.run_results`.
-        """
-        outcomes.run_results(self, stopping, stat_only=stat_only)
+        """The results thread (see :meth:`ResultHandler.run
+        <serving.service.outcomes.ResultHandler.run>`)."""
+        self.results.run(stopping, stat_only=stat_only)
 
     def drain_results(self) -> None:
         """Handle every finished job now (tests, shutdown)."""
-        outcomes.drain_results(self)
-
-    def result_ready(self, launched: _Launched, job: JobResult) -> None:
-        """Finish a task exactly once and hand its result to delivery.
-
-        See :func:`serving.service.outcomes.result_ready`.
-        """
-        outcomes.result_ready(self, launched, job)
-
-    def _ai_status(self, study_uid: str, status: AIStatus) -> None:
-        try:
-            self.worklist.update_ai(study_uid, status)
-        except Exception:  # not on the worklist (e.g. after a restart): nothing to show
-            log.debug("worklist has no entry for a study", exc_info=True)
+        self.results.drain()
 
     # ---- restart (serving.service.recovery) --------------------------------------------------
 
@@ -627,3 +628,21 @@ class Coordinator:
         See :mod:`serving.service.recovery` for the steps.
         """
         return recovery.recover_after_restart(self, spooled)
+
+    def resume_receiving(self, study_uid: str, generation: int | None) -> None:
+        """A study still receiving when the process stopped: its association is gone, so it is
+        released now (its quiet period restarts); ``generation``: the one it resumes at (None:
+        keep the assembler's)."""
+        with self.lock:
+            tracked = self.assembler.study(study_uid)
+            if tracked is not None and generation is not None:
+                tracked.generation = generation
+            self.assembler.released(study_uid, self.mono())
+
+    def mark_handed_out(self, study_uid: str, generation: int) -> None:
+        """A study already routed at ``generation``: later instances of it are late."""
+        with self.lock:
+            tracked = self.assembler.study(study_uid)
+            if tracked is not None:
+                tracked.handed_out = True
+                tracked.generation = generation

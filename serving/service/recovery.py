@@ -40,23 +40,46 @@ Studies re-routed here carry the completion reason ``restart`` and an assembly w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Protocol
 
 import pydicom
 
 from router.result import Mode
-from router.worklist import WorklistEntry
-from serving.jobstore import StudyState, TaskState
+from router.rules import Decision
+from router.worklist import Worklist, WorklistEntry
+from serving.gateway.spool import StoredInstance
+from serving.jobstore import JobStore, StudyState, TaskRow, TaskState
 from serving.service.assembly import CompleteStudy
 
-if TYPE_CHECKING:
-    from serving.gateway.spool import StoredInstance
-    from serving.service.coordinator import Coordinator
+
+class Resumable(Protocol):
+    """What recovery needs from the coordinator, and nothing more."""
+
+    store: JobStore
+    worklist: Worklist
+    mono: Callable[[], float]
+    utc: Callable[[], datetime]
+
+    def record_batch(self, batch: Sequence[tuple[str, pydicom.Dataset, str, str, float]]) -> None:
+        """Record instances and track them, as ingest does."""
+
+    def resume_receiving(self, study_uid: str, generation: int | None) -> None:
+        """Release a study still receiving now, at ``generation`` if given."""
+
+    def mark_handed_out(self, study_uid: str, generation: int) -> None:
+        """Mark a study routed at ``generation`` (later instances are late)."""
+
+    def route(self, complete: CompleteStudy) -> Decision | None:
+        """Route a complete study."""
+
+    def launch(self, task: TaskRow) -> None:
+        """Start a queued task."""
 
 
 def recover_after_restart(
-    coordinator: Coordinator, spooled: Sequence[StoredInstance]
+    coordinator: Resumable, spooled: Sequence[StoredInstance]
 ) -> dict[str, int]:
     """Resume ``coordinator`` after a restart (see the module docstring for the steps).
 
@@ -74,25 +97,21 @@ def recover_after_restart(
     requeued = store.requeue_interrupted()
     for instance in spooled:
         header = pydicom.dcmread(instance.path, stop_before_pixels=True)
-        _record(coordinator, instance.study_instance_uid, header, str(instance.path), "")
-    now = coordinator.mono()
+        batch = [(instance.study_instance_uid, header, str(instance.path), "", coordinator.mono())]
+        coordinator.record_batch(batch)  # calling AE unknown after a restart
     for study in store.studies(StudyState.RECEIVING):
-        last = _last_generation(coordinator, study.study_instance_uid)  # reopened by late ones
-        with coordinator.lock:
-            tracked = coordinator.assembler.study(study.study_instance_uid)
-            if tracked is not None and last is not None:
-                tracked.generation = last + 1
-            coordinator.assembler.released(study.study_instance_uid, now)
+        last = _last_generation(store, study.study_instance_uid)  # reopened by late ones
+        coordinator.resume_receiving(study.study_instance_uid, None if last is None else last + 1)
     rerouted = 0
     # Complete but not routed (killed before the decision): route as the next generation.
     for study in store.studies(StudyState.COMPLETE):
-        last = _last_generation(coordinator, study.study_instance_uid)
+        last = _last_generation(store, study.study_instance_uid)
         _resume_route(coordinator, study.study_instance_uid, 0 if last is None else last + 1)
         rerouted += 1
     relaunched = 0
     for study in store.studies(StudyState.ROUTED):
         uid = study.study_instance_uid
-        generation = _last_generation(coordinator, uid) or 0
+        generation = _last_generation(store, uid) or 0
         tasks = [t for t in store.tasks(study_uid=uid) if t.generation == generation]
         if not tasks or not store.planned_tasks_exist(uid):
             # killed between the routing decision and (some of) its tasks: route again; the
@@ -100,7 +119,7 @@ def recover_after_restart(
             _resume_route(coordinator, uid, generation)
             rerouted += 1
             continue
-        _mark_handed_out(coordinator, uid, generation)
+        coordinator.mark_handed_out(uid, generation)
         if store.finish_study(uid):  # killed after the last result, before closing the study
             continue
         for task in tasks:
@@ -110,7 +129,7 @@ def recover_after_restart(
                 relaunched += 1
     for study in store.studies(StudyState.DONE):
         uid = study.study_instance_uid
-        _mark_handed_out(coordinator, uid, _last_generation(coordinator, uid) or 0)
+        coordinator.mark_handed_out(uid, _last_generation(store, uid) or 0)
     # Queued tasks of an older generation (a study reopened by late instances, or routed
     # again above): without the restart they would have run to the end; so they do now.
     for task in store.tasks(TaskState.QUEUED):
@@ -123,46 +142,26 @@ def recover_after_restart(
     return {"rerouted": rerouted, "requeued": len(requeued), "relaunched": relaunched}
 
 
-def _record(
-    coordinator: Coordinator,
-    study_uid: str,
-    header: pydicom.Dataset,
-    path: str,
-    calling_ae: str,
-) -> None:
-    """Record one spooled instance, arrived now (monotonic seconds), as ingest would."""
-    coordinator._record_batch([(study_uid, header, path, calling_ae, coordinator.mono())])
-
-
-def _last_generation(coordinator: Coordinator, study_uid: str) -> int | None:
+def _last_generation(store: JobStore, study_uid: str) -> int | None:
     """Generation of the study's latest routing decision (None: never routed)."""
-    decisions = coordinator.store.routing_decisions(study_uid)
+    decisions = store.routing_decisions(study_uid)
     if not decisions:
         return None
     return int(decisions[-1].decision.get("generation", 0))
 
 
-def _mark_handed_out(coordinator: Coordinator, study_uid: str, generation: int) -> None:
-    """Mark a tracked study handed out at ``generation`` (later instances are late)."""
-    with coordinator.lock:
-        tracked = coordinator.assembler.study(study_uid)
-        if tracked is not None:
-            tracked.handed_out = True
-            tracked.generation = generation
-
-
-def _resume_route(coordinator: Coordinator, study_uid: str, generation: int) -> None:
+def _resume_route(coordinator: Resumable, study_uid: str, generation: int) -> None:
     """Route a study again as ``generation``, from the instances the job store lists."""
     store = coordinator.store
     series = {
         s.series_instance_uid: [i.path for i in store.instances_of(s.series_instance_uid)]
         for s in store.series_of(study_uid)
     }
-    _mark_handed_out(coordinator, study_uid, generation)
+    coordinator.mark_handed_out(study_uid, generation)
     coordinator.route(CompleteStudy(study_uid, generation, series, "restart", 0.0))
 
 
-def _ensure_on_worklist(coordinator: Coordinator, uid: str, accession: str) -> None:
+def _ensure_on_worklist(coordinator: Resumable, uid: str, accession: str) -> None:
     """Put a study with tasks to relaunch back on the worklist (triage mode) if missing."""
     if uid in {e.study_uid for e in coordinator.worklist.entries}:
         return
