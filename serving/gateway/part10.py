@@ -9,14 +9,22 @@ pydicom writes for the same values (``tests/test_part10.py`` compares the two).
 
 from __future__ import annotations
 
+import re
 import struct
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-__all__ = ["part10_header"]
+__all__ = ["is_valid_uid", "part10_header"]
+
+_UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 _SHORT_VRS = {b"UI", b"SH", b"AE", b"UL"}
+
+
+def is_valid_uid(text: str) -> bool:
+    """True for a syntactically valid DICOM UID (PS3.5 9.1): digits and dots, at most 64."""
+    return len(text) <= 64 and _UID_PATTERN.fullmatch(text) is not None
 
 
 def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:

@@ -155,6 +155,7 @@ class Service:
             allowed_callers=config.dicom.allowed_callers,
             on_stored=self.coordinator.instance_stored,
             on_released=self._association_released,
+            fast_path=config.dicom.fast_path,
         )
         self.rest = RestApi(self)
         self.http = StowServer(
