@@ -10,7 +10,6 @@ import contextlib
 import os
 import subprocess
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 

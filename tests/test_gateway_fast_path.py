@@ -149,8 +149,15 @@ def test_an_untested_pynetdicom_gets_the_standard_server_and_one_warning(
 
 @pytest.mark.parametrize(
     ("version", "tested"),
-    [("3.0.0", True), ("3.0.4", True), ("3.0.5.dev1", True), ("3.1.0", False), ("4.0", False)]
-    + [("2.1.1", False), ("not-a-version", False)],
+    [
+        ("3.0.0", True),
+        ("3.0.4", True),
+        ("3.0.5.dev1", True),
+        ("3.1.0", False),
+        ("4.0", False),
+        ("2.1.1", False),
+        ("not-a-version", False),
+    ],
 )
 def test_the_version_check_follows_the_tested_range(version: str, tested: bool) -> None:
     assert pynetdicom_is_tested(version) is tested

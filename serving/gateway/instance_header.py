@@ -117,7 +117,7 @@ def pydicom_is_tested(version: str | None = None) -> bool:
         return False
 
 
-def _load_walk() -> Callable[[bytes], WalkedHeader | None] | None:
+def select_fast_walk() -> Callable[[bytes], WalkedHeader | None] | None:
     """:func:`~serving.gateway.header_walk.walk_part10` on a tested pydicom, else None."""
     if not pydicom_is_tested():
         LOGGER.warning(
@@ -134,7 +134,7 @@ def _load_walk() -> Callable[[bytes], WalkedHeader | None] | None:
 
 #: The fast path of :func:`read_header`, or None to read every file with pydicom (an untested
 #: pydicom; tests set it to None to run the public path alone).
-fast_walk: Callable[[bytes], WalkedHeader | None] | None = _load_walk()
+fast_walk: Callable[[bytes], WalkedHeader | None] | None = select_fast_walk()
 
 
 def _unreadable(exc: Exception, sop_instance_uid: str | None = None) -> InvalidInstance:
