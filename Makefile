@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.statlane-installed
 
-.PHONY: venv triton-venv demo test lint typecheck pytest bench bench-smoke clean
+.PHONY: venv triton-venv demo test lint typecheck pytest pytest-standard-dimse bench bench-smoke clean
 
 venv: $(STAMP)
 
@@ -46,7 +46,12 @@ pytest: $(STAMP) $(TRITON_STAMP)
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; exit 1; fi; \
 	exit $$rc
 
-test: lint typecheck pytest
+# The DICOM gateway's tests once more on pynetdicom's standard server (dicom.fast_path off).
+DIMSE_TESTS := tests/test_gateway_dimse.py tests/test_gateway_fast_path.py
+pytest-standard-dimse: $(STAMP)
+	STATLANE_DICOM_FAST_PATH=0 $(BIN)/python -m pytest -q $(DIMSE_TESTS)
+
+test: lint typecheck pytest pytest-standard-dimse
 
 bench: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m benchmarks.preprocess

@@ -184,7 +184,7 @@ class Pipeline:
         run = _FastRun(None, affine, tuple(int(s) for s in shape), owned=True)
         index = 0
         while index < len(self.steps) and self.steps[index].name in _FUSABLE:
-            if not run._fuse(self.steps[index], geometry_only=True):
+            if not run.fuse(self.steps[index], geometry_only=True):
                 break  # a second interpolation: the fast path materialises before it
             index += 1
         kwargs = run.pending_kwargs or dict(_NO_INTERPOLATION)
@@ -262,7 +262,7 @@ class _FastRun:
     def run(self, steps: Sequence[Step]) -> MetaTensor:
         for step in steps:
             if step.name in _FUSABLE:
-                self._fuse(step)
+                self.fuse(step)
                 continue
             self._materialize()
             if step.name in ("Window", "ScaleIntensityRange", "ThresholdIntensity"):
@@ -274,7 +274,7 @@ class _FastRun:
         self._materialize()
         return MetaTensor(self.tensor.to(torch.float32), affine=self.affine)
 
-    def _fuse(self, step: Step, *, geometry_only: bool = False) -> bool:
+    def fuse(self, step: Step, *, geometry_only: bool = False) -> bool:
         """Compose the step's voxel map (from MONAI's lazy geometry) into ``pending``.
 
         Returns False, changing nothing, when ``geometry_only`` and the step would have to

@@ -30,12 +30,18 @@ class DicomConfig(_Strict):
 
     ``allowed_callers`` maps calling AE titles to allowed IP addresses (null: any address);
     null for the whole map accepts any caller (the demo default; set it in production).
+
+    ``fast_path`` serves C-STOREs with the gateway's own reactors, which override pynetdicom
+    internals (``serving/gateway/reactor.py``); it falls back to pynetdicom's standard server,
+    with the same statuses and spool, when off, when the installed pynetdicom is not a tested
+    release, or when the environment sets ``STATLANE_DICOM_FAST_PATH=0``.
     """
 
     ae_title: str = Field(default="STATLANE", min_length=1, max_length=16)
     host: str = "0.0.0.0"
     port: int = Field(default=11112, ge=0, le=65535)
     allowed_callers: dict[str, list[str] | None] | None = None
+    fast_path: bool = True
 
 
 class HttpConfig(_Strict):

@@ -421,14 +421,14 @@ def test_chunked_jobs_equal_the_sliding_window_reference(tiny: BackendModel) -> 
 def _spy_on_postprocessing(engine: Engine) -> list[Future[object]]:
     """Every task handed to the postprocessing thread (answering a future twice raises there)."""
     tasks: list[Future[object]] = []
-    submit = engine._post.submit
+    submit = engine.postprocessing.submit
 
     def spy(fn: Any, /, *args: Any) -> Future[object]:
         future: Future[object] = submit(fn, *args)
         tasks.append(future)
         return future
 
-    engine._post.submit = spy  # type: ignore[method-assign]
+    engine.postprocessing.submit = spy  # type: ignore[method-assign]
     return tasks
 
 

@@ -303,7 +303,7 @@ def test_a_batch_costs_a_few_statements_however_long(store: JobStore) -> None:
 def test_a_lost_unique_key_race_retries_the_whole_batch(
     store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    load_studies = arrivals_module._load_studies
+    load_studies = arrivals_module.load_studies
     calls: list[int] = []
 
     def racing(session: Session, uids: Any) -> Any:
@@ -323,7 +323,7 @@ def test_a_lost_unique_key_race_retries_the_whole_batch(
             session.flush()
         return found
 
-    monkeypatch.setattr(arrivals_module, "_load_studies", racing)
+    monkeypatch.setattr(arrivals_module, "load_studies", racing)
     assert store.record_instances([arrival("1.1"), arrival("1.2")]) == [OK, OK]
     assert calls == [0, 0]  # the second attempt rolled the first back and started again
     assert [t.to_state for t in store.transitions(STUDY_A)] == ["receiving"]

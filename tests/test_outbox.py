@@ -314,7 +314,7 @@ def test_an_idle_delivery_worker_sleeps_until_the_next_item_is_due(
     owner = SimpleNamespace(outbox=outbox)
 
     def wait_s() -> float:
-        return Service._idle_delivery_wait_s(owner, None)  # type: ignore[arg-type]
+        return Service.idle_delivery_wait_s(owner, None)  # type: ignore[arg-type]
 
     assert wait_s() == IDLE_DELIVERY_POLL_S  # nothing pending: poll for other processes' retries
     item = enqueue(outbox, "a")

@@ -81,7 +81,7 @@ def test_a_failing_secondary_object_keeps_the_sr_and_is_audited(
     def broken(result: AIResult) -> None:
         raise ResultObjectError(result.study.study_instance_uid, "no key image")
 
-    monkeypatch.setitem(objects._BUILDERS, "gsps", broken)
+    monkeypatch.setitem(objects.BUILDERS, "gsps", broken)
     recorder = Recorder()
     delivery(tmp_path, recorder).enqueue_results(task(), positive, None)
     queued = [what for event, what in recorder.events if event == "queued"]

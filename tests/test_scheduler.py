@@ -309,7 +309,7 @@ def test_the_lane_serves_a_stat_behind_routine_work_that_aged_ahead_of_it() -> N
     busy = dispatch(s, 0.0)
     s.submit(task("aged", ROUTINE, model="chest"), 0.0)  # ordered by arrival + 1 s
     s.submit(task("head", STAT, arrival=0.5, deadline=60.5), 0.5)  # ordered by 60.5
-    assert [task_id for _, task_id in s._order] == ["aged", "head"]
+    assert s.queue_order == ("aged", "head")
     lane = s.next_batch(0.5, stat_lane=True)
     assert isinstance(lane, BatchPlan) and lane.stat_lane and ids(lane) == ["head"]
     s.complete(busy.batch_id, 0.6)

@@ -27,7 +27,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from serving.gateway import instance_header
+from serving.gateway import header_walk, instance_header
 from serving.gateway.errors import InvalidInstance, OutOfResources, StudyMismatch
 from serving.gateway.spool import InstanceSource, Spool, read_header, read_identity
 
@@ -367,13 +367,13 @@ def decoded(ds: Dataset) -> dict[int, object]:
 
 
 def by_pydicom(data: bytes) -> object:
-    return instance_header._read_header_with_pydicom(data, None)
+    return instance_header.read_header_with_pydicom(data)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_read_header_matches_pydicom_for_every_encoding(name: str) -> None:
     data = variant(name)
-    fast = instance_header._parse_fast(data) is not None
+    fast = header_walk.walk_part10(data) is not None
     assert fast == (name != "deflated")  # deflated streams are always inflated by pydicom
     result = outcome(read_header, data)
     assert isinstance(result[0], instance_header.InstanceIdentity)
@@ -393,7 +393,7 @@ def test_read_header_matches_pydicom_for_damaged_streams(name: str) -> None:
         damaged.append(with_transfer_syntax(data, uid))  # a meta that lies about the encoding
     damaged.append(data.replace(b"\x02\x00\x10\x00UI", b"\x02\x00\x10\x00UL", 1))
     for sample in damaged:
-        instance_header._parse_fast(sample)  # gives up (None), never raises: read_header hides it
+        header_walk.walk_part10(sample)  # gives up (None), never raises: read_header hides it
         assert outcome(read_header, sample) == outcome(by_pydicom, sample)
 
 
@@ -542,7 +542,7 @@ def test_a_garbled_vr_on_rows_is_invalid_on_both_paths(
     vr: bytes, fast: bool, cause: type[Exception] | None
 ) -> None:
     data = with_vr(make_instance(), ROWS_TAG, vr)
-    assert (instance_header._parse_fast(data) is not None) == fast
+    assert (header_walk.walk_part10(data) is not None) == fast
     error = assert_invalid_everywhere(data, stored=False)  # identity alone is readable
     assert error.sop_instance_uid == f"{SERIES}.1"
     if cause is None:
@@ -605,7 +605,7 @@ def test_a_garbled_vr_on_an_empty_last_element_is_invalid() -> None:
 )
 def test_a_length_that_overruns_the_file_is_invalid_everywhere(tag: bytes, by: int) -> None:
     data = with_overrunning_length(make_instance(), tag, by)
-    assert instance_header._parse_fast(data) is not None  # by_pydicom reads it the other way
+    assert header_walk.walk_part10(data) is not None  # by_pydicom reads it the other way
     error = assert_invalid_everywhere(data, stored=False)  # identity alone is readable
     assert error.reason == f"truncated: the stream ends inside element {tag_name(tag)}"
     assert error.sop_instance_uid == f"{SERIES}.1"

@@ -111,8 +111,8 @@ def test_a_background_series_is_read_stepping_aside_before_each_file(tmp_path: P
     paths = [str(p) for p in study.files]
     gate = _CountingGate()
     owner = SimpleNamespace(streaming=None, gate=gate, metrics=Metrics())
-    background = Coordinator._loader(owner, "series", stat=False)(paths)  # type: ignore[arg-type]
+    background = Coordinator.loader(owner, "series", stat=False)(paths)  # type: ignore[arg-type]
     assert gate.calls == len(paths)
-    stat = Coordinator._loader(owner, "series", stat=True)(paths)  # type: ignore[arg-type]
+    stat = Coordinator.loader(owner, "series", stat=True)(paths)  # type: ignore[arg-type]
     assert gate.calls == len(paths)  # the stat read did not wait
     assert background.array.shape == stat.array.shape and (background.array == stat.array).all()

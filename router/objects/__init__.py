@@ -25,6 +25,7 @@ from router.objects.uids import KINDS, object_uid
 from router.result import AIResult
 
 __all__ = [
+    "BUILDERS",
     "KINDS",
     "ResultObject",
     "ResultObjectError",
@@ -56,7 +57,8 @@ class ResultObject:
         return str(self.dataset.SOPInstanceUID)
 
 
-_BUILDERS: dict[str, Callable[[AIResult], Dataset | None]] = {
+#: Result object kind -> its builder (None: the kind does not apply to the result).
+BUILDERS: dict[str, Callable[[AIResult], Dataset | None]] = {
     "sr": build_sr,
     "gsps": build_gsps,
     "sc": build_sc,
@@ -83,7 +85,7 @@ def build_objects(result: AIResult, kinds: Iterable[str] = KINDS) -> list[Result
     built = []
     for kind in KINDS:
         if kind in wanted:
-            dataset = _BUILDERS[kind](result)
+            dataset = BUILDERS[kind](result)
             if dataset is not None:
                 built.append(ResultObject(kind, dataset))
     return built

@@ -3,11 +3,19 @@
 Each builder (SR, GSPS, SC, SEG) makes its object with highdicom and then calls :func:`finish`,
 which copies the source study's identity verbatim from the ``AIResult`` and stamps every date
 and time from ``completed_at``, so the same result always yields the same object.
+
+Fenced: :func:`frame_numbers` asks highdicom's private IOD tables
+(``highdicom._standard_utils.is_attribute_in_iod``, no public equivalent) whether a SOP class is
+multi-frame, only on a highdicom in :data:`TESTED_HIGHDICOM` (the range ``pyproject.toml`` pins).
+On any other highdicom it logs one warning and guesses from the frame number, as it does for a
+SOP class highdicom does not know.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, TypedDict
@@ -16,7 +24,8 @@ import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 import pydicom
-from highdicom._standard_utils import is_attribute_in_iod  # no public equivalent
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
@@ -189,12 +198,49 @@ def box_outline(box_px: tuple[float, float, float, float]) -> npt.NDArray[np.flo
     return np.array([[c0, r0], [c1, r0], [c1, r1], [c0, r1], [c0, r0]], dtype=np.float64)
 
 
+#: The highdicom releases whose private IOD tables :func:`frame_numbers` reads and that the
+#: result-object tests ran against (a PEP 440 specifier, the same as the pin in pyproject.toml).
+TESTED_HIGHDICOM = ">=0.22,<0.29"
+
+
+def highdicom_is_tested(version: str | None = None) -> bool:
+    """True if ``version`` (default: the installed highdicom) is in :data:`TESTED_HIGHDICOM`."""
+    try:
+        return SpecifierSet(TESTED_HIGHDICOM).contains(version or hd.__version__, prereleases=True)
+    except InvalidVersion:
+        return False
+
+
+def select_iod_lookup() -> Callable[[str, str], bool] | None:
+    """highdicom's ``is_attribute_in_iod(keyword, sop_class_uid)`` on a tested release."""
+    if highdicom_is_tested():
+        try:
+            from highdicom._standard_utils import is_attribute_in_iod  # no public equivalent
+        except ImportError:
+            pass
+        else:
+            return is_attribute_in_iod
+    logger.warning(
+        "highdicom %s is not a version the result objects were tested with (%s): key images "
+        "carry a Referenced Frame Number only past frame 1",
+        hd.__version__,
+        TESTED_HIGHDICOM,
+    )
+    return None
+
+
+#: Whether a SOP class's IOD holds an attribute, or None on an untested highdicom (tests set it
+#: to None to run the fallback).
+iod_lookup: Callable[[str, str], bool] | None = select_iod_lookup()
+
+
 def frame_numbers(sop_class_uid: str, frame: int) -> list[int] | None:
     """Referenced Frame Number for a key image: only multi-frame instances carry one."""
-    try:
-        multiframe = is_attribute_in_iod("NumberOfFrames", sop_class_uid)
-    except KeyError:  # a SOP class highdicom does not know: trust the frame number
-        multiframe = frame > 1
+    lookup = iod_lookup
+    multiframe = frame > 1  # a SOP class highdicom does not know: trust the frame number
+    if lookup is not None:
+        with contextlib.suppress(KeyError):
+            multiframe = lookup("NumberOfFrames", sop_class_uid)
     return [frame] if multiframe else None
 
 

@@ -214,6 +214,11 @@ class Engine:
         with self._lock:
             return len(self._jobs)
 
+    @property
+    def postprocessing(self) -> ThreadPoolExecutor:
+        """The one thread that finishes jobs (merges windows, postprocesses, answers futures)."""
+        return self._post
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop all threads; unfinished jobs fail with EngineStopped."""
         with self._lock:

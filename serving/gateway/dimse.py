@@ -16,11 +16,19 @@ unexpected exception  0xC211   error: unable to process (details in our log)
 Callers are checked before negotiation: an unknown calling AE title, or a known one from an
 address it is not allowed to use, gets A-ASSOCIATE-RJ (permanent, "calling AE title not
 recognised"). Logs name AE titles, addresses and counts; SOP Instance UIDs only at debug level.
+
+Two servers give the same statuses and spool the same bytes: the fast path
+(:mod:`serving.gateway.reactor` and :mod:`serving.gateway.fast_store`, which override pynetdicom
+internals) and pynetdicom's standard server (``AE.start_server`` with event handlers). The fast
+path is used while ``fast_path`` is on, the installed pynetdicom is one it was tested with
+(:data:`~serving.gateway.reactor.TESTED_PYNETDICOM`), and the environment does not switch it
+off (:data:`FAST_PATH_ENV` set to ``0``, ``false``, ``no`` or ``off``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +37,7 @@ from io import BytesIO
 from types import TracebackType
 from typing import Any, cast
 
+import pynetdicom
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
@@ -50,12 +59,21 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from serving.gateway.errors import InvalidInstance, OutOfResources, UnknownCaller
-from serving.gateway.fast_store import StoreRequest
+from serving.gateway.fast_store import (
+    SOP_CLASS_MISMATCH,
+    STATUS_SOP_CLASS_NOT_SUPPORTED,
+    StoreRequest,
+)
 from serving.gateway.part10 import part10_header
-from serving.gateway.reactor import PromptRequestHandler
+from serving.gateway.reactor import (
+    TESTED_PYNETDICOM,
+    pynetdicom_is_tested,
+    start_fast_server,
+)
 from serving.gateway.spool import InstanceSource, Spool, StoredInstance
 
 __all__ = [
+    "FAST_PATH_ENV",
     "STATUS_CANNOT_UNDERSTAND",
     "STATUS_OUT_OF_RESOURCES",
     "STATUS_SUCCESS",
@@ -63,6 +81,7 @@ __all__ = [
     "TRANSFER_SYNTAXES",
     "AssociationSummary",
     "DicomGateway",
+    "fast_path_usable",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -72,6 +91,11 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_UNABLE_TO_PROCESS = 0xC211
 _ERROR_COMMENT_MAX = 64  # (0000,0902) Error Comment is LO
+
+#: Environment variable that switches the fast path off (``0``, ``false``, ``no``, ``off``)
+#: whatever the configuration says: CI runs the gateway tests once more with it set to ``0``.
+FAST_PATH_ENV = "STATLANE_DICOM_FAST_PATH"
+_OFF = frozenset({"0", "false", "no", "off"})
 
 #: Transfer syntaxes accepted for every storage SOP class, most preferred first. Each one can be
 #: decoded downstream (pydicom plus pylibjpeg / pyjpegls / openjpeg).
@@ -125,6 +149,26 @@ def _ignore(_: Any) -> None:
     return None
 
 
+def fast_path_usable(requested: bool) -> bool:
+    """Whether a gateway asked for the fast path (``requested``) gets it.
+
+    No if the request or :data:`FAST_PATH_ENV` switches it off; no, with a warning naming the
+    version, if the installed pynetdicom is outside
+    :data:`~serving.gateway.reactor.TESTED_PYNETDICOM`.
+    """
+    if not requested or os.environ.get(FAST_PATH_ENV, "").strip().lower() in _OFF:
+        return False
+    if not pynetdicom_is_tested():
+        LOGGER.warning(
+            "pynetdicom %s is not a version the DICOM fast path was tested with (%s): "
+            "running pynetdicom's standard server",
+            pynetdicom.__version__,
+            TESTED_PYNETDICOM,
+        )
+        return False
+    return True
+
+
 class DicomGateway:
     """A non-blocking C-STORE / C-ECHO SCP that writes every instance to the spool.
 
@@ -139,6 +183,8 @@ class DicomGateway:
             quick (enqueue). Its exceptions are logged, never returned as a failure status.
         on_released: Called once per accepted association when it is released or aborted.
         maximum_associations: Concurrent associations before new ones are rejected (transient).
+        fast_path: Serve with the fast path where it is usable (see :func:`fast_path_usable`,
+            decided at :meth:`start`); False always runs pynetdicom's standard server.
     """
 
     def __init__(
@@ -152,6 +198,7 @@ class DicomGateway:
         on_stored: Callable[[StoredInstance], None] = _ignore,
         on_released: Callable[[AssociationSummary], None] = _ignore,
         maximum_associations: int = 16,
+        fast_path: bool = True,
     ) -> None:
         self.spool = spool
         self.ae_title = ae_title
@@ -168,6 +215,8 @@ class DicomGateway:
         self._open: dict[Association, _OpenAssociation] = {}
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
+        self._fast_path_requested = fast_path
+        self._fast_path = False
 
     @property
     def port(self) -> int:
@@ -175,6 +224,11 @@ class DicomGateway:
         if self._server is None:
             return self._requested_port
         return int(self._server.server_address[1])
+
+    @property
+    def fast_path(self) -> bool:
+        """True while the server runs on the fast path (False before :meth:`start`)."""
+        return self._server is not None and self._fast_path
 
     @property
     def is_running(self) -> bool:
@@ -213,20 +267,31 @@ class DicomGateway:
             (evt.EVT_RELEASED, self._handle_released),
             (evt.EVT_ABORTED, self._handle_aborted),
         ]
-        server = ae.make_server(
-            (self.host, self._requested_port),
-            evt_handlers=cast(list[EventHandlerType], handlers),
-            server_class=ThreadedAssociationServer,
-            request_handler=PromptRequestHandler,
-        )
-        threading.Thread(
-            target=server.serve_forever, name=f"dicom-gateway-{self.ae_title}", daemon=True
-        ).start()
-        # C-STORE requests skip pynetdicom's per-message machinery (PromptRequestHandler).
-        server.raw_store_handler = self._handle_raw_store  # type: ignore[attr-defined]
-        ae._servers.append(server)  # as start_server does: server.shutdown() removes it
+        address = (self.host, self._requested_port)
+        evt_handlers = cast(list[EventHandlerType], handlers)
+        self._fast_path = fast_path_usable(self._fast_path_requested)
+        if self._fast_path:
+            # C-STORE requests skip pynetdicom's per-message machinery.
+            server = start_fast_server(
+                ae,
+                address,
+                evt_handlers,
+                self.handle_fast_store,
+                thread_name=f"dicom-gateway-{self.ae_title}",
+            )
+        else:
+            server = cast(
+                ThreadedAssociationServer,
+                ae.start_server(address, block=False, evt_handlers=evt_handlers),
+            )
         self._server = server
-        LOGGER.info("DICOM gateway %s listening on %s:%d", self.ae_title, self.host, self.port)
+        LOGGER.info(
+            "DICOM gateway %s listening on %s:%d (%s)",
+            self.ae_title,
+            self.host,
+            self.port,
+            "fast path" if self._fast_path else f"pynetdicom {pynetdicom.__version__} server",
+        )
 
     def stop(self) -> None:
         """Stop accepting associations and close the listening socket.
@@ -282,6 +347,8 @@ class DicomGateway:
     def _handle_store(self, event: Event) -> Dataset | int:
         """pynetdicom's C-STORE event (requests the fast path did not take)."""
         request = cast(C_STORE, event.request)
+        if str(request.AffectedSOPClassUID) != str(event.context.abstract_syntax):
+            return _status(STATUS_SOP_CLASS_NOT_SUPPORTED, SOP_CLASS_MISMATCH)  # as the fast path
         data_set = request.DataSet
         raw = data_set.getvalue() if isinstance(data_set, BytesIO) else bytes(data_set or b"")
         status, comment = self._store(
@@ -293,10 +360,11 @@ class DicomGateway:
         )
         return status if comment is None else _status(status, comment)
 
-    def _handle_raw_store(
+    def handle_fast_store(
         self, assoc: Association, request: StoreRequest, transfer_syntax: str
     ) -> tuple[int, str | None]:
-        """The fast path's C-STORE (see :mod:`serving.gateway.fast_store`)."""
+        """The fast path's C-STORE (see :mod:`serving.gateway.fast_store`): the reactor calls
+        it on the association's thread; returns the status and error comment to answer."""
         return self._store(
             assoc,
             request.sop_class_uid,

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "C_STORE_RQ",
+    "SOP_CLASS_MISMATCH",
+    "STATUS_SOP_CLASS_NOT_SUPPORTED",
     "DimseProtocolError",
     "PDataRouter",
     "StoreRequest",
@@ -39,6 +41,10 @@ __all__ = [
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 _NO_DATA_SET = 0x0101
+#: The status and error comment for a C-STORE whose SOP class is not the one negotiated for its
+#: presentation context (PS3.4 B.2.3), on the fast path and pynetdicom's alike.
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
+SOP_CLASS_MISMATCH = "SOP class differs from the presentation context's"
 
 _AFFECTED_SOP_CLASS = 0x00000002
 _COMMAND_FIELD = 0x00000100

@@ -9,6 +9,11 @@ transfer syntaxes, odd file meta, unknown VRs, elements out of order, items at t
 uncommon character sets) is read by pydicom's ``dcmread`` exactly as before. Both paths give
 the same identity, header and errors (``tests/test_spool.py`` compares them on damaged files).
 
+The walk (:mod:`serving.gateway.header_walk`) uses pydicom internals, so it is fenced: it is
+imported and used only when the installed pydicom is in :data:`TESTED_PYDICOM` (the range
+``pyproject.toml`` pins). On any other pydicom every file takes the public path,
+:func:`read_header_with_pydicom` (``dcmread``), with one warning naming the version.
+
 Every failure is an :class:`~serving.gateway.errors.InvalidInstance` (or its subclass
 :class:`~serving.gateway.errors.StudyMismatch`): whatever pydicom raises for a file it cannot
 read, or for an element it cannot decode while the instance is checked (a garbled VR, say), is
@@ -17,20 +22,20 @@ chained to one, never raised as is.
 
 from __future__ import annotations
 
-import re
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from io import BytesIO
 from struct import Struct
-from typing import BinaryIO, NamedTuple, cast
+from typing import TYPE_CHECKING, BinaryIO
 
+import pydicom
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion
 from pydicom import dcmread
-from pydicom.charset import convert_encodings, default_encoding
-from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
-from pydicom.filereader import ENCODED_VR, data_element_generator
 from pydicom.pixels.utils import get_expected_length
 from pydicom.tag import BaseTag
 from pydicom.uid import (
@@ -39,22 +44,29 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    PrivateTransferSyntaxes,
 )
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
-from pydicom.values import convert_string
 
 from serving.gateway.errors import InvalidInstance, StudyMismatch
+from serving.gateway.part10 import is_valid_uid
+
+if TYPE_CHECKING:
+    from serving.gateway.header_walk import WalkedHeader
 
 __all__ = [
+    "TESTED_PYDICOM",
     "InstanceIdentity",
-    "is_valid_uid",
+    "pydicom_is_tested",
     "read_header",
+    "read_header_with_pydicom",
     "read_identity",
     "read_stored_identity",
 ]
 
-_UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+LOGGER = logging.getLogger(__name__)
+
+#: The pydicom releases whose internals :mod:`serving.gateway.header_walk` uses and that the
+#: gateway's tests ran against (a PEP 440 specifier, the same as the pin in ``pyproject.toml``).
+TESTED_PYDICOM = ">=3.0,<4"
 _IDENTITY_TAGS = {
     "SOPClassUID": BaseTag(0x00080016),
     "SOPInstanceUID": BaseTag(0x00080018),
@@ -95,9 +107,34 @@ class InstanceIdentity:
     transfer_syntax_uid: str
 
 
-def is_valid_uid(text: str) -> bool:
-    """True for a syntactically valid DICOM UID (PS3.5 9.1): digits and dots, at most 64."""
-    return len(text) <= 64 and _UID_PATTERN.fullmatch(text) is not None
+def pydicom_is_tested(version: str | None = None) -> bool:
+    """True if ``version`` (default: the installed pydicom) is in :data:`TESTED_PYDICOM`."""
+    try:
+        return SpecifierSet(TESTED_PYDICOM).contains(
+            version or pydicom.__version__, prereleases=True
+        )
+    except InvalidVersion:
+        return False
+
+
+def select_fast_walk() -> Callable[[bytes], WalkedHeader | None] | None:
+    """:func:`~serving.gateway.header_walk.walk_part10` on a tested pydicom, else None."""
+    if not pydicom_is_tested():
+        LOGGER.warning(
+            "pydicom %s is not a version the header walk was tested with (%s): "
+            "every received file is read by pydicom's dcmread",
+            pydicom.__version__,
+            TESTED_PYDICOM,
+        )
+        return None
+    from serving.gateway.header_walk import walk_part10
+
+    return walk_part10
+
+
+#: The fast path of :func:`read_header`, or None to read every file with pydicom (an untested
+#: pydicom; tests set it to None to run the public path alone).
+fast_walk: Callable[[bytes], WalkedHeader | None] | None = select_fast_walk()
 
 
 def _unreadable(exc: Exception, sop_instance_uid: str | None = None) -> InvalidInstance:
@@ -270,10 +307,14 @@ def _check_pixel_data(
         )
 
 
-def _read_header_with_pydicom(
-    data: bytes, expected_study_uid: str | None
+def read_header_with_pydicom(
+    data: bytes, *, expected_study_uid: str | None = None
 ) -> tuple[InstanceIdentity, Dataset]:
-    """:func:`read_header` for any file pydicom can read (deflated, odd or broken ones)."""
+    """:func:`read_header` through pydicom's public reader, ``dcmread``, for any file.
+
+    The fast path leaves deflated, odd or broken files to it, and every file when the
+    installed pydicom is not a tested release. Same results and errors as :func:`read_header`.
+    """
     try:
         dataset = dcmread(BytesIO(data))
     except Exception as exc:  # pydicom raises many types for garbage; all mean "unreadable"
@@ -304,238 +345,6 @@ def _read_header_with_pydicom(
     return identity, header
 
 
-class _Parsed(NamedTuple):
-    """What :func:`_parse_fast` read: the header to keep, and what is only checked.
-
-    Attributes:
-        header: The data set without its pixel data elements, with its ``file_meta``.
-        last: The element with the highest tag (pixel data included): where a cut stream ends.
-        pixel_data: The Pixel Data value, see :func:`_check_pixel_data`.
-        other_pixel_data: Float or Double Float Pixel Data is present.
-    """
-
-    header: Dataset
-    last: RawDataElement | DataElement
-    pixel_data: bytes | memoryview | None
-    other_pixel_data: bool
-
-
-# The fast path. An ordinary Part-10 file is read with struct straight from the bytes, without
-# pydicom's per-element reader (about 2 us an element through a file object) and without
-# copying the pixel data; it builds the very RawDataElements pydicom builds. Whatever pydicom
-# would treat specially gives up the fast path, and _read_header_with_pydicom reads the file
-# as before, so both paths accept, refuse and return the same: no "DICM", a file meta group
-# length that does not match, a deflated or private transfer syntax, a command set, an unknown
-# VR, tags out of order or repeated, an item or delimiter at the top level, a stream that ends
-# inside an element header, an unusual Specific Character Set, and an empty pixel data or last
-# element (pydicom would decode those while checking them).
-
-_PREAMBLE_END = 132  # 128-byte preamble and b"DICM"
-_GROUP_LENGTH_TAG = 0x00020000
-_CHARACTER_SET_TAG = 0x00080005
-# Items and delimiters, group FFFE: pydicom ends or misreads a data set there.
-_FIRST_DELIMITER, _LAST_DELIMITER = 0xFFFE0000, 0xFFFEFFFF
-# Explicit VR: encoded VR -> (VR, whether a 4-byte length follows two reserved bytes).
-_EXPLICIT_VRS = {
-    encoded: (encoded.decode(default_encoding), encoded.decode() in EXPLICIT_VR_LENGTH_32)
-    for encoded in ENCODED_VR
-    if len(encoded) == 2
-}
-_EXPLICIT_LE = Struct("<HH2sH").unpack_from
-_EXPLICIT_BE = Struct(">HH2sH").unpack_from
-_IMPLICIT_LE = Struct("<HHL").unpack_from
-_LENGTH_LE = Struct("<L").unpack_from
-_LENGTH_BE = Struct(">L").unpack_from
-# A RawDataElement from a tuple of all nine fields: RawDataElement._make without its Python
-# frame and its length check (moot: every call passes nine). Faster than both _make and the
-# keyword-handling constructor.
-_raw_element = cast(
-    Callable[[tuple[object, ...]], RawDataElement], partial(tuple.__new__, RawDataElement)
-)
-
-
-def _explicit_element_header(
-    data: bytes, pos: int, little: bool
-) -> tuple[int, str, int, int] | None:
-    """The Explicit VR element header at ``pos``: its tag, VR, value length and value offset.
-
-    Tag, VR and a 16-bit length; or, for the VRs of :data:`EXPLICIT_VR_LENGTH_32` (OB, SQ,
-    UN...), two reserved bytes and a 32-bit length after them. ``data`` holds at least 8 bytes
-    from ``pos``. None for a VR pydicom does not know, and for a 12-byte header cut by the end.
-
-    Both walks (file meta and data set) decode their headers here: one Python call an element,
-    which :data:`_raw_element` pays back in part (one frame fewer than ``_make``).
-    """
-    group, element, encoded_vr, length = (_EXPLICIT_LE if little else _EXPLICIT_BE)(data, pos)
-    known = _EXPLICIT_VRS.get(encoded_vr)
-    if known is None:
-        return None
-    vr, long_length = known
-    if not long_length:
-        return group << 16 | element, vr, length, pos + 8
-    if len(data) - pos < 12:
-        return None
-    length = (_LENGTH_LE if little else _LENGTH_BE)(data, pos + 8)[0]
-    return group << 16 | element, vr, length, pos + 12
-
-
-def _empty_value(vr: str | None) -> bytes | None:
-    """The value pydicom's reader gives an element of length 0 (it depends on its config)."""
-    return cast(bytes | None, empty_value_for_VR(vr, raw=True))
-
-
-def _parse_file_meta(data: bytes) -> tuple[FileMetaDataset, str, int] | None:
-    """The file meta group, its transfer syntax, and where the data set starts.
-
-    None where pydicom would read it differently, warn or fail (see :func:`_parse_fast`).
-    """
-    if data[128:_PREAMBLE_END] != b"DICM":
-        return None
-    elements: dict[BaseTag, RawDataElement | DataElement] = {}
-    end, pos, previous = len(data), _PREAMBLE_END, -1
-    group_length: int | None = None
-    while True:  # always Explicit VR Little Endian
-        if end - pos < 8:
-            return None  # no data set after the file meta
-        if data[pos : pos + 2] != b"\x02\x00":
-            break  # group 2 has ended: the data set, in whichever encoding
-        element_header = _explicit_element_header(data, pos, True)
-        if element_header is None:
-            return None
-        tag, vr, length, value_tell = element_header
-        pos = value_tell + length
-        if tag <= previous or length == _UNDEFINED_LENGTH or pos > end:
-            return None
-        previous = tag
-        key = BaseTag(tag)
-        value = data[value_tell:pos] if length else _empty_value(vr)
-        elements[key] = _raw_element((key, vr, length, value, value_tell, False, True, True, False))
-        if tag == _GROUP_LENGTH_TAG:
-            if vr != "UL" or length != 4:
-                return None
-            group_length = _LENGTH_LE(data, value_tell)[0]
-    if group_length is not None and group_length != pos - (_PREAMBLE_END + 12):
-        return None  # pydicom logs the mismatch
-    syntax_element = elements.get(_TRANSFER_SYNTAX_UID)
-    if syntax_element is None or syntax_element.VR != "UI" or not syntax_element.value:
-        return None
-    # Decoded as pydicom decodes a UI value, and valid, so that decoding it can never fail.
-    transfer_syntax = syntax_element.value.decode(default_encoding).rstrip(" \x00")
-    if not is_valid_uid(transfer_syntax):
-        return None
-    meta = FileMetaDataset(elements)
-    meta.set_original_encoding(
-        is_implicit_vr=False, is_little_endian=True, character_encoding=default_encoding
-    )
-    first = next(iter(elements))
-    if first != _GROUP_LENGTH_TAG:  # pydicom decodes the first element to test the encoding
-        try:
-            meta[first]
-        except Exception:
-            return None
-    return meta, transfer_syntax, pos
-
-
-def _parse_fast(data: bytes) -> _Parsed | None:
-    """Parse an ordinary Part-10 file exactly as pydicom would; None to leave it to pydicom.
-
-    Defined-length elements are sliced from ``data`` in one pass; Pixel Data is located, not
-    copied. From the first element of undefined length on (encapsulated pixel data, a
-    sequence), pydicom's own element reader reads the rest.
-    """
-    parsed_meta = _parse_file_meta(data)
-    if parsed_meta is None:
-        return None
-    meta, transfer_syntax, pos = parsed_meta
-    if (
-        transfer_syntax == DeflatedExplicitVRLittleEndian
-        or transfer_syntax in PrivateTransferSyntaxes
-    ):
-        return None
-    implicit = transfer_syntax == ImplicitVRLittleEndian
-    little = transfer_syntax != ExplicitVRBigEndian  # all others are explicit little endian
-    end = len(data)
-    if end - pos < 8 or data[pos : pos + 2] == b"\x00\x00":
-        return None  # empty, or it starts with a command set
-    if (0x40 < data[pos + 4] < 0x5B and 0x40 < data[pos + 5] < 0x5B) == implicit:
-        return None  # pydicom's test of the first VR disagrees: it would warn and switch
-
-    elements: dict[BaseTag, RawDataElement | DataElement] = {}
-    pixels: dict[int, RawDataElement | DataElement] = {}
-    pixel_data: bytes | memoryview | None = None
-    encoding: str | list[str] = default_encoding
-    vr: str | None = None  # always None for implicit VR
-    last_tag = -1
-    undefined_at = None
-    while end - pos >= 8:  # pydicom ignores a stub shorter than an element header
-        if implicit:
-            group, element, length = _IMPLICIT_LE(data, pos)
-            tag, value_tell = group << 16 | element, pos + 8
-        else:
-            element_header = _explicit_element_header(data, pos, little)
-            if element_header is None:
-                return None
-            tag, vr, length, value_tell = element_header
-        if tag <= last_tag or _FIRST_DELIMITER <= tag <= _LAST_DELIMITER:
-            return None
-        if length == _UNDEFINED_LENGTH:
-            undefined_at = pos
-            break
-        last_tag = tag
-        key = BaseTag(tag)
-        stop = value_tell + length
-        if tag in _PIXEL_TAGS:  # located, not copied: only its length is checked
-            if not length:
-                return None
-            pixels[key] = _raw_element(
-                (key, vr, length, None, value_tell, implicit, little, True, False)
-            )
-            if tag == _PIXEL_DATA:
-                pixel_data = memoryview(data)[value_tell:stop]
-        else:
-            value = data[value_tell:stop] if length else _empty_value(vr)
-            elements[key] = _raw_element(
-                (key, vr, length, value, value_tell, implicit, little, True, False)
-            )
-            if tag == _CHARACTER_SET_TAG:
-                if vr not in (None, "CS") or not value:
-                    return None
-                try:  # as pydicom's reader does; it may refuse an unknown character set
-                    encoding = convert_encodings(convert_string(value, little))
-                except Exception:
-                    return None
-        pos = stop
-
-    if undefined_at is not None:
-        stream = BytesIO(data)  # shares the bytes
-        stream.seek(undefined_at)
-        try:
-            for item in data_element_generator(stream, implicit, little, encoding=encoding):
-                if item.tag in _PIXEL_TAGS:
-                    if isinstance(item, RawDataElement) and item.value is None:
-                        return None
-                    pixels[item.tag] = item
-                    if item.tag == _PIXEL_DATA:
-                        pixel_data = item.value
-                else:
-                    elements[item.tag] = item
-                last_tag = max(last_tag, int(item.tag))
-        except Exception:  # pydicom warns or fails the same way on its own
-            return None
-    if last_tag < 0:
-        return None  # an empty data set
-    if last_tag in pixels:
-        last = pixels[last_tag]
-    else:
-        last = elements[BaseTag(last_tag)]
-        if isinstance(last, RawDataElement) and last.value is None:
-            return None
-    header = Dataset(elements)
-    header.file_meta = meta
-    other_pixel_data = any(tag in pixels for tag in _OTHER_PIXEL_DATA)
-    return _Parsed(header, last, pixel_data, other_pixel_data)
-
-
 def read_identity(data: bytes, *, expected_study_uid: str | None = None) -> InstanceIdentity:
     """Parse a received Part-10 file and validate identity, completeness and pixel length.
 
@@ -556,12 +365,13 @@ def read_header(
     The header is a plain :class:`~pydicom.dataset.Dataset` with ``file_meta``, holding no
     reference to ``data``; most of its elements are still raw (decoded on first access).
     """
+    walk = fast_walk
     try:
-        parsed = _parse_fast(data)
+        parsed = None if walk is None else walk(data)
     except Exception:  # not foreseen by the fast path: pydicom's reader decides, as for the rest
         parsed = None
     if parsed is None:
-        return _read_header_with_pydicom(data, expected_study_uid)
+        return read_header_with_pydicom(data, expected_study_uid=expected_study_uid)
     header = parsed.header
     identity = _identity(header)
     _check_study(identity, expected_study_uid)
@@ -591,6 +401,3 @@ def read_stored_identity(handle: BinaryIO) -> InstanceIdentity:
     except Exception as exc:  # see read_identity
         raise _unreadable(exc) from exc
     return _identity(dataset)
-
-
-# ---------------------------------------------------------------------------------------------

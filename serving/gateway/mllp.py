@@ -179,7 +179,7 @@ class _Connection(socketserver.BaseRequestHandler):
     server: _TcpServer
 
     def handle(self) -> None:
-        self.server.owner._serve(self.request, self.client_address)
+        self.server.owner.serve_connection(self.request, self.client_address)
 
 
 class MllpServer:
@@ -277,7 +277,8 @@ class MllpServer:
     ) -> None:
         self.stop()
 
-    def _serve(self, connection: socket.socket, peer: tuple[str, int]) -> None:
+    def serve_connection(self, connection: socket.socket, peer: tuple[str, int]) -> None:
+        """Answer every message on one accepted connection until it closes (on its thread)."""
         with self._lock:
             if self._stopping:
                 return

@@ -24,9 +24,13 @@ two threads wait:
   association is established (Sta6), the association thread calls the handler and sends the
   encoded response. Every other message, and every other state, stays with pynetdicom.
 
-The loops are adapted from pynetdicom 3.0 (MIT licence); ``pyproject.toml`` pins pynetdicom to
-3.0.x because they override its private methods, and the gateway's tests run every code path
-(negotiation, rejection, C-STORE, C-ECHO, release, abort) through them.
+The loops are adapted from pynetdicom 3.0 (MIT licence). They override about 22 private names
+of pynetdicom, so this module is fenced: ``pyproject.toml`` pins pynetdicom to
+:data:`TESTED_PYNETDICOM`, the gateway's tests run every code path (negotiation, rejection,
+C-STORE, C-ECHO, release, abort) through them, and :class:`~serving.gateway.dimse.DicomGateway`
+uses them only while :func:`pynetdicom_is_tested` holds and ``dicom.fast_path`` is on; otherwise
+it runs pynetdicom's standard server. :func:`start_fast_server` is the one entry point. This
+module imports only pynetdicom's public modules, so it imports on any release.
 """
 
 from __future__ import annotations
@@ -41,15 +45,20 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, cast
 
-from pynetdicom import evt
-from pynetdicom._globals import MODE_ACCEPTOR
+import pynetdicom
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.events import EventHandlerType
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.transport import AssociationSocket, RequestHandler
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from serving.gateway.fast_store import (
+    SOP_CLASS_MISMATCH,
+    STATUS_SOP_CLASS_NOT_SUPPORTED,
     DimseProtocolError,
     PDataRouter,
     StoreRequest,
@@ -58,12 +67,20 @@ from serving.gateway.fast_store import (
 
 __all__ = [
     "IDLE_WAIT_S",
+    "TESTED_PYNETDICOM",
     "BulkSocket",
     "PromptAssociation",
     "PromptDUL",
     "PromptRequestHandler",
     "RawStoreHandler",
+    "pynetdicom_is_tested",
+    "start_fast_server",
 ]
+
+#: The pynetdicom releases whose private names this module overrides and that the gateway's
+#: tests ran against (a PEP 440 specifier, the same as the pin in ``pyproject.toml``).
+TESTED_PYNETDICOM = ">=3.0,<3.1"
+_MODE_ACCEPTOR = "acceptor"  # pynetdicom._globals.MODE_ACCEPTOR
 
 #: The fast C-STORE handler: (association, request, transfer syntax UID) -> (status, error
 #: comment or None). It runs on the association's thread; the response is sent when it returns.
@@ -352,7 +369,7 @@ class PromptAssociation(Association):
         comment: str | None
         if request.sop_class_uid != context.abstract_syntax:
             # PS3.4 B.2.3: the request's SOP class is not the one negotiated for the context.
-            status, comment = 0x0122, "SOP class differs from the presentation context's"
+            status, comment = STATUS_SOP_CLASS_NOT_SUPPORTED, SOP_CLASS_MISMATCH
         else:
             try:
                 status, comment = handler(self, request, str(context.transfer_syntax[0]))
@@ -369,7 +386,7 @@ class PromptRequestHandler(RequestHandler):
         # As pynetdicom's RequestHandler._create_association, with our classes.
         from copy import deepcopy
 
-        assoc = PromptAssociation(self.ae, MODE_ACCEPTOR)
+        assoc = PromptAssociation(self.ae, _MODE_ACCEPTOR)
         assoc._server = self.server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.set_socket(BulkSocket(assoc, client_socket=cast(socket.socket, self.request)))
@@ -389,3 +406,39 @@ class PromptRequestHandler(RequestHandler):
                 for handler in cast(list[Any], handlers[event]):
                     assoc.bind(event, handler[0], handler[1])
         return assoc
+
+
+def pynetdicom_is_tested(version: str | None = None) -> bool:
+    """True if ``version`` (default: the installed pynetdicom) is in :data:`TESTED_PYNETDICOM`."""
+    try:
+        return SpecifierSet(TESTED_PYNETDICOM).contains(
+            version or pynetdicom.__version__, prereleases=True
+        )
+    except InvalidVersion:
+        return False
+
+
+def start_fast_server(
+    ae: AE,
+    address: tuple[str, int],
+    evt_handlers: list[EventHandlerType],
+    raw_store_handler: RawStoreHandler,
+    *,
+    thread_name: str,
+) -> ThreadedAssociationServer:
+    """Serve ``ae`` on ``address`` with the reactors of this module, in a daemon thread.
+
+    As pynetdicom's ``AE.start_server(block=False)``, but every association is a
+    :class:`PromptAssociation` on a :class:`BulkSocket`, and C-STORE requests go to
+    ``raw_store_handler``. Stop it with ``server.shutdown()``.
+    """
+    server = ae.make_server(
+        address,
+        evt_handlers=evt_handlers,
+        server_class=ThreadedAssociationServer,
+        request_handler=PromptRequestHandler,
+    )
+    server.raw_store_handler = raw_store_handler  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, name=thread_name, daemon=True).start()
+    ae._servers.append(server)  # as start_server does: server.shutdown() removes it
+    return server

@@ -44,11 +44,11 @@ from pydicom.filewriter import dcmwrite
 from serving.gateway.errors import InvalidInstance, OutOfResources
 from serving.gateway.instance_header import (
     InstanceIdentity,
-    is_valid_uid,
     read_header,
     read_identity,
     read_stored_identity,
 )
+from serving.gateway.part10 import is_valid_uid
 
 __all__ = [
     "DEFAULT_MIN_FREE_BYTES",

@@ -312,7 +312,9 @@ class StowServer:
             LOGGER.exception("on_stored failed in STOW request %s", source.association_id)
         return stored
 
-    def _request_done(self, summary: StowSummary) -> None:
+    def request_done(self, summary: StowSummary) -> None:
+        """Log one answered STOW request and report it to ``on_request_done`` (its errors are
+        logged, never raised); the request handler calls it before answering."""
         LOGGER.info(
             "STOW request %s from %s: %d stored, %d failed, HTTP %d",
             summary.request_id,
@@ -379,7 +381,7 @@ class _StowRequestHandler(BaseHTTPRequestHandler):
             response.failed,
             response.http_status,
         )
-        self.stow._request_done(summary)  # before answering: the client sees a settled state
+        self.stow.request_done(summary)  # before answering: the client sees a settled state
         self._answer(response)
 
     def _receive(self, study_uid: str | None, request_id: str) -> StowResponse:

@@ -108,7 +108,7 @@ def record_arrivals(
     one would have returned; writes the same rows and transitions (in the same order).
     """
     session, now = changes.session, changes.at
-    studies = _load_studies(session, (a.study_uid for a in arrivals))
+    studies = load_studies(session, (a.study_uid for a in arrivals))
     series = _load_series(session, (a.series_uid for a in arrivals))
     orders = _load_orders(session, (a.accession for a in arrivals if a.accession))
     recorded = _load_recorded(session, (a.sop_uid for a in arrivals))
@@ -247,7 +247,9 @@ def _write_series(
     return first_seq
 
 
-def _load_studies(session: Session, uids: Iterable[str]) -> dict[str, _StudySnapshot]:
+def load_studies(session: Session, uids: Iterable[str]) -> dict[str, _StudySnapshot]:
+    """The studies among ``uids`` already in the store, by Study Instance UID (one query per
+    chunk of UIDs); a study missing from the result is new."""
     c = _STUDIES.c
     found = {}
     for chunk in _chunks(uids):

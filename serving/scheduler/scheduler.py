@@ -173,6 +173,11 @@ class Scheduler:
         return len(self._order)
 
     @property
+    def queue_order(self) -> tuple[str, ...]:
+        """Task ids with items not yet handed out, in the policy's order (most urgent first)."""
+        return tuple(task_id for _, task_id in self._order)
+
+    @property
     def in_flight(self) -> tuple[BatchPlan, ...]:
         """Batches handed out and not yet completed."""
         return tuple(self._in_flight.values())

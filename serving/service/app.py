@@ -154,6 +154,7 @@ class Service:
             allowed_callers=config.dicom.allowed_callers,
             on_stored=self.coordinator.instance_stored,
             on_released=self._association_released,
+            fast_path=config.dicom.fast_path,
         )
         self.rest = RestApi(self)
         self.http = StowServer(
@@ -343,10 +344,10 @@ class Service:
                 log.exception("delivery worker failed")
                 sent = 0
             if not sent:  # woken at once by new items; otherwise sleeps until one comes due
-                self._delivery_wake.wait(self._idle_delivery_wait_s(priority))
+                self._delivery_wake.wait(self.idle_delivery_wait_s(priority))
                 self._delivery_wake.clear()
 
-    def _idle_delivery_wait_s(self, priority: PriorityClass | None) -> float:
+    def idle_delivery_wait_s(self, priority: PriorityClass | None) -> float:
         """How long an idle delivery worker sleeps (seconds) unless woken by new items.
 
         Until the earliest pending item comes due (a retry's backoff), at most

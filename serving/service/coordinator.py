@@ -557,7 +557,7 @@ class Coordinator:
         if headers is not None and all(r.sop_instance_uid in headers for r in rows):
             known = {r.sop_instance_uid: (headers[r.sop_instance_uid], r.path) for r in rows}
         stat = task.priority is PriorityClass.STAT
-        source = SeriesSource(paths, loader=self._loader(task.series_instance_uid, stat=stat))
+        source = SeriesSource(paths, loader=self.loader(task.series_instance_uid, stat=stat))
         deadline_mono = self.mono() + (task.deadline_at - self.utc()).total_seconds()
         job = InferenceJob(
             task.task_id, task.model, task.priority, deadline_s=deadline_mono, volume=source
@@ -576,7 +576,7 @@ class Coordinator:
 
         future.add_done_callback(done)
 
-    def _loader(self, series_uid: str, *, stat: bool = False) -> Callable[[Sequence[str]], Volume]:
+    def loader(self, series_uid: str, *, stat: bool = False) -> Callable[[Sequence[str]], Volume]:
         """Take the volume decoded while the series arrived, else read it from the spool.
 
         Reading a background series steps aside for stat stages before each file: reading a
