@@ -403,6 +403,8 @@ class DicomGateway:
             )
             LOGGER.debug("refused SOP instance %s", exc.sop_instance_uid)
             return STATUS_CANNOT_UNDERSTAND, exc.reason[:_ERROR_COMMENT_MAX]
+        # Anything else (disk, a bug) must become a DIMSE failure status for this instance,
+        # never an exception in pynetdicom's association thread.
         except Exception:
             state.failed += 1
             LOGGER.exception("association %s: storing failed", state.source.association_id)
@@ -446,5 +448,7 @@ class DicomGateway:
         )
         try:
             self._on_released(summary)
+        # The instances are stored and acknowledged: a failing callback is reported, and the
+        # association thread (pynetdicom's) must not die of it.
         except Exception:
             LOGGER.exception("on_released failed for association %s", summary.association_id)

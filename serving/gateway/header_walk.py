@@ -167,6 +167,8 @@ def _parse_file_meta(data: bytes) -> tuple[FileMetaDataset, str, int] | None:
     if first != _GROUP_LENGTH_TAG:  # pydicom decodes the first element to test the encoding
         try:
             meta[first]
+        # pydicom raises many types for a value it cannot decode; all mean "leave this file to
+        # pydicom's own reader", which reports it properly.
         except Exception:
             return None
     return meta, transfer_syntax, pos
@@ -238,6 +240,7 @@ def walk_part10(data: bytes) -> WalkedHeader | None:
                     return None
                 try:  # as pydicom's reader does; it may refuse an unknown character set
                     encoding = convert_encodings(convert_string(value, little))
+                # any refusal (unknown charset, bad value): pydicom's reader decides instead
                 except Exception:
                     return None
         pos = stop

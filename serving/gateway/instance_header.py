@@ -380,6 +380,8 @@ def read_header(
         _check_pixel_data(header, identity, parsed.pixel_data, parsed.other_pixel_data)
     except InvalidInstance:
         raise
+    # pydicom raises many types for garbage pixel attributes; all mean "unreadable" (re-raised
+    # as one typed error, which the gateway turns into a DIMSE status)
     except Exception as exc:
         raise _unreadable(exc, identity.sop_instance_uid) from exc
     return identity, header

@@ -193,6 +193,7 @@ class PromptDUL(DULServiceProvider):
         """pynetdicom's handling of a PDU already read whole (as ``_read_pdu_data``)."""
         try:
             pdu, event = self._decode_pdu(pdu_bytes)
+        # As pynetdicom's own reader: any decoding error of peer bytes aborts the association.
         except Exception as exc:
             LOGGER.error("Unable to decode the received PDU data")
             LOGGER.exception(exc)

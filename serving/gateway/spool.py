@@ -381,6 +381,8 @@ class Spool:
                 written += os.write(handle, memoryview(data)[written:])
             if not _DSYNC:
                 _sync_file_data(handle)
+        # Also on KeyboardInterrupt/SystemExit: the background check must be cancelled, then
+        # the error goes on (re-raised).
         except BaseException:
             checked.cancel()  # not started yet: skip it; started: its result is not awaited
             raise
