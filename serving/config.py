@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from serving.scheduler.records import PriorityClass
+from router.vocabulary import PriorityClass
 
 
 class ConfigError(ValueError):

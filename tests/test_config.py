@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from router.vocabulary import PriorityClass
 from serving.config import ConfigError, ServiceConfig, load_config
-from serving.scheduler.records import PriorityClass
 
 
 def test_embedded_defaults() -> None:

@@ -20,7 +20,7 @@ import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
-from router.context import OrderContext, OrderPriority
+from router.vocabulary import OrderContext, OrderPriority
 from serving.gateway.hl7_orders import (
     Er7Message,
     MalformedMessage,

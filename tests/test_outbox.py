@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from router.vocabulary import DeliveryKind, PriorityClass
 from serving.commands import outbox as outbox_command
 from serving.jobstore import (
-    DeliveryKind,
     EntityKind,
     JobStore,
     Outbox,
@@ -20,7 +20,6 @@ from serving.jobstore import (
     TransitionError,
     UnknownEntityError,
 )
-from serving.scheduler.records import PriorityClass
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 

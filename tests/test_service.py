@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from models.synthetic import generate_study
-from router.context import OrderPriority
+from router.vocabulary import OrderPriority
 from serving.gateway.mllp import ack_code, send_message
 from serving.jobstore import StudyState, TaskState
 from serving.service.app import Service

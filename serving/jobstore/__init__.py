@@ -5,7 +5,7 @@ Public API: :class:`JobStore` (SQLite by default, PostgreSQL by URL), :class:`Ou
 """
 
 from serving.jobstore.changes import InstanceArrival, hash_patient_id
-from serving.jobstore.outbox import DeliveryKind, Outbox, OutboxItem, RetryPolicy
+from serving.jobstore.outbox import Outbox, OutboxItem, RetryPolicy
 from serving.jobstore.schema import (
     AuditRow,
     InstanceRecordResult,
@@ -33,7 +33,6 @@ from serving.jobstore.store import DEFAULT_URL, JobStore
 __all__ = [
     "DEFAULT_URL",
     "AuditRow",
-    "DeliveryKind",
     "EntityKind",
     "InstanceArrival",
     "InstanceRecordResult",

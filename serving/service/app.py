@@ -20,6 +20,7 @@ from models.registry import Registry
 from router.delivery import DeliveryError, Destination, build_destination, close_destination
 from router.result import Mode
 from router.rules import RuleSet, default_rules, load_rules
+from router.vocabulary import PriorityClass
 from router.worklist import Row, rank_changes
 from serving.config import ServiceConfig
 from serving.gateway.dimse import AssociationSummary, DicomGateway
@@ -29,7 +30,6 @@ from serving.gateway.spool import Spool
 from serving.gateway.stow import StowServer, StowSummary
 from serving.jobstore import JobStore, Outbox, OutboxItem, RetryPolicy
 from serving.metrics import Metrics
-from serving.scheduler.records import PriorityClass
 from serving.service.coordinator import Coordinator
 from serving.service.delivery import ResultDelivery, payload_of, rank_change_item
 from serving.service.records import rules_digest

@@ -21,7 +21,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from router.context import OrderContext
 from router.delivery import Payload
 from router.messages import (
     build_fhir_bundle,
@@ -31,10 +30,10 @@ from router.messages import (
 )
 from router.objects import build_objects, write_objects
 from router.result import AIResult, Mode
+from router.vocabulary import OrderContext, PriorityClass
 from router.worklist import RankChange, signal_payload
 from serving.jobstore import JobStore, Outbox, OutboxItem, TaskRow
 from serving.metrics import Metrics
-from serving.scheduler.records import PriorityClass
 from serving.service.stat_gate import StatGate
 
 _DICOM_DESTINATIONS = ("dicom", "stow", "folder")

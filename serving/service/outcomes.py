@@ -34,9 +34,9 @@ import pydicom
 
 from models.manifest import Manifest, Task
 from router.result import AIResult, Mode
+from router.vocabulary import PriorityClass
 from router.worklist import AIStatus
 from serving.jobstore import TaskRow
-from serving.scheduler.records import PriorityClass
 from serving.service.records import result_json, summary_of
 from serving.service.results import build_result, mask_on_source, source_instance, study_identity
 
