@@ -31,11 +31,11 @@ from serving.gateway.hl7_orders import (
     parse_order,
     unescape,
 )
-from serving.gateway.mllp import (
+from serving.gateway.mllp import MllpServer
+from serving.mllp import (
     MllpDecoder,
     MllpError,
     MllpFrameTooLarge,
-    MllpServer,
     ack_code,
     decode_hl7,
     frame,

@@ -57,7 +57,7 @@ class MllpDestination:
             raise DeliveryError(False, f"{self.name}: payload is not an HL7 v2 message (no MSH)")
         # Imported here: the gateway owns MLLP framing, and the router does not import the
         # serving runtime unless an MLLP destination is actually used.
-        from serving.gateway.mllp import MllpError, ack_code, send_message
+        from serving.mllp import MllpError, ack_code, send_message
 
         try:
             ack = send_message(self.host, self.port, message, timeout_s=self.timeout_s)
