@@ -43,10 +43,11 @@ from router.result import AIResult, Mode
 from router.rules import Decision, RuleSet, evaluate, facts_from_datasets
 from router.vocabulary import OrderContext, OrderPriority, PriorityClass
 from router.worklist import AIStatus, Worklist, WorklistEntry
+from serving.delivery.outbox import Outbox
 from serving.engine import EngineBusy, InferenceJob, JobResult
 from serving.gateway.element_text import element_count, element_text
 from serving.gateway.spool import StoredInstance
-from serving.jobstore import InstanceArrival, JobStore, Outbox, StudyState, TaskRow, TaskState
+from serving.jobstore import InstanceArrival, JobStore, StudyState, TaskRow, TaskState
 from serving.metrics import Metrics
 from serving.service import outcomes, recovery
 from serving.service.assembly import Arrival, CompleteStudy, StudyAssembler
