@@ -776,7 +776,7 @@ def test_destinations_check_their_values_when_built_directly() -> None:
 
 def test_payload_validates_eagerly(tmp_path: Path) -> None:
     assert Payload(DeliveryKind.FHIR, body={}).content_type == "application/fhir+json"
-    assert Payload("worklist", body={}).content_type == "application/json"
+    assert Payload("worklist", body={}).content_type == "application/json"  # type: ignore[arg-type]
     assert Payload(DeliveryKind.SR, body=b"DICM").content_type == "application/dicom"
     assert Payload(DeliveryKind.HL7, body="MSH").content_type == "x-application/hl7-v2+er7"
     with pytest.raises(ValueError, match="exactly one of path or body"):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
@@ -64,6 +64,7 @@ class _HttpDestinationConfig(_DestinationConfig):
     @field_validator("url")
     @classmethod
     def _absolute_http(cls, url: str) -> str:
+        # Imported here: urllib's HTTP stack is loaded only when an HTTP destination is configured.
         from serving.delivery.http import check_url
 
         return check_url(url)
@@ -116,14 +117,7 @@ DestinationConfig = Annotated[
 """One destination's configuration; ``type`` says which model applies."""
 
 DestinationType = Literal["dicom", "stow", "fhir", "webhook", "mllp", "folder"]
-DESTINATION_TYPES: tuple[DestinationType, ...] = (
-    "dicom",
-    "stow",
-    "fhir",
-    "webhook",
-    "mllp",
-    "folder",
-)
+DESTINATION_TYPES: tuple[DestinationType, ...] = get_args(DestinationType)
 DICOM_OBJECT_TYPES: frozenset[DestinationType] = frozenset({"dicom", "stow", "folder"})
 """Destination types that take the DICOM result objects (SR, GSPS, SC, SEG)."""
 

@@ -32,7 +32,7 @@ from router.result import AIResult, Mode
 from router.vocabulary import DeliveryKind, OrderContext, PriorityClass
 from router.worklist import RankChange, signal_payload
 from serving.delivery.base import Payload, Urgency
-from serving.delivery.config import DICOM_OBJECT_TYPES
+from serving.delivery.config import DICOM_OBJECT_TYPES, DestinationType
 from serving.delivery.outbox import Outbox, OutboxItem
 from serving.jobstore import JobStore, TaskRow
 from serving.metrics import Metrics
@@ -62,7 +62,7 @@ class ResultDelivery:
         *,
         store: JobStore,
         outbox: Outbox,
-        destination_types: Mapping[str, str],
+        destination_types: Mapping[str, DestinationType],
         results_dir: Path,
         metrics: Metrics,
         utc: Callable[[], datetime],
@@ -224,7 +224,7 @@ class ResultDelivery:
 
 
 def rank_change_item(
-    destination_type: str,
+    destination_type: DestinationType,
     change: RankChange,
     at: datetime,
     sequence: int,
