@@ -51,18 +51,12 @@ from benchmarks.report import Report, markdown_table, progress, targets_markdown
 from benchmarks.triton_peer import TritonPeerUnavailable, triton_server
 from models.profile import measure
 from models.registry import Registry
+from router.vocabulary import PriorityClass
 from serving.backends import Backend, BackendModel, RequestContext, create_backend
 from serving.config import RuntimeConfig
 from serving.engine import ChunkSpec, Engine, InferenceJob, JobResult, ModelEntry
 from serving.engine.chunking import plan_windows
-from serving.scheduler import (
-    LatencyTable,
-    ModelLatency,
-    PriorityClass,
-    Scheduler,
-    SchedulerConfig,
-    TaskRecord,
-)
+from serving.scheduler import LatencyTable, ModelLatency, Scheduler, SchedulerConfig, TaskRecord
 from serving.scheduler.policies import EarliestDeadlineFirst, make_policy
 from serving.scheduler.workload import MixEntry, poisson_arrivals, rate_for_load
 from serving.service.stat_gate import StatGate

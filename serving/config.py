@@ -12,9 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
-from serving.scheduler.records import PriorityClass
+from router.vocabulary import PriorityClass
+from serving.delivery.config import (
+    DESTINATION_TYPES,
+    DestinationConfig,
+    FolderDestinationConfig,
+)
 
 
 class ConfigError(ValueError):
@@ -134,6 +140,11 @@ class WorklistConfig(_Strict):
     signals: list[str] = Field(default_factory=list)
 
 
+def _default_destinations() -> dict[str, DestinationConfig]:
+    """A folder under ``var``: results land somewhere with no configuration at all."""
+    return {"local-folder": FolderDestinationConfig(type="folder", path=Path("var/results"))}
+
+
 class ServiceConfig(_Strict):
     """The whole service."""
 
@@ -153,19 +164,9 @@ class ServiceConfig(_Strict):
             PriorityClass.ROUTINE: 3600.0,
         }
     )
-    destinations: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"local-folder": {"type": "folder", "path": "var/results"}}
-    )
+    destinations: dict[str, DestinationConfig] = Field(default_factory=_default_destinations)
     outbox: OutboxConfig = OutboxConfig()
     worklist: WorklistConfig = WorklistConfig()
-
-    @field_validator("destinations")
-    @classmethod
-    def _typed(cls, destinations: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        for name, spec in destinations.items():
-            if "type" not in spec:
-                raise ValueError(f"destination {name!r} has no 'type'")
-        return destinations
 
     @property
     def db_url(self) -> str:
@@ -201,12 +202,38 @@ def load_config(path: Path | None) -> ServiceConfig:
     except ValidationError as error:
         problems = []
         for item in error.errors():
-            loc = tuple(item["loc"])
+            loc = _config_location(item)
             line = _line_of(root, loc)
             key = ".".join(str(p) for p in loc) or "(top)"
-            message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-            problems.append(f"{path}:{line}: {key}: {message}")
+            problems.append(f"{path}:{line}: {key}: {_message(item)}")
         raise ConfigError("\n".join(problems)) from error
+
+
+def _config_location(item: ErrorDetails) -> tuple[Any, ...]:
+    """Where in the file an error is: pydantic's location without the destination union's tag.
+
+    Inside a destination pydantic names the union member (``destinations.pacs.dicom.port``); the
+    file has no such key (``destinations.pacs.port``). A wrong ``type`` is located at ``type``.
+    """
+    loc = tuple(item["loc"])
+    if len(loc) > 2 and loc[0] == "destinations" and loc[2] in DESTINATION_TYPES:
+        loc = loc[:2] + loc[3:]
+    if item["type"] == "union_tag_invalid":
+        loc += ("type",)
+    return loc
+
+
+def _message(item: ErrorDetails) -> str:
+    """The error's text, in the file's words for unknown keys and destination types."""
+    kind = item["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "union_tag_invalid":
+        tag = item.get("ctx", {}).get("tag")
+        return f"unknown destination type {tag!r}; expected one of {', '.join(DESTINATION_TYPES)}"
+    if kind == "union_tag_not_found":
+        return f"no 'type'; expected one of {', '.join(DESTINATION_TYPES)}"
+    return item["msg"]
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from models.manifest import WeightsMismatchError, load_manifest
+from router.vocabulary import PriorityClass
 from serving.backends import (
     BackendError,
     BackendModel,
@@ -18,7 +19,6 @@ from serving.backends import (
     create_backend,
 )
 from serving.backends.triton import PRIORITY_LEVEL, TritonBackend, timeout_us
-from serving.scheduler import PriorityClass
 from tests.model_factory import SPATIAL, build_package
 
 CONTEXT = RequestContext("batch-1", PriorityClass.STAT, timeout_s=30.0)

@@ -30,6 +30,7 @@ from models.reference.recipes import EVAL_SEED_START, recipe_for
 from models.registry import Registry, onnx_io
 from models.runner import ModelRunner
 from models.triton_export import build_config
+from router.vocabulary import PriorityClass
 from serving.backends import BackendModel, RequestContext, create_backend
 from serving.engine import Engine, InferenceJob, ModelEntry
 from serving.engine.chunking import (
@@ -43,7 +44,7 @@ from serving.engine.chunking import (
     scan_interval,
     sliding_window,
 )
-from serving.scheduler import LatencyTable, ModelLatency, PriorityClass, Scheduler
+from serving.scheduler import LatencyTable, ModelLatency, Scheduler
 from tests.model_factory import INPUT_NAME, SPATIAL, tiny_manifest
 
 # (volume spatial shape, roi, overlap): even and uneven splits, an axis shorter than its roi

@@ -28,16 +28,24 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossl
 from pynetdicom import AE, evt
 
 from models.synthetic.study import generate_study
-from router.delivery import DeliveryError, Destination, Payload, build_destination
-from router.delivery.dicom import DicomStoreDestination
-from router.delivery.folder import FolderDestination
-from router.delivery.http import HttpJsonDestination
-from router.delivery.mllp import MllpDestination
-from router.delivery.stow import StowRsDestination
+from router.vocabulary import DeliveryKind
+from serving.delivery.base import DeliveryError, Destination, Payload
+from serving.delivery.config import build_destination, destination_config
+from serving.delivery.dicom import DicomStoreDestination
+from serving.delivery.folder import FolderDestination
+from serving.delivery.http import HttpJsonDestination
+from serving.delivery.mllp import MllpDestination
+from serving.delivery.stow import StowRsDestination
 from tests.orthanc_peer import OrthancPeer, free_port, orthanc_server
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+INSTANCE = DeliveryKind.SC  # any DICOM kind: destinations send the instance as it is
+
+
+def build(config: dict[str, Any]) -> Destination:
+    """The destination a configuration mapping describes, as ``statlane.yaml`` would give it."""
+    return build_destination(destination_config(config))
 
 
 # ---------------------------------------------------------------- test data
@@ -127,26 +135,26 @@ def test_c_store_ct_and_sr_to_orthanc_and_read_back(
     ct = ct_study[0]
     sr = build_sr(ct, tmp_path)
     source = pydicom.dcmread(ct, stop_before_pixels=True)
-    pacs = build_destination(
+    pacs = build(
         {"type": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
     )
     for path in (ct, sr):
-        pacs.deliver(Payload("dicom", path=path))
+        pacs.deliver(Payload(INSTANCE, path=path))
     study = qido_study(orthanc, source.StudyInstanceUID)
     assert qido_value(study, "00100020") == source.PatientID
     assert qido_value(study, "00080050") == source.AccessionNumber
     stored = sop_instances(orthanc, source.StudyInstanceUID)
     assert stored[str(source.SOPInstanceUID)] == CT_IMAGE
     assert stored[pydicom.dcmread(sr).SOPInstanceUID] == COMPREHENSIVE_3D_SR
-    pacs.deliver(Payload("dicom", path=sr))  # a re-send of the same instance is accepted
+    pacs.deliver(Payload(INSTANCE, path=sr))  # a re-send of the same instance is accepted
 
 
 @pytest.mark.peers
 def test_stow_rs_to_orthanc_and_read_back(orthanc: OrthancPeer, tmp_path: Path) -> None:
     ct = generate_study("ct-head", tmp_path, seed=12, slices=32, matrix=32).files[5]
     source = pydicom.dcmread(ct, stop_before_pixels=True)
-    stow = build_destination({"type": "stow", "url": orthanc.dicomweb_url})
-    stow.deliver(Payload("dicom", body=ct.read_bytes()))
+    stow = build({"type": "stow", "url": orthanc.dicomweb_url})
+    stow.deliver(Payload(INSTANCE, body=ct.read_bytes()))
     study = qido_study(orthanc, source.StudyInstanceUID)
     assert qido_value(study, "00100020") == source.PatientID
     assert qido_value(study, "00080050") == source.AccessionNumber
@@ -219,7 +227,7 @@ def test_c_store_status_decides_retry(
 ) -> None:
     store_scp.status = status
     destination = scp_destination(store_scp)
-    payload = Payload("dicom", path=ct_study[1])
+    payload = Payload(INSTANCE, path=ct_study[1])
     if outcome == "ok":
         destination.deliver(payload)
         assert len(store_scp.received) == 1
@@ -234,23 +242,23 @@ def test_c_store_sends_a_compressed_file_in_its_own_transfer_syntax(
     store_scp: StoreScp, tmp_path: Path
 ) -> None:
     rle = generate_study("ct-head", tmp_path, seed=13, slices=32, matrix=32, compression="rle")
-    scp_destination(store_scp).deliver(Payload("dicom", path=rle.files[0]))
+    scp_destination(store_scp).deliver(Payload(INSTANCE, path=rle.files[0]))
     assert store_scp.received[0][1] == RLELossless
 
 
 def test_c_store_from_bytes_in_memory(store_scp: StoreScp, ct_study: list[Path]) -> None:
     uid = pydicom.dcmread(ct_study[2], stop_before_pixels=True).SOPInstanceUID
-    scp_destination(store_scp).deliver(Payload("dicom", body=ct_study[2].read_bytes()))
+    scp_destination(store_scp).deliver(Payload(INSTANCE, body=ct_study[2].read_bytes()))
     assert store_scp.received == [(uid, ExplicitVRLittleEndian)]
     with pytest.raises(DeliveryError) as caught:
-        scp_destination(store_scp).deliver(Payload("dicom", body=b"not dicom"))
+        scp_destination(store_scp).deliver(Payload(INSTANCE, body=b"not dicom"))
     assert not caught.value.retryable and "not a readable DICOM" in caught.value.message
 
 
 def test_c_store_to_a_closed_port_is_retryable(ct_study: list[Path]) -> None:
     destination = DicomStoreDestination("NOBODY", "127.0.0.1", free_port(), timeout_s=2.0)
     with pytest.raises(DeliveryError) as caught:
-        destination.deliver(Payload("dicom", path=ct_study[0]))
+        destination.deliver(Payload(INSTANCE, path=ct_study[0]))
     assert caught.value.retryable
     assert "cannot connect" in caught.value.message
 
@@ -259,7 +267,7 @@ def test_rejected_association_is_retryable_and_says_why(
     store_scp: StoreScp, ct_study: list[Path]
 ) -> None:
     with pytest.raises(DeliveryError) as caught:
-        scp_destination(store_scp, ae_title="WRONGAET").deliver(Payload("dicom", path=ct_study[0]))
+        scp_destination(store_scp, ae_title="WRONGAET").deliver(Payload(INSTANCE, path=ct_study[0]))
     assert caught.value.retryable
     assert "association rejected" in caught.value.message
     assert "Called AE title not recognised" in caught.value.message
@@ -272,7 +280,7 @@ def test_peer_that_never_answers_times_out_retryable(ct_study: list[Path]) -> No
         )
         started = time.monotonic()
         with pytest.raises(DeliveryError) as caught:
-            destination.deliver(Payload("dicom", path=ct_study[0]))
+            destination.deliver(Payload(INSTANCE, path=ct_study[0]))
     assert caught.value.retryable
     assert "no answer to the association request" in caught.value.message
     assert time.monotonic() - started < 10
@@ -281,7 +289,7 @@ def test_peer_that_never_answers_times_out_retryable(ct_study: list[Path]) -> No
 def test_no_c_store_response_is_retryable(store_scp: StoreScp, ct_study: list[Path]) -> None:
     store_scp.delay_s = 4.0  # the timeout also bounds the association set-up: leave it room
     with pytest.raises(DeliveryError) as caught:
-        scp_destination(store_scp, timeout_s=1.5).deliver(Payload("dicom", path=ct_study[0]))
+        scp_destination(store_scp, timeout_s=1.5).deliver(Payload(INSTANCE, path=ct_study[0]))
     assert caught.value.retryable
     assert "no C-STORE response" in caught.value.message
 
@@ -293,7 +301,7 @@ def test_sop_class_the_peer_does_not_accept_is_permanent(
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR
     ds.save_as(tmp_path / "mr.dcm")
     with pytest.raises(DeliveryError) as caught:
-        scp_destination(store_scp).deliver(Payload("dicom", path=tmp_path / "mr.dcm"))
+        scp_destination(store_scp).deliver(Payload(INSTANCE, path=tmp_path / "mr.dcm"))
     assert not caught.value.retryable
 
 
@@ -324,17 +332,17 @@ def test_result_objects_share_one_kept_association(
     destination = DicomStoreDestination("TESTSCP", "127.0.0.1", store_scp.port, keep_open_s=30)
     srs = _sr_files(ct_study[0], tmp_path, 3)
     for sr in srs:
-        destination.deliver(Payload("dicom", path=sr))
+        destination.deliver(Payload(INSTANCE, path=sr))
     assert len(store_scp.received) == 3 and len(set(store_scp.associations)) == 1
     assert store_scp.open_associations() == 1  # kept for the next result
     store_scp.status = 0xA700  # a failure status: the association answered, so it is kept
     with pytest.raises(DeliveryError) as caught:
-        destination.deliver(Payload("dicom", path=srs[0]))
+        destination.deliver(Payload(INSTANCE, path=srs[0]))
     assert caught.value.retryable
     store_scp.status = 0x0000
-    destination.deliver(Payload("dicom", path=srs[1]))
+    destination.deliver(Payload(INSTANCE, path=srs[1]))
     assert len(set(store_scp.associations)) == 1
-    destination.deliver(Payload("dicom", path=ct_study[1]))  # not a result object: its own
+    destination.deliver(Payload(INSTANCE, path=ct_study[1]))  # not a result object: its own
     assert len(set(store_scp.associations)) == 2
     destination.close()
     assert _wait_until(lambda: store_scp.open_associations() == 0)
@@ -345,11 +353,11 @@ def test_a_kept_association_the_peer_closed_is_replaced(
 ) -> None:
     destination = DicomStoreDestination("TESTSCP", "127.0.0.1", store_scp.port, keep_open_s=30)
     first, second = _sr_files(ct_study[0], tmp_path, 2)
-    destination.deliver(Payload("dicom", path=first))
+    destination.deliver(Payload(INSTANCE, path=first))
     for assoc in store_scp.server.active_associations:
         assoc.abort()  # the PACS's idle timeout, say
     assert _wait_until(lambda: store_scp.open_associations() == 0)
-    destination.deliver(Payload("dicom", path=second))
+    destination.deliver(Payload(INSTANCE, path=second))
     assert [uid for uid, _ in store_scp.received] == [
         pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in (first, second)
     ]
@@ -365,9 +373,9 @@ def test_an_idle_association_is_released_after_keep_open_s(
         "TESTSCP", "127.0.0.1", store_scp.port, keep_open_s=5.0, clock=lambda: now[0]
     )
     first, second = _sr_files(ct_study[0], tmp_path, 2)
-    destination.deliver(Payload("dicom", path=first))
+    destination.deliver(Payload(INSTANCE, path=first))
     now[0] = 6.0  # idle longer than keep_open_s
-    destination.deliver(Payload("dicom", path=second))
+    destination.deliver(Payload(INSTANCE, path=second))
     assert len(set(store_scp.associations)) == 2
     assert _wait_until(lambda: store_scp.open_associations() == 1)  # the old one released
     destination.close()
@@ -378,7 +386,7 @@ def test_keep_open_zero_opens_one_association_per_payload(
 ) -> None:
     destination = DicomStoreDestination("TESTSCP", "127.0.0.1", store_scp.port, keep_open_s=0)
     for sr in _sr_files(ct_study[0], tmp_path, 2):
-        destination.deliver(Payload("dicom", path=sr))
+        destination.deliver(Payload(INSTANCE, path=sr))
     assert len(set(store_scp.associations)) == 2
     assert _wait_until(lambda: store_scp.open_associations() == 0)
     with pytest.raises(ValueError, match="keep_open_s"):
@@ -442,7 +450,7 @@ def stow_failure(reason: int) -> bytes:
 def test_stow_request_is_multipart_related_dicom(ct_study: list[Path]) -> None:
     with http_peer() as peer:
         StowRsDestination(peer.url + "/dicom-web/", headers={"Authorization": "Bearer t"}).deliver(
-            Payload("dicom", path=ct_study[0])
+            Payload(INSTANCE, path=ct_study[0])
         )
     path, headers, body = peer.requests[0]
     assert path == "/dicom-web/studies"
@@ -479,7 +487,7 @@ def test_stow_status_decides_retry(
         if status == 302:
             peer.headers["Location"] = peer.url + "/elsewhere"
         with pytest.raises(DeliveryError) as caught:
-            StowRsDestination(peer.url).deliver(Payload("dicom", path=ct_study[0]))
+            StowRsDestination(peer.url).deliver(Payload(INSTANCE, path=ct_study[0]))
     assert caught.value.retryable is retryable
     assert len(peer.requests) == 1
     assert str(status) in caught.value.message or "failure reason" in caught.value.message
@@ -488,13 +496,13 @@ def test_stow_status_decides_retry(
 def test_stow_202_with_warnings_only_is_delivered(ct_study: list[Path]) -> None:
     with http_peer() as peer:
         peer.status, peer.answer = 202, json.dumps({"00081199": {"vr": "SQ", "Value": []}}).encode()
-        StowRsDestination(peer.url).deliver(Payload("dicom", path=ct_study[0]))
+        StowRsDestination(peer.url).deliver(Payload(INSTANCE, path=ct_study[0]))
 
 
 def test_http_to_a_closed_port_is_retryable() -> None:
     destination = HttpJsonDestination(f"http://127.0.0.1:{free_port()}/hook", timeout_s=2.0)
     with pytest.raises(DeliveryError) as caught:
-        destination.deliver(Payload("json", body={"a": 1}))
+        destination.deliver(Payload(DeliveryKind.WEBHOOK, body={"a": 1}))
     assert caught.value.retryable
     assert "cannot reach" in caught.value.message
 
@@ -503,9 +511,9 @@ def test_webhook_receives_the_json() -> None:
     signal = {"type": "statlane.worklist.rank", "new_rank": 1, "red_flag": True}
     with http_peer() as peer:
         peer.status = 204
-        hook = build_destination({"type": "webhook", "url": peer.url + "/hook", "name": "ris"})
+        hook = build({"type": "webhook", "url": peer.url + "/hook", "name": "ris"})
         assert hook.name == "ris"
-        hook.deliver(Payload("json", body=signal))
+        hook.deliver(Payload(DeliveryKind.WEBHOOK, body=signal))
     path, headers, body = peer.requests[0]
     assert path == "/hook"
     assert headers["Content-Type"] == "application/json"
@@ -521,12 +529,12 @@ OUTCOME = {
 def test_fhir_bundle_is_posted_to_the_base_as_fhir_json() -> None:
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": []}
     with http_peer() as peer:
-        fhir = build_destination({"type": "fhir", "url": peer.url + "/fhir"})
-        fhir.deliver(Payload("fhir", body=json.dumps(bundle)))
+        fhir = build({"type": "fhir", "url": peer.url + "/fhir"})
+        fhir.deliver(Payload(DeliveryKind.FHIR, body=json.dumps(bundle)))
         peer.status = 422
         peer.answer = json.dumps(OUTCOME).encode()
         with pytest.raises(DeliveryError) as caught:
-            fhir.deliver(Payload("fhir", body=bundle))
+            fhir.deliver(Payload(DeliveryKind.FHIR, body=bundle))
     path, headers, body = peer.requests[0]
     assert (path, headers["Content-Type"], headers["Accept"]) == (
         "/fhir", "application/fhir+json", "application/fhir+json"
@@ -541,7 +549,10 @@ def test_fhir_bundle_is_posted_to_the_base_as_fhir_json() -> None:
 
 def test_http_destination_refuses_what_it_cannot_send(ct_study: list[Path]) -> None:
     hook = HttpJsonDestination("http://127.0.0.1:9/hook")
-    for payload in (Payload("dicom", path=ct_study[0]), Payload("json", body="{not json")):
+    for payload in (
+        Payload(INSTANCE, path=ct_study[0]),
+        Payload(DeliveryKind.WEBHOOK, body="{not json"),
+    ):
         with pytest.raises(DeliveryError) as caught:
             hook.deliver(payload)
         assert not caught.value.retryable
@@ -555,17 +566,17 @@ def test_folder_writes_dicom_by_sop_instance_uid_atomically(
 ) -> None:
     root = tmp_path / "results"
     folder = FolderDestination(root)
-    written = folder.write(Payload("dicom", path=ct_study[0]))
+    written = folder.write(Payload(INSTANCE, path=ct_study[0]))
     uid = pydicom.dcmread(ct_study[0], stop_before_pixels=True).SOPInstanceUID
     assert written == root / f"{uid}.dcm"
     assert written.read_bytes() == ct_study[0].read_bytes()
-    folder.deliver(Payload("dicom", body=ct_study[0].read_bytes()))  # re-run: same file
+    folder.deliver(Payload(INSTANCE, body=ct_study[0].read_bytes()))  # re-run: same file
     assert sorted(p.name for p in root.iterdir()) == [f"{uid}.dcm"]
 
 
 def test_folder_names_other_payloads_by_content_hash_never_by_phi(tmp_path: Path) -> None:
     message = "MSH|^~\\&|STATLANE|X|RIS|Y|20261130||ORU^R01|1|P|2.5\rPID|||12345||DOE^JANE\r"
-    written = FolderDestination(tmp_path).write(Payload("hl7", body=message))
+    written = FolderDestination(tmp_path).write(Payload(DeliveryKind.HL7, body=message))
     assert written.name == hashlib.sha256(message.encode()).hexdigest() + ".hl7"
     assert written.read_bytes() == message.encode()
 
@@ -578,7 +589,7 @@ def test_folder_dicom_with_a_non_uid_instance_uid_falls_back_to_hash(
     ds.SOPInstanceUID = "../DOE^JANE"  # not a UID: must not become a file name
     ds.save_as(tmp_path / "odd.dcm")
     data = (tmp_path / "odd.dcm").read_bytes()
-    written = FolderDestination(tmp_path / "out").write(Payload("dicom", body=data))
+    written = FolderDestination(tmp_path / "out").write(Payload(INSTANCE, body=data))
     assert written.name == hashlib.sha256(data).hexdigest() + ".dcm"
 
 
@@ -586,7 +597,7 @@ def test_folder_failed_write_leaves_the_old_file_and_no_temporary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = FolderDestination(tmp_path)
-    first = folder.write(Payload("json", body={"n": 1}))
+    first = folder.write(Payload(DeliveryKind.WEBHOOK, body={"n": 1}))
     before = first.read_bytes()
 
     def full_disk(fd: int) -> None:
@@ -594,7 +605,7 @@ def test_folder_failed_write_leaves_the_old_file_and_no_temporary(
 
     monkeypatch.setattr(os, "fsync", full_disk)
     with pytest.raises(DeliveryError) as caught:
-        folder.deliver(Payload("json", body={"n": 1}))
+        folder.deliver(Payload(DeliveryKind.WEBHOOK, body={"n": 1}))
     assert caught.value.retryable
     assert first.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]
@@ -656,12 +667,12 @@ def mllp_peer(reply: Callable[[str], str]) -> Iterator[tuple[int, list[str]]]:
 )
 def test_mllp_ack_code_decides_retry(code: str, outcome: str) -> None:
     with mllp_peer(lambda _: ack(code)) as (port, received):
-        destination = build_destination({"type": "mllp", "host": "127.0.0.1", "port": port})
+        destination = build({"type": "mllp", "host": "127.0.0.1", "port": port})
         if outcome == "ok":
-            destination.deliver(Payload("hl7", body=ORU))
+            destination.deliver(Payload(DeliveryKind.HL7, body=ORU))
         else:
             with pytest.raises(DeliveryError) as caught:
-                destination.deliver(Payload("hl7", body=ORU))
+                destination.deliver(Payload(DeliveryKind.HL7, body=ORU))
             assert caught.value.retryable is (outcome == "retryable")
             assert f"ACK {code} (HL7 error 207)" in caught.value.message
             assert "DOE" not in caught.value.message  # free text never reaches logs
@@ -670,13 +681,15 @@ def test_mllp_ack_code_decides_retry(code: str, outcome: str) -> None:
 
 def test_mllp_to_a_closed_port_is_retryable() -> None:
     with pytest.raises(DeliveryError) as caught:
-        MllpDestination("127.0.0.1", free_port(), timeout_s=2.0).deliver(Payload("hl7", body=ORU))
+        MllpDestination("127.0.0.1", free_port(), timeout_s=2.0).deliver(
+            Payload(DeliveryKind.HL7, body=ORU)
+        )
     assert caught.value.retryable
 
 
 def test_mllp_reply_that_is_not_an_ack_is_permanent() -> None:
     with mllp_peer(lambda _: "hello") as (port, _), pytest.raises(DeliveryError) as caught:
-        MllpDestination("127.0.0.1", port).deliver(Payload("hl7", body=ORU))
+        MllpDestination("127.0.0.1", port).deliver(Payload(DeliveryKind.HL7, body=ORU))
     assert not caught.value.retryable
     assert "unreadable acknowledgment" in caught.value.message
 
@@ -711,40 +724,69 @@ DICOM_CONFIG = {"type": "dicom", "ae_title": "PACS", "host": "pacs", "port": "10
     ],
 )
 def test_build_destination(config: dict[str, Any], cls: type, name: str) -> None:
-    destination = build_destination(config)
+    destination = build(config)
     assert isinstance(destination, cls) and isinstance(destination, Destination)
     assert destination.name == name  # no credentials or query in names
+
+
+def test_a_destination_is_named_by_its_configuration_key_unless_named() -> None:
+    folder = destination_config({"type": "folder", "path": "out"})
+    assert build_destination(folder, "local-folder").name == "local-folder"
+    named = destination_config({"type": "folder", "path": "out", "name": "results"})
+    assert build_destination(named, "local-folder").name == "results"
+    unnamed = destination_config({"type": "folder", "path": "out", "name": ""})
+    assert build_destination(unnamed, "local-folder").name == "folder:out"
 
 
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"type": "ftp", "url": "x"}, "unknown destination type 'ftp'"),
-        ({"url": "x"}, "unknown destination type None"),
-        ({"type": "dicom", "host": "pacs"}, "dicom destination is missing ae_title, port"),
+        ({"type": "ftp", "url": "x"}, "Input tag 'ftp' found using 'type' does not match"),
+        ({"url": "x"}, "Unable to extract tag using discriminator 'type'"),
+        ({"type": "dicom", "host": "pacs"}, r"dicom\.ae_title\n  Field required"),
+        ({"type": "dicom", "host": "pacs"}, r"dicom\.port\n  Field required"),
         (
             {"type": "folder", "path": "x", "colour": "red"},
-            "folder destination does not take colour",
+            r"folder\.colour\n  Extra inputs are not permitted",
         ),
         ({"type": "webhook", "url": "ftp://x"}, "must be an absolute http"),
-        ({"type": "dicom", "ae_title": "A" * 17, "host": "h", "port": 104}, "not a valid AE title"),
+        ({"type": "dicom", "ae_title": "A" * 17, "host": "h", "port": 104}, "at most 16"),
+        ({"type": "dicom", "ae_title": "A\\B", "host": "h", "port": 104}, "match pattern"),
+        ({"type": "mllp", "host": "h", "port": 70000}, "less than 65536"),
+        ({"type": "stow", "url": "http://x", "timeout_s": 0}, "greater than 0"),
+        (
+            {"type": "dicom", "ae_title": "A", "host": "h", "port": 1, "keep_open_s": -1},
+            "greater than or equal to 0",
+        ),
     ],
 )
-def test_build_destination_rejects_bad_configuration(config: dict[str, Any], message: str) -> None:
+def test_destination_config_rejects_bad_configuration(config: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        build_destination(config)
+        destination_config(config)
+
+
+def test_destinations_check_their_values_when_built_directly() -> None:
+    with pytest.raises(ValueError, match="not a valid AE title"):
+        DicomStoreDestination("A" * 17, "h", 104)
+    with pytest.raises(ValueError, match="out of range"):
+        MllpDestination("h", 70000)
+    with pytest.raises(ValueError, match="must be an absolute http"):
+        HttpJsonDestination("ftp://x")
 
 
 def test_payload_validates_eagerly(tmp_path: Path) -> None:
-    assert Payload("fhir", body={}).content_type == "application/fhir+json"
+    assert Payload(DeliveryKind.FHIR, body={}).content_type == "application/fhir+json"
+    assert Payload("worklist", body={}).content_type == "application/json"  # type: ignore[arg-type]
+    assert Payload(DeliveryKind.SR, body=b"DICM").content_type == "application/dicom"
+    assert Payload(DeliveryKind.HL7, body="MSH").content_type == "x-application/hl7-v2+er7"
     with pytest.raises(ValueError, match="exactly one of path or body"):
-        Payload("json")
+        Payload(DeliveryKind.WEBHOOK)
     with pytest.raises(ValueError, match="takes a body, not a path"):
-        Payload("hl7", path=tmp_path / "x")
+        Payload(DeliveryKind.HL7, path=tmp_path / "x")
     with pytest.raises(ValueError, match="not one of"):
         Payload("pdf", body=b"")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="bytes of a Part 10 file"):
-        Payload("dicom", body={"a": 1})
+        Payload(DeliveryKind.SEG, body={"a": 1})
 
 
 def test_delivery_error_reads_as_one_line() -> None:

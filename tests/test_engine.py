@@ -20,15 +20,10 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from models.manifest import load_manifest
+from router.vocabulary import PriorityClass
 from serving.backends import BackendModel, RequestContext, create_backend
 from serving.engine import ChunkingError, ChunkSpec, Engine, EngineBusy, InferenceJob, ModelEntry
-from serving.scheduler import (
-    LatencyTable,
-    ModelLatency,
-    PriorityClass,
-    Scheduler,
-    SchedulerConfig,
-)
+from serving.scheduler import LatencyTable, ModelLatency, Scheduler, SchedulerConfig
 from serving.service.stat_gate import StatGate
 from tests.model_factory import OUTPUT_NAME, SPATIAL, build_package
 

@@ -20,7 +20,7 @@ import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
-from router.context import OrderContext, OrderPriority
+from router.vocabulary import OrderContext, OrderPriority
 from serving.gateway.hl7_orders import (
     Er7Message,
     MalformedMessage,
@@ -31,12 +31,13 @@ from serving.gateway.hl7_orders import (
     parse_order,
     unescape,
 )
-from serving.gateway.mllp import (
+from serving.gateway.mllp import MllpServer
+from serving.mllp import (
     MllpDecoder,
     MllpError,
     MllpFrameTooLarge,
-    MllpServer,
     ack_code,
+    ack_error_code,
     decode_hl7,
     frame,
     send_message,
@@ -611,3 +612,22 @@ def test_receiver_uses_its_own_names_when_the_inbound_does_not_address_us() -> N
     msh = Er7Message.parse(receiver.handle(anonymous))
     assert [msh.value("MSH", n) for n in (3, 4, 10)] == ["AI^GW", "ER", "ACK1"]
     assert len(received) == 1
+
+
+@pytest.mark.parametrize(
+    ("err", "code"),
+    [
+        ("", ""),
+        ("ERR|||207^Application internal error^HL70357|E\r", "207"),  # v2.5: ERR-3.1
+        ("ERR|MSH^1^9^102&Data type error&HL70357\r", "102"),  # v2.4: ERR-1.4.1
+        ("ERR|||^no code^HL70357|E\rERR|||101^Required field missing^HL70357|E\r", "101"),
+        ("ERR|||DOE^JANE|E\r", ""),  # free text is never a code
+    ],
+)
+def test_ack_error_code_reads_only_the_numeric_code(err: str, code: str) -> None:
+    ack = (
+        "MSH|^~\\&|RIS|HOSP|STATLANE|RAD|20261130120001||ACK^R01^ACK|ACK0001|P|2.5\r"
+        f"MSA|AE|MSG0001|no visit for DOE^JANE\r{err}"
+    )
+    assert ack_error_code(ack) == code
+    assert ack_error_code("not an HL7 message") == ""

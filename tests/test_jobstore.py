@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import pytest
 
-from router.context import OrderContext, OrderPriority
+from router.vocabulary import OrderContext, OrderPriority, PriorityClass
 from serving.jobstore import (
     EntityKind,
     InstanceRecordResult,
@@ -23,7 +23,6 @@ from serving.jobstore import (
     hash_patient_id,
 )
 from serving.jobstore.store import MODES
-from serving.scheduler.records import PriorityClass
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 STUDY, SERIES = "1.2.826.0.1.1", "1.2.826.0.1.1.1"

@@ -13,7 +13,7 @@ from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
 import serving.jobstore.arrivals as arrivals_module
-from router.context import OrderContext
+from router.vocabulary import OrderContext
 from serving.jobstore import (
     EntityKind,
     InstanceArrival,

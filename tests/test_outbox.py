@@ -9,18 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from router.vocabulary import DeliveryKind, PriorityClass
 from serving.commands import outbox as outbox_command
-from serving.jobstore import (
-    DeliveryKind,
-    EntityKind,
-    JobStore,
-    Outbox,
-    OutboxState,
-    RetryPolicy,
-    TransitionError,
-    UnknownEntityError,
-)
-from serving.scheduler.records import PriorityClass
+from serving.delivery.outbox import Outbox, RetryPolicy
+from serving.jobstore import EntityKind, JobStore, OutboxState, TransitionError, UnknownEntityError
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 
@@ -307,14 +299,14 @@ def test_next_due_at_is_the_earliest_pending_item_of_the_class(
 def test_an_idle_delivery_worker_sleeps_until_the_next_item_is_due(
     outbox: Outbox, clock: FakeClock
 ) -> None:
-    from types import SimpleNamespace
+    from serving.delivery.workers import IDLE_DELIVERY_POLL_S, MIN_DELIVERY_WAIT_S, DeliveryWorkers
+    from serving.metrics import Metrics
+    from serving.service.stat_gate import StatGate
 
-    from serving.service.app import IDLE_DELIVERY_POLL_S, MIN_DELIVERY_WAIT_S, Service
-
-    owner = SimpleNamespace(outbox=outbox)
+    workers = DeliveryWorkers(outbox, {}, metrics=Metrics(), gate=StatGate())
 
     def wait_s() -> float:
-        return Service.idle_delivery_wait_s(owner, None)  # type: ignore[arg-type]
+        return workers.idle_wait_s(None)
 
     assert wait_s() == IDLE_DELIVERY_POLL_S  # nothing pending: poll for other processes' retries
     item = enqueue(outbox, "a")

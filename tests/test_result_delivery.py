@@ -13,9 +13,9 @@ import pytest
 import router.objects as objects
 from router.objects import ResultObjectError
 from router.result import AIResult, Mode
+from router.vocabulary import PriorityClass
+from serving.delivery.payloads import ResultDelivery
 from serving.metrics import Metrics
-from serving.scheduler.records import PriorityClass
-from serving.service.delivery import ResultDelivery
 from tests.result_factory import ct_head_result
 
 

@@ -20,7 +20,6 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
 from models.postprocess import Finding
-from router.context import OrderContext, OrderPriority
 from router.messages import (
     MessageInvalid,
     build_fhir_bundle,
@@ -31,6 +30,7 @@ from router.messages import (
 )
 from router.messages.codes import DICOM_UID, SNOMED, UCUM, V2_0203
 from router.result import AIResult
+from router.vocabulary import OrderContext, OrderPriority
 from serving.gateway.hl7_orders import unescape  # the ingest side decodes what we send
 from tests.result_factory import ct_head_result, cxr_result
 

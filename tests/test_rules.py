@@ -19,7 +19,6 @@ from pydicom.dataset import Dataset
 
 from models.registry import Registry
 from models.synthetic import SyntheticStudy, generate_study
-from router.context import OrderContext, OrderPriority
 from router.result import Mode
 from router.rules import (
     Decision,
@@ -34,8 +33,8 @@ from router.rules import (
     load_rules,
 )
 from router.rules.facts import orientation_of, read_headers
+from router.vocabulary import OrderContext, OrderPriority, PriorityClass
 from serving.commands import rules as rules_command
-from serving.scheduler.records import PriorityClass
 
 REGISTRY = Registry.default()
 ORDER_PRIORITY = {"STAT": OrderPriority.STAT, "ROUTINE": OrderPriority.ROUTINE}

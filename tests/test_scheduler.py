@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from router.vocabulary import PriorityClass
 from serving.scheduler import (
     BatchPlan,
     LatencyTable,
     ModelLatency,
-    PriorityClass,
     Scheduler,
     SchedulerConfig,
     SchedulerError,

@@ -13,14 +13,8 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.scheduler import (
-    LatencyTable,
-    ModelLatency,
-    PriorityClass,
-    Scheduler,
-    SchedulerConfig,
-    TaskRecord,
-)
+from router.vocabulary import PriorityClass
+from serving.scheduler import LatencyTable, ModelLatency, Scheduler, SchedulerConfig, TaskRecord
 from serving.scheduler.simulator import simulate
 
 MODELS = {

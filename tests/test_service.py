@@ -11,9 +11,9 @@ import pydicom
 import pytest
 
 from models.synthetic import generate_study
-from router.context import OrderPriority
-from serving.gateway.mllp import ack_code, send_message
+from router.vocabulary import OrderPriority
 from serving.jobstore import StudyState, TaskState
+from serving.mllp import ack_code, send_message
 from serving.service.app import Service
 from tests.orthanc_peer import orthanc_server
 from tests.service_harness import running_service, service_config, storescu, wait_for

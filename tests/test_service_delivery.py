@@ -26,8 +26,8 @@ from pydicom.uid import generate_uid
 from models.synthetic import generate_study
 from router.messages import validate_rank_change_fhir, validate_rank_change_hl7
 from serving.cli import main
-from serving.gateway.mllp import ack_code, send_message
 from serving.jobstore import OutboxState, StudyState, TaskState
+from serving.mllp import ack_code, send_message
 from serving.service.app import Service
 from tests.orthanc_peer import (
     DICOMWEB_PLUGIN,

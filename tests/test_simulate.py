@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from router.vocabulary import PriorityClass
 from serving.cli import main
-from serving.scheduler import LatencyTable, ModelLatency, PriorityClass, SchedulerConfig
+from serving.scheduler import LatencyTable, ModelLatency, SchedulerConfig
 from serving.scheduler.workload import (
     MixEntry,
     class_metrics,

@@ -28,11 +28,11 @@ from router.rules import (
     default_rules,
     facts_from_datasets,
 )
+from router.vocabulary import PriorityClass
 from router.worklist import Worklist
 from serving.gateway.spool import InstanceSource, StoredInstance
 from serving.jobstore import JobStore, StudyState
 from serving.metrics import Metrics
-from serving.scheduler.records import PriorityClass
 from serving.service.coordinator import Coordinator
 from serving.service.ingest_queue import Released, Stored
 

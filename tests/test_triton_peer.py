@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from models.manifest import load_manifest
+from router.vocabulary import PriorityClass
 from serving.backends import BackendModel, RequestContext, create_backend
 from serving.backends.triton import TritonBackend
-from serving.scheduler import PriorityClass
 from tests.model_factory import CLASSES, INPUT_NAME, OUTPUT_NAME, SPATIAL, build_package
 from tests.triton_peer import triton_server
 

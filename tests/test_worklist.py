@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from router.delivery import DeliveryError, Payload
 from router.result import Mode
+from router.vocabulary import DeliveryKind
 from router.worklist import (
     AIStatus,
     Label,
@@ -16,11 +16,12 @@ from router.worklist import (
     Worklist,
     WorklistEntry,
     WorklistError,
-    WorklistPublisher,
     rank_changes,
     signal_payload,
     worklist_json,
 )
+from serving.delivery.base import DeliveryError, Payload
+from serving.delivery.publisher import WorklistPublisher
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 BLEED = 15  # the 15th arrival: a non-stat CT head with a bleed
@@ -214,7 +215,7 @@ class RecordingDestination:
         self.fail_for = fail_for
 
     def deliver(self, payload: Payload) -> None:
-        assert payload.kind == "json" and isinstance(payload.body, dict)
+        assert payload.kind is DeliveryKind.WORKLIST and isinstance(payload.body, dict)
         if payload.body["study_instance_uid"] == self.fail_for:
             raise DeliveryError(True, "webhook down")
         self.bodies.append(payload.body)

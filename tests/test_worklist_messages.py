@@ -131,7 +131,7 @@ def test_orm_change_order_by_accession():
 
 
 def test_orm_names_the_ris_order_numbers_of_a_received_order():
-    from router.context import OrderContext
+    from router.vocabulary import OrderContext
 
     order = OrderContext(ACCESSION, placer_order_number="PO-7781", filler_order_number="FO-1290")
     text = hl7(change(), order=order)
@@ -149,7 +149,7 @@ def test_orm_names_the_ris_order_numbers_of_a_received_order():
 
 
 def test_orm_refuses_an_order_of_another_accession():
-    from router.context import OrderContext
+    from router.vocabulary import OrderContext
 
     other = OrderContext("ACC-OTHER", placer_order_number="PO-1")
     with pytest.raises(MessageInvalid, match="another accession number"):

@@ -82,7 +82,7 @@ CAUSES = {
         "the engine's answer becomes an SR in the outbox on the stat results thread "
         "(`serving/service/outcomes.py` `run_results` → `result_ready`: `_ai_result` builds "
         "it with the headers kept from ingest, the mask follows later; "
-        "`serving/service/delivery.py` "
+        "`serving/delivery/payloads.py` "
         "`enqueue_results` writes and queues the SR before GSPS, SC and SEG are built). It is a "
         "stat stage (`serving/service/stat_gate.py`): background routing, result objects, "
         "deliveries and CPU batches step aside between their steps, but a step under way "
@@ -90,7 +90,7 @@ CAUSES = {
         "{split}"
     ),
     "delivery": (
-        "a worker reserved for stat items (`delivery-stat` in `Service._delivery_loop`) is "
+        "a worker reserved for stat items (`delivery-stat` in `DeliveryWorkers`) is "
         "woken when the SR is queued and sends it on the association kept open for the "
         "destination (`DicomStoreDestination.deliver`, `keep_open_s`); it shares the cores "
         "with Orthanc and with background work already under way."

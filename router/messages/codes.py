@@ -15,8 +15,8 @@ from decimal import Decimal
 from typing import Any
 
 from models.postprocess import Finding
-from router.context import OrderContext
 from router.result import StudyIdentity
+from router.vocabulary import OrderContext
 
 
 class MessageInvalid(ValueError):

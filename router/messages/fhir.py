@@ -27,7 +27,6 @@ import pydantic
 from fhir.resources.R4B.bundle import Bundle
 
 from models.postprocess import Finding
-from router.context import OrderContext
 from router.messages.codes import (
     ABSENT,
     DICOM_UID,
@@ -49,6 +48,7 @@ from router.messages.codes import (
     measurements,
 )
 from router.result import AIResult, StudyIdentity
+from router.vocabulary import OrderContext
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,6 @@ from hl7apy.exceptions import HL7apyException, MaxLengthReached
 from hl7apy.parser import parse_message
 
 from models.postprocess import Finding
-from router.context import OrderContext
 from router.messages.codes import (
     ABSENT,
     IMAGING_REPORT,
@@ -43,6 +42,7 @@ from router.messages.codes import (
     measurements,
 )
 from router.result import AIResult, StudyIdentity
+from router.vocabulary import OrderContext
 
 log = logging.getLogger(__name__)
 

@@ -61,7 +61,6 @@ from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_message
 from hl7apy.validation import Validator
 
-from router.context import OrderContext
 from router.messages.codes import DICOM_UID, V2_0203, Code, MessageInvalid
 from router.messages.hl7_oru import (
     VERSION,
@@ -73,6 +72,7 @@ from router.messages.hl7_oru import (
     _st,
     hl7_datetime,
 )
+from router.vocabulary import OrderContext
 from router.worklist.signals import RankChange
 
 log = logging.getLogger(__name__)

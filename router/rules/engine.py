@@ -14,7 +14,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from router.context import OrderContext, OrderPriority
 from router.result import Mode
 from router.rules.facts import Code, Orientation, SeriesFacts, StudyFacts
 from router.rules.schema import (
@@ -28,7 +27,7 @@ from router.rules.schema import (
     TaskPriority,
     TaskSpec,
 )
-from serving.scheduler.records import PriorityClass
+from router.vocabulary import OrderContext, OrderPriority, PriorityClass
 
 _ORDER_CLASS = {OrderPriority.STAT: PriorityClass.STAT, OrderPriority.ASAP: PriorityClass.URGENT}
 """Order priority → the class it escalates a ``from_order`` task to (S → stat, A → urgent)."""

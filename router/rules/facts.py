@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from preprocessing.series import scan_folder
-from router.context import OrderContext, OrderPriority
+from router.vocabulary import OrderContext, OrderPriority
 
 _OBLIQUE_BELOW = math.cos(math.radians(40.0))
 """A slice normal further than 40 degrees from every patient axis is called oblique (a 30 degree

@@ -41,10 +41,9 @@ from pydantic import (
 
 from models.manifest import ManifestError
 from models.registry import Registry, RegistryError
-from router.context import OrderPriority
 from router.result import Mode
 from router.rules.facts import Orientation
-from serving.scheduler.records import PriorityClass
+from router.vocabulary import OrderPriority, PriorityClass
 
 DEFAULT_RULES = "default.yaml"
 _MODEL_REF = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}(@[1-9][0-9]*)?$")

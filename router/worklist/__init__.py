@@ -11,9 +11,7 @@ from router.worklist.ranking import (
     worklist_json,
 )
 from router.worklist.signals import (
-    PublishReport,
     RankChange,
-    WorklistPublisher,
     rank_changes,
     signal_payload,
 )
@@ -21,14 +19,12 @@ from router.worklist.signals import (
 __all__ = [
     "AIStatus",
     "Label",
-    "PublishReport",
     "RankChange",
     "Row",
     "UnknownStudyError",
     "Worklist",
     "WorklistEntry",
     "WorklistError",
-    "WorklistPublisher",
     "rank_changes",
     "signal_payload",
     "worklist_json",

@@ -1,4 +1,4 @@
-"""Worklist signals: what changed between two published orders, sent to a destination (webhook).
+"""Worklist signals: what changed between two published orders, and the JSON sent for each.
 
 A change is a study that moved, appeared, left, or whose red flag or AI label changed. The
 payload carries the study and accession (the worklist system needs them to find its row) and
@@ -8,13 +8,11 @@ never a patient name or ID.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from router.delivery import DeliveryError, Destination, Payload
-from router.result import Mode
-from router.worklist.ranking import Label, Row, Worklist
+from router.worklist.ranking import Label, Row
 
 SIGNAL_TYPE = "statlane.worklist.rank"
 
@@ -82,50 +80,3 @@ def signal_payload(change: RankChange, at: datetime) -> dict[str, Any]:
         "red_flag": change.red_flag,
         "label": change.label.value,
     }
-
-
-@dataclass
-class PublishReport:
-    """What one ``publish`` call did."""
-
-    delivered: list[RankChange] = field(default_factory=list)
-    failed: list[tuple[RankChange, DeliveryError]] = field(default_factory=list)
-
-
-class WorklistPublisher:
-    """Sends the published order's changes to a destination, one signal per change.
-
-    It remembers the last order it published; a change whose delivery failed is not
-    remembered as published, so the next ``publish`` sends it again.
-
-    Args:
-        worklist: The worklist.
-        destination: Where signals go (usually a webhook ``HttpJsonDestination``).
-        mode: Deployment mode; shadow publishes the native order, so AI results never signal.
-    """
-
-    def __init__(self, worklist: Worklist, destination: Destination, mode: Mode | str) -> None:
-        self.worklist = worklist
-        self.destination = destination
-        self.mode = Mode(mode)
-        self._published: dict[str, Row] = {}
-
-    def publish(self, now: datetime | None = None) -> PublishReport:
-        """Compute the published order at ``now`` (the worklist clock when None) and signal it."""
-        now = self.worklist.clock() if now is None else now
-        after = self.worklist.published_order(self.mode, now)
-        report = PublishReport()
-        for change in rank_changes(list(self._published.values()), after):
-            try:
-                self.destination.deliver(Payload("json", body=signal_payload(change, now)))
-            except DeliveryError as exc:
-                report.failed.append((change, exc))
-            else:
-                report.delivered.append(change)
-        after_by_uid = {row.study_uid: row for row in after}
-        for change in report.delivered:
-            if change.new_rank is None:
-                self._published.pop(change.study_uid, None)
-            else:
-                self._published[change.study_uid] = after_by_uid[change.study_uid]
-        return report

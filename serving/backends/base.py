@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from models.manifest import Manifest, verify_weights
-from serving.scheduler.records import PriorityClass
+from router.vocabulary import PriorityClass
 
 
 class BackendError(RuntimeError):

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from router.vocabulary import PriorityClass
 from serving.backends.base import (
     BackendError,
     BackendModel,
@@ -22,7 +23,6 @@ from serving.backends.base import (
     RequestContext,
     check_batch,
 )
-from serving.scheduler.records import PriorityClass
 
 log = logging.getLogger(__name__)
 INSTALL = "tritonclient[grpc,http] (pip install 'statlane[triton]')"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from serving.config import ConfigError, load_config
+from serving.delivery.config import DestinationConfig
 
 
 def add_parser(subparsers: Any) -> None:
@@ -35,14 +37,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def destination_problems(destinations: dict[str, dict[str, Any]]) -> list[str]:
-    """Destinations that cannot be built (unknown type, missing key), one line each."""
-    from router.delivery import build_destination
+def destination_problems(destinations: Mapping[str, DestinationConfig]) -> list[str]:
+    """Destinations that cannot be built (a value the destination refuses), one line each."""
+    from serving.delivery.config import build_destination
 
     problems = []
-    for name, spec in destinations.items():
+    for name, config in destinations.items():
         try:
-            build_destination(spec)
+            build_destination(config, name)
         except (ValueError, TypeError) as error:
             problems.append(f"destinations.{name}: {error}")
     return problems

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 def _send_all(sent: list[_Sent], dicom_port: int, hl7_port: int | None, interval: float) -> None:
     from pynetdicom import AE, StoragePresentationContexts
 
-    from serving.gateway.mllp import send_message
+    from serving.mllp import send_message
 
     ae = AE(ae_title="DEMO_MODALITY")
     ae.requested_contexts = StoragePresentationContexts

@@ -16,7 +16,8 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from serving.jobstore import DEFAULT_URL, JobStore, JobStoreError, Outbox, OutboxItem, OutboxState
+from serving.delivery.outbox import Outbox, OutboxItem
+from serving.jobstore import DEFAULT_URL, JobStore, JobStoreError, OutboxState
 
 _ERROR_WIDTH = 60  # characters of the last error shown per row
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TextIO
 
 from models.registry import Registry
-from router.context import OrderContext, OrderPriority
 from router.rules import (
     Decision,
     FactsError,
@@ -28,6 +27,7 @@ from router.rules import (
     load_rules,
     studies_from_folder,
 )
+from router.vocabulary import OrderContext, OrderPriority
 
 _PRIORITY_CODES = {
     "S": OrderPriority.STAT,

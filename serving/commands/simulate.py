@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from serving.scheduler import LatencyTable, ModelLatency, PriorityClass, Scheduler, SchedulerConfig
+from router.vocabulary import PriorityClass
+from serving.scheduler import LatencyTable, ModelLatency, Scheduler, SchedulerConfig
 from serving.scheduler.simulator import simulate
 from serving.scheduler.workload import MixEntry, class_metrics, poisson_arrivals
 

@@ -31,6 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
+from router.vocabulary import PriorityClass
 from serving.backends.base import Backend, RequestContext
 from serving.engine.chunking import ChunkingError, PatchMerger, pad_volume, patch, plan_windows
 from serving.engine.jobs import (
@@ -41,7 +42,7 @@ from serving.engine.jobs import (
     ModelEntry,
     StageTimes,
 )
-from serving.scheduler import BatchPlan, PriorityClass, Scheduler, TaskRecord, Wait
+from serving.scheduler import BatchPlan, Scheduler, TaskRecord, Wait
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from router.vocabulary import PriorityClass
 from serving.backends.base import BackendModel
 from serving.engine.chunking import ChunkSpec
-from serving.scheduler.records import PriorityClass
 
 
 class EngineBusy(RuntimeError):

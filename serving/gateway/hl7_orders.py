@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from router.context import OrderContext, OrderPriority
+from router.vocabulary import OrderContext, OrderPriority
 
 logger = logging.getLogger(__name__)
 

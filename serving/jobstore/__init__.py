@@ -1,11 +1,11 @@
-"""The durable job store: studies, orders, tasks, routing decisions, audit, and the outbox.
+"""The durable job store: studies, orders, tasks, routing decisions, audit, and the outbox table.
 
-Public API: :class:`JobStore` (SQLite by default, PostgreSQL by URL), :class:`Outbox` with its
-:class:`RetryPolicy`, the frozen rows they return, the state enums and the typed errors.
+Public API: :class:`JobStore` (SQLite by default, PostgreSQL by URL), the frozen rows it
+returns, the state enums and the typed errors. The outbox queue on top of its table is
+:class:`serving.delivery.outbox.Outbox`.
 """
 
 from serving.jobstore.changes import InstanceArrival, hash_patient_id
-from serving.jobstore.outbox import DeliveryKind, Outbox, OutboxItem, RetryPolicy
 from serving.jobstore.schema import (
     AuditRow,
     InstanceRecordResult,
@@ -33,7 +33,6 @@ from serving.jobstore.store import DEFAULT_URL, JobStore
 __all__ = [
     "DEFAULT_URL",
     "AuditRow",
-    "DeliveryKind",
     "EntityKind",
     "InstanceArrival",
     "InstanceRecordResult",
@@ -42,10 +41,7 @@ __all__ = [
     "JobStoreError",
     "OrderRow",
     "OrderState",
-    "Outbox",
-    "OutboxItem",
     "OutboxState",
-    "RetryPolicy",
     "RoutingRow",
     "SeriesRow",
     "SeriesState",

@@ -39,9 +39,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
-from router.context import OrderContext, OrderPriority
+from router.vocabulary import OrderContext, OrderPriority, PriorityClass
 from serving.jobstore.states import EntityKind, OrderState, OutboxState, StudyState, TaskState
-from serving.scheduler.records import PriorityClass
 
 WRITE_OPTION = "statlane_write"
 #: Execution option: a write transaction whose commit need not reach the disk before it returns

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from router.context import OrderContext, OrderPriority
+from router.vocabulary import OrderContext, OrderPriority, PriorityClass
 from serving.jobstore.arrivals import record_arrivals
 from serving.jobstore.changes import (
     Clock,
@@ -64,7 +64,6 @@ from serving.jobstore.states import (
     UnknownEntityError,
 )
 from serving.jobstore.study_end import end_study_if_settled, planned_tasks_exist
-from serving.scheduler.records import PriorityClass
 
 DEFAULT_URL = "sqlite:///var/statlane.db"
 MODES = ("shadow", "triage", "assistant")

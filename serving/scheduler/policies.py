@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from router.vocabulary import PriorityClass
 from serving.scheduler.latency import ModelLatency
-from serving.scheduler.records import PriorityClass, SchedulerConfig, TaskRecord
+from serving.scheduler.records import SchedulerConfig, TaskRecord
 
 
 @dataclass(frozen=True)

@@ -6,23 +6,8 @@ Times are seconds on the caller's clock (monotonic, injected); the scheduler nev
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 
-
-class PriorityClass(StrEnum):
-    """Inference priority class of a task."""
-
-    STAT = "stat"
-    URGENT = "urgent"
-    ROUTINE = "routine"
-
-    @property
-    def rank(self) -> int:
-        """0 for stat (most urgent), 1 urgent, 2 routine."""
-        return _RANK[self]
-
-
-_RANK = {PriorityClass.STAT: 0, PriorityClass.URGENT: 1, PriorityClass.ROUTINE: 2}
+from router.vocabulary import PriorityClass
 
 
 @dataclass(frozen=True)

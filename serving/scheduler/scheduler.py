@@ -13,13 +13,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from itertools import count
 
+from router.vocabulary import PriorityClass
 from serving.scheduler.latency import LatencyTable
 from serving.scheduler.policies import Candidate, QueuePolicy, batch_seconds, make_policy
 from serving.scheduler.records import (
     Admission,
     BatchPlan,
     Completion,
-    PriorityClass,
     SchedulerConfig,
     TaskRecord,
     Wait,

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from router.vocabulary import PriorityClass
 from serving.scheduler.latency import LatencyTable
-from serving.scheduler.records import Completion, PriorityClass, SchedulerConfig, TaskRecord
+from serving.scheduler.records import Completion, SchedulerConfig, TaskRecord
 
 
 @dataclass(frozen=True)

@@ -11,27 +11,27 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from models.registry import Registry
-from router.delivery import DeliveryError, Destination, build_destination, close_destination
 from router.result import Mode
 from router.rules import RuleSet, default_rules, load_rules
+from router.vocabulary import PriorityClass
 from router.worklist import Row, rank_changes
 from serving.config import ServiceConfig
+from serving.delivery.outbox import Outbox, RetryPolicy
+from serving.delivery.payloads import ResultDelivery, rank_change_item
+from serving.delivery.workers import DeliveryWorkers
 from serving.gateway.dimse import AssociationSummary, DicomGateway
 from serving.gateway.hl7_orders import OrderReceiver
 from serving.gateway.mllp import MllpServer
 from serving.gateway.spool import Spool
 from serving.gateway.stow import StowServer, StowSummary
-from serving.jobstore import JobStore, Outbox, OutboxItem, RetryPolicy
+from serving.jobstore import JobStore
 from serving.metrics import Metrics
-from serving.scheduler.records import PriorityClass
 from serving.service.coordinator import Coordinator
-from serving.service.delivery import ResultDelivery, payload_of, rank_change_item
 from serving.service.records import rules_digest
 from serving.service.rest import RestApi
 from serving.service.runtime import Runtime, build_runtime
@@ -40,12 +40,6 @@ from serving.service.streaming import StreamingVolumes
 from serving.service.worklist import SharedWorklist
 
 log = logging.getLogger(__name__)
-
-IDLE_DELIVERY_POLL_S = 1.0
-"""Longest sleep of an idle delivery worker (seconds): the pickup time of items revived in the
-job store by another process (``statlane outbox retry``)."""
-MIN_DELIVERY_WAIT_S = 0.05
-"""Shortest sleep of a delivery worker that found nothing to send (seconds)."""
 
 
 def utc_now() -> datetime:
@@ -104,18 +98,20 @@ class Service:
             ),
             clock=utc,
         )
-        self.destinations: dict[str, Destination] = {
-            name: build_destination(spec | {"name": name})
-            if "name" not in spec
-            else build_destination(spec)
-            for name, spec in config.destinations.items()
-        }
-        self.destination_types = {n: str(s["type"]) for n, s in config.destinations.items()}
+        self.destination_types = {n: d.type for n, d in config.destinations.items()}
         self.worklist = SharedWorklist(
             max_wait_s=config.worklist.max_wait_s, ai_late_s=config.worklist.ai_late_s, clock=utc
         )
         # Background Python work steps aside while a stat study is routed, built, delivered.
         self.gate = StatGate(max_wait_s=config.runtime.stat_gate_max_wait_s, clock=mono)
+        self.delivery = DeliveryWorkers(
+            self.outbox,
+            config.destinations,
+            metrics=self.metrics,
+            gate=self.gate,
+            mono=mono,
+            workers=config.outbox.workers,
+        )
         self.results = ResultDelivery(
             store=self.store,
             outbox=self.outbox,
@@ -123,7 +119,7 @@ class Service:
             results_dir=self.results_dir,
             metrics=self.metrics,
             utc=utc,
-            on_enqueued=self._wake_delivery,
+            on_enqueued=self.delivery.wake,
             gate=self.gate,
         )
         self.runtime = self._start_runtime(runtime_factory)
@@ -172,11 +168,10 @@ class Service:
                 receiver.handle, host=config.hl7.host, port=config.hl7.port, clock=utc
             )
         self._stopping = threading.Event()
-        self._delivery_wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._published: list[Row] = []
         self._signal_sequence = 0
-        unknown = [n for n in config.worklist.signals if n not in self.destinations]
+        unknown = [n for n in config.worklist.signals if n not in config.destinations]
         if unknown:
             raise ValueError(f"worklist.signals names unknown destinations: {', '.join(unknown)}")
 
@@ -238,22 +233,9 @@ class Service:
                 daemon=True,
             ),
         ]
-        self._threads += [
-            threading.Thread(target=self._delivery_loop, name=f"delivery-{i}", daemon=True)
-            for i in range(self.config.outbox.workers)
-        ]
-        # One more worker takes stat items only: a stat SR never waits for a routine object
-        # already on its way to a slow destination.
-        self._threads.append(
-            threading.Thread(
-                target=self._delivery_loop,
-                kwargs={"priority": PriorityClass.STAT},
-                name="delivery-stat",
-                daemon=True,
-            )
-        )
         for thread in self._threads:
             thread.start()
+        self.delivery.start()
         self.dicom.start()
         self.http.start()
         if self.hl7 is not None:
@@ -288,12 +270,11 @@ class Service:
         self.coordinator.finished.wake()
         for thread in self._threads:
             thread.join(timeout=10)
+        self.delivery.stop()
         if self.runtime is not None:
             self.runtime.stop()
         if self.streaming is not None:
             self.streaming.stop()
-        for destination in self.destinations.values():
-            close_destination(destination)
         self.store.close()
 
     def __enter__(self) -> Service:
@@ -333,82 +314,9 @@ class Service:
                 if not self._stopping.is_set():
                     self.coordinator.lock.wait(timeout=timeout)
 
-    def _wake_delivery(self) -> None:
-        self._delivery_wake.set()
-
-    def _delivery_loop(self, priority: PriorityClass | None = None) -> None:
-        while not self._stopping.is_set():
-            try:
-                sent = self.deliver_due(priority=priority)
-            except Exception:
-                log.exception("delivery worker failed")
-                sent = 0
-            if not sent:  # woken at once by new items; otherwise sleeps until one comes due
-                self._delivery_wake.wait(self.idle_delivery_wait_s(priority))
-                self._delivery_wake.clear()
-
-    def idle_delivery_wait_s(self, priority: PriorityClass | None) -> float:
-        """How long an idle delivery worker sleeps (seconds) unless woken by new items.
-
-        Until the earliest pending item comes due (a retry's backoff), at most
-        ``IDLE_DELIVERY_POLL_S`` (items revived by ``statlane outbox retry`` in another process
-        wake no one), and at least ``MIN_DELIVERY_WAIT_S`` (an item due now but claimed by
-        another worker must not make this one spin).
-        """
-        try:
-            due = self.outbox.next_due_at(priority=priority)
-        except Exception:
-            log.exception("delivery worker: reading the outbox failed")
-            return IDLE_DELIVERY_POLL_S
-        if due is None:
-            return IDLE_DELIVERY_POLL_S
-        until_due_s = (due - self.outbox.now()).total_seconds()
-        return min(max(until_due_s, MIN_DELIVERY_WAIT_S), IDLE_DELIVERY_POLL_S)
-
     def deliver_due(self, limit: int = 10, priority: PriorityClass | None = None) -> int:
         """Send what is due now (of one class only, if given); returns how many were attempted."""
-        attempted = 0
-        for item in self.outbox.due(limit=limit, priority=priority):
-            if not self.outbox.claim(item.id):
-                continue
-            attempted += 1
-            self._send(item)
-        return attempted
-
-    def _send(self, item: OutboxItem) -> None:
-        destination = self.destinations.get(item.destination)
-        if destination is None:
-            self.outbox.failed(item.id, f"unknown destination {item.destination}", retryable=False)
-            return
-        stat = item.priority is PriorityClass.STAT
-        if not stat:
-            self.gate.step_aside()
-        started = self.mono()
-        try:
-            with self.gate.stat_stage() if stat else nullcontext():
-                destination.deliver(payload_of(item))
-        except DeliveryError as error:
-            updated = self.outbox.failed(item.id, str(error), retryable=error.retryable)
-            self.metrics.inc("statlane_delivery_failures_total", destination=item.destination)
-            log.warning(
-                "delivery to %s failed (attempt %d, %s): %s",
-                item.destination,
-                updated.attempts,
-                updated.state.value,
-                error,
-            )
-            return
-        except Exception as error:
-            self.outbox.failed(item.id, f"{type(error).__name__}", retryable=True)
-            log.exception("delivery to %s raised", item.destination)
-            return
-        self.outbox.delivered(item.id)
-        self.metrics.inc(
-            "statlane_deliveries_total", destination=item.destination, kind=str(item.kind)
-        )
-        self.metrics.observe(
-            "statlane_delivery_seconds", self.mono() - started, destination=item.destination
-        )
+        return self.delivery.deliver_due(limit=limit, priority=priority)
 
     def publish_worklist(self) -> int:
         """Signal every change of the published worklist order; returns how many were queued.
@@ -445,7 +353,7 @@ class Service:
                     priority=priority,
                 )
         if changes:
-            self._wake_delivery()
+            self.delivery.wake()
         return len(changes)
 
     def _update_gauges(self) -> None:
@@ -508,4 +416,4 @@ def _describe(metrics: Metrics) -> None:
         metrics.describe(name, kind, text)
 
 
-__all__ = ["Ports", "Service", "payload_of"]
+__all__ = ["Ports", "Service"]

@@ -40,16 +40,15 @@ import pydicom
 from models.registry import Registry
 from preprocessing.series import load_series
 from preprocessing.volume import Volume
-from router.context import OrderContext, OrderPriority
 from router.result import Mode
 from router.rules import Decision, RuleSet, evaluate
+from router.vocabulary import OrderContext, OrderPriority, PriorityClass
 from router.worklist import AIStatus, Worklist, WorklistEntry
 from serving.engine import EngineBusy, InferenceJob, JobResult
 from serving.gateway.element_text import element_count, element_text
 from serving.gateway.spool import StoredInstance
 from serving.jobstore import InstanceArrival, JobStore, StudyState, TaskRow, TaskState
 from serving.metrics import Metrics
-from serving.scheduler.records import PriorityClass
 from serving.service import recovery
 from serving.service.assembly import Arrival, CompleteStudy, StudyAssembler
 from serving.service.assembly import StudyState as Tracked

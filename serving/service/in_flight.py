@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import pydicom
 
-from router.context import OrderContext
 from router.rules import Decision, StudyFactsBuilder
+from router.vocabulary import OrderContext
 
 
 @dataclass

@@ -33,13 +33,12 @@ from typing import Protocol
 import pydicom
 
 from models.manifest import Manifest, Task
-from router.context import OrderContext
 from router.result import AIResult, Mode
+from router.vocabulary import OrderContext, PriorityClass
 from router.worklist import AIStatus, UnknownStudyError, Worklist
 from serving.engine import JobResult
 from serving.jobstore import JobStore, TaskRow
 from serving.metrics import Metrics
-from serving.scheduler.records import PriorityClass
 from serving.service.finished import FinishedJobs, Launched
 from serving.service.records import result_json, summary_of
 from serving.service.results import build_result, mask_on_source, source_instance, study_identity

@@ -22,6 +22,7 @@ from models.registry import Registry
 from models.runner import to_model_layout
 from preprocessing.series import load_series
 from preprocessing.volume import Volume
+from router.vocabulary import PriorityClass
 from serving.backends import create_backend
 from serving.backends.base import Backend, BackendModel
 from serving.engine import Engine, ModelEntry
@@ -29,7 +30,6 @@ from serving.engine.chunking import ChunkSpec
 from serving.engine.executor import Urgency
 from serving.scheduler import LatencyTable, ModelLatency, Scheduler, SchedulerConfig
 from serving.scheduler.policies import make_policy
-from serving.scheduler.records import PriorityClass
 
 log = logging.getLogger(__name__)
 

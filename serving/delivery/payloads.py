@@ -21,8 +21,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from router.context import OrderContext
-from router.delivery import Payload
 from router.messages import (
     build_fhir_bundle,
     build_oru,
@@ -31,13 +29,13 @@ from router.messages import (
 )
 from router.objects import build_objects, write_objects
 from router.result import AIResult, Mode
+from router.vocabulary import DeliveryKind, OrderContext, PriorityClass
 from router.worklist import RankChange, signal_payload
-from serving.jobstore import JobStore, Outbox, OutboxItem, TaskRow
+from serving.delivery.base import Payload, Urgency
+from serving.delivery.config import DICOM_OBJECT_TYPES, DestinationType
+from serving.delivery.outbox import Outbox, OutboxItem
+from serving.jobstore import JobStore, TaskRow
 from serving.metrics import Metrics
-from serving.scheduler.records import PriorityClass
-from serving.service.stat_gate import StatGate
-
-_DICOM_DESTINATIONS = ("dicom", "stow", "folder")
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +62,15 @@ class ResultDelivery:
         *,
         store: JobStore,
         outbox: Outbox,
-        destination_types: Mapping[str, str],
+        destination_types: Mapping[str, DestinationType],
         results_dir: Path,
         metrics: Metrics,
         utc: Callable[[], datetime],
         on_enqueued: Callable[[], None] = lambda: None,
-        gate: StatGate | None = None,
+        gate: Urgency | None = None,
     ) -> None:
         self.store = store
-        self.gate = gate if gate is not None else StatGate(max_wait_s=0.0)
+        self.gate: Urgency = gate if gate is not None else _Unhurried()
         self.outbox = outbox
         self.destination_types = dict(destination_types)
         self.results_dir = results_dir
@@ -149,7 +147,7 @@ class ResultDelivery:
         self, task: TaskRow, ai: AIResult, destinations: list[str], kinds: tuple[str, ...]
     ) -> None:
         """Build, write and queue the result objects of ``kinds`` for the DICOM destinations."""
-        targets = [d for d in destinations if self.destination_types[d] in _DICOM_DESTINATIONS]
+        targets = [d for d in destinations if self.destination_types[d] in DICOM_OBJECT_TYPES]
         if not targets:
             return
         objects = build_objects(ai, kinds)
@@ -182,7 +180,7 @@ class ResultDelivery:
                 self.outbox.enqueue(
                     task.task_id,
                     name,
-                    "hl7",
+                    DeliveryKind.HL7,
                     payload=text,
                     dedupe_key=f"{key}:hl7",
                     priority=task.priority,
@@ -192,7 +190,7 @@ class ResultDelivery:
                 self.outbox.enqueue(
                     task.task_id,
                     name,
-                    "fhir",
+                    DeliveryKind.FHIR,
                     payload=compact_json(bundle),
                     dedupe_key=f"{key}:fhir",
                     priority=task.priority,
@@ -218,7 +216,7 @@ class ResultDelivery:
                 self.outbox.enqueue(
                     task.task_id,
                     name,
-                    "webhook",
+                    DeliveryKind.WEBHOOK,
                     payload=compact_json(signal),
                     dedupe_key=f"{key}:webhook",
                     priority=task.priority,
@@ -226,12 +224,12 @@ class ResultDelivery:
 
 
 def rank_change_item(
-    destination_type: str,
+    destination_type: DestinationType,
     change: RankChange,
     at: datetime,
     sequence: int,
     order: OrderContext | None = None,
-) -> tuple[str, str]:
+) -> tuple[DeliveryKind, str]:
     """The outbox kind and payload of one worklist rank change for a destination type.
 
     MLLP destinations get an HL7 ORM^O01 (order control XO) naming the RIS's own order numbers
@@ -242,7 +240,7 @@ def rank_change_item(
     if destination_type == "mllp":
         control_id = f"WL{sequence}"[:20]
         text = build_rank_change_hl7(change, at, message_control_id=control_id, order=order)
-        return "hl7", text
+        return DeliveryKind.HL7, text
     if destination_type == "fhir":
         bundle = {
             "resourceType": "Bundle",
@@ -255,23 +253,28 @@ def rank_change_item(
                 }
             ],
         }
-        return "fhir", compact_json(bundle)
-    return "worklist", compact_json(signal_payload(change, at))
+        return DeliveryKind.FHIR, compact_json(bundle)
+    return DeliveryKind.WORKLIST, compact_json(signal_payload(change, at))
 
 
 def payload_of(item: OutboxItem) -> Payload:
-    """The destination payload of an outbox item."""
-    kind = str(item.kind)
+    """The destination payload of an outbox item: its file, or its inline content."""
     if item.payload_path is not None:
-        return Payload("dicom", path=Path(item.payload_path), content_type="application/dicom")
+        return Payload(item.kind, path=Path(item.payload_path))
     body: Any = item.payload
-    if kind == "hl7":
-        return Payload("hl7", body=body, content_type="x-application/hl7-v2+er7")
-    if kind == "fhir":
-        return Payload("fhir", body=body, content_type="application/fhir+json")
-    return Payload("json", body=body, content_type="application/json")
+    return Payload(item.kind, body=body)
 
 
 def compact_json(value: Any) -> str:
     """Compact JSON text (outbox payloads)."""
     return json.dumps(value, separators=(",", ":"), default=str)
+
+
+class _Unhurried:
+    """No stat priority: nothing waits (a ``ResultDelivery`` without the service's gate)."""
+
+    def stat_stage(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def step_aside(self) -> float:
+        return 0.0

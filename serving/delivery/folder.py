@@ -20,11 +20,21 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from router.delivery.destinations import Payload
-from router.delivery.errors import DeliveryError
+from router.vocabulary import DeliveryKind
+from serving.delivery.base import DeliveryError, Payload
 
 UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-EXTENSIONS = {"dicom": ".dcm", "hl7": ".hl7", "fhir": ".fhir.json", "json": ".json"}
+EXTENSIONS: dict[DeliveryKind, str] = {
+    DeliveryKind.SR: ".dcm",
+    DeliveryKind.GSPS: ".dcm",
+    DeliveryKind.SC: ".dcm",
+    DeliveryKind.SEG: ".dcm",
+    DeliveryKind.HL7: ".hl7",
+    DeliveryKind.FHIR: ".fhir.json",
+    DeliveryKind.WEBHOOK: ".json",
+    DeliveryKind.WORKLIST: ".json",
+}
+"""File name suffix per payload kind."""
 # Errors that clear without anyone changing the configuration.
 TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EBUSY})
 
@@ -67,7 +77,7 @@ class FolderDestination:
         return target
 
     def _key(self, payload: Payload, data: bytes) -> str:
-        if payload.kind == "dicom":
+        if payload.kind.is_dicom:
             uid = self._sop_instance_uid(data)
             if is_uid(uid):
                 return uid

@@ -28,8 +28,12 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
-from router.delivery.destinations import Payload
-from router.delivery.errors import DeliveryError, storage_status_ok, storage_status_retryable
+from serving.delivery.base import (
+    DeliveryError,
+    Payload,
+    storage_status_ok,
+    storage_status_retryable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +193,7 @@ class DicomStoreDestination:
 
     def _read(self, payload: Payload) -> _Source:
         """The instance to send: a file is streamed from disk, bytes are parsed in memory."""
-        if payload.kind != "dicom":
+        if not payload.kind.is_dicom:
             raise DeliveryError(
                 False, f"{self.name}: C-STORE takes dicom payloads, not {payload.kind}"
             )

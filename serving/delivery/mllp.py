@@ -20,8 +20,9 @@ A connection failure or timeout (``MllpError``) means no ACK arrived: retryable.
 
 from __future__ import annotations
 
-from router.delivery.destinations import Payload
-from router.delivery.errors import DeliveryError
+from router.vocabulary import DeliveryKind
+from serving.delivery.base import DeliveryError, Payload
+from serving.mllp import MllpError, ack_code, ack_error_code, send_message
 
 ACCEPTED = frozenset({"AA", "CA"})
 REJECTED = frozenset({"AR", "CR"})
@@ -50,15 +51,11 @@ class MllpDestination:
 
     def deliver(self, payload: Payload) -> None:
         """Send the ER7 message; return on AA/CA, raise ``DeliveryError`` otherwise."""
-        if payload.kind != "hl7":
+        if payload.kind is not DeliveryKind.HL7:
             raise DeliveryError(False, f"{self.name}: MLLP takes hl7 payloads, not {payload.kind}")
         message = payload.body.decode("utf-8") if isinstance(payload.body, bytes) else payload.body
         if not isinstance(message, str) or not message.startswith("MSH"):
             raise DeliveryError(False, f"{self.name}: payload is not an HL7 v2 message (no MSH)")
-        # Imported here: the gateway owns MLLP framing, and the router does not import the
-        # serving runtime unless an MLLP destination is actually used.
-        from serving.gateway.mllp import MllpError, ack_code, send_message
-
         try:
             ack = send_message(self.host, self.port, message, timeout_s=self.timeout_s)
         except MllpError as exc:
@@ -91,15 +88,5 @@ def _ack_text(ack: str) -> str:
     Only the numeric code: MSA-3 and ERR free text can quote the message, which holds patient
     data, and this text ends up in logs.
     """
-    for segment in ack.replace("\n", "\r").split("\r"):
-        fields = segment.split("|")
-        if fields[0] != "ERR":
-            continue
-        # ERR-3.1 (v2.5 and later), else ERR-1.4.1 (v2.4 and earlier).
-        candidates = [fields[3].split("^")[0] if len(fields) > 3 else ""]
-        if len(fields) > 1 and len(fields[1].split("^")) > 3:
-            candidates.append(fields[1].split("^")[3].split("&")[0])
-        for code in candidates:
-            if code.isdigit():
-                return f" (HL7 error {code})"
-    return ""
+    code = ack_error_code(ack)
+    return f" (HL7 error {code})" if code else ""

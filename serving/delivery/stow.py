@@ -12,9 +12,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from router.delivery.destinations import Payload
-from router.delivery.errors import DeliveryError, storage_status_retryable
-from router.delivery.http import HttpAnswer, check_url, post, public_url
+from serving.delivery.base import DeliveryError, Payload, storage_status_retryable
+from serving.delivery.http import HttpAnswer, check_url, post, public_url
 
 DICOM_JSON = "application/dicom+json"
 FAILED_SOP_SEQUENCE = "00081198"
@@ -49,7 +48,7 @@ class StowRsDestination:
 
     def deliver(self, payload: Payload) -> None:
         """POST the instance as ``multipart/related; type="application/dicom"``."""
-        if payload.kind != "dicom":
+        if not payload.kind.is_dicom:
             raise DeliveryError(
                 False, f"{self.name}: STOW-RS takes dicom payloads, not {payload.kind}"
             )

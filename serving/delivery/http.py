@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 
-from router.delivery.destinations import Payload
-from router.delivery.errors import DeliveryError
+from serving.delivery.base import FHIR_CONTENT_TYPE, DeliveryError, Payload
 
-FHIR_JSON = "application/fhir+json"
+FHIR_JSON = FHIR_CONTENT_TYPE
 RETRYABLE_HTTP = frozenset({408, 425, 429})
 
 
@@ -160,7 +159,7 @@ class HttpJsonDestination:
 
     def deliver(self, payload: Payload) -> None:
         """POST the payload's JSON; returns on any 2xx answer."""
-        if payload.kind not in ("json", "fhir"):
+        if not payload.kind.is_json:
             raise DeliveryError(
                 False, f"{self.name}: takes json or fhir payloads, not {payload.kind}"
             )

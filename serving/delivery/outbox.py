@@ -13,31 +13,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 
 from sqlalchemy import func, select
 
+from router.vocabulary import DeliveryKind, PriorityClass
 from serving.jobstore.changes import Clock, StateChanges, get_entity, utc_now
 from serving.jobstore.schema import OutboxEntry
 from serving.jobstore.states import EntityKind, OutboxState
 from serving.jobstore.store import JobStore
-from serving.scheduler.records import PriorityClass
 
 logger = logging.getLogger(__name__)
 _BY_RANK = {p.rank: p for p in PriorityClass}
-
-
-class DeliveryKind(StrEnum):
-    """What an outbox item carries."""
-
-    SR = "sr"  # DICOM Structured Report
-    GSPS = "gsps"  # Grayscale Softcopy Presentation State
-    SC = "sc"  # Secondary Capture
-    SEG = "seg"  # DICOM Segmentation
-    HL7 = "hl7"  # HL7 v2 ORU
-    FHIR = "fhir"  # FHIR DiagnosticReport bundle
-    WEBHOOK = "webhook"
-    WORKLIST = "worklist"  # worklist priority signal
 
 
 @dataclass(frozen=True)
