@@ -121,6 +121,8 @@ class DicomStoreDestination:
                 raise DeliveryError(
                     False, f"{self.name}: peer accepted no context for {sop_class} ({exc})"
                 ) from exc
+            # whatever stopped the send (even an interrupt) leaves the association closed;
+            # the error itself goes on
             except BaseException:
                 _close(assoc, status_known=False)
                 raise

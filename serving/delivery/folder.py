@@ -100,6 +100,7 @@ def write_atomically(target: Path, data: bytes) -> None:
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp_name, target)
+    # whatever stopped the write (even an interrupt) leaves no temporary file; re-raised
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise

@@ -292,6 +292,7 @@ class Service:
                 self.coordinator.tick()
                 self.publish_worklist()
                 self._update_gauges()
+            # The loop routes every study: one failing round is logged and the next one runs.
             except Exception:
                 log.exception("coordinator tick failed")
             wake = self.coordinator.next_wakeup_s()
@@ -306,6 +307,7 @@ class Service:
         while not self._stopping.is_set():
             try:
                 self.coordinator.tick(stat_only=True)
+            # As the general loop: the stat loop must outlive any one failing round.
             except Exception:
                 log.exception("stat routing failed")
             wake = self.coordinator.next_wakeup_s(stat_only=True)
