@@ -83,7 +83,8 @@ class PixelSource:
         """Stored values of one frame, shape ``(rows, columns)``, integer dtype."""
         if self._stored is None:
             self._stored = self._decode_all()
-        return self._stored[frame]
+        values: np.ndarray = self._stored[frame]
+        return values
 
     def _fail(self, detail: str) -> UnreadableInstanceError:
         return UnreadableInstanceError(
@@ -170,8 +171,10 @@ def _fix_unused_bits(stored: np.ndarray, bits_stored: int, signed: bool) -> np.n
     if signed:
         shift = bits_allocated - bits_stored
         native = stored.astype(stored.dtype.newbyteorder("="))
-        return (native << shift) >> shift
-    return stored & stored.dtype.type((1 << bits_stored) - 1)
+        extended: np.ndarray = (native << shift) >> shift
+        return extended
+    masked: np.ndarray = stored & stored.dtype.type((1 << bits_stored) - 1)
+    return masked
 
 
 def rescale_into(stored: np.ndarray, slope: float, intercept: float, out: np.ndarray) -> None:
