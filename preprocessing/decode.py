@@ -104,7 +104,7 @@ class PixelSource:
             bits_stored = int(ds.get("BitsStored", bits_allocated))
             signed = int(ds.PixelRepresentation) == 1
             data = ds.PixelData
-        except Exception as exc:
+        except Exception as exc:  # pydicom's lazy values raise any type: a typed error instead
             raise self._fail(f"pixel attributes unreadable ({type(exc).__name__})") from exc
         if bits_allocated not in (8, 16, 32):
             raise self._fail(f"BitsAllocated {bits_allocated} is not supported (8, 16 or 32)")
@@ -143,7 +143,7 @@ class PixelSource:
                     series_uid=self._series_uid,
                 ) from exc
             raise self._fail(f"{ts.name} pixel data cannot be decoded") from exc
-        except Exception as exc:
+        except Exception as exc:  # decoder plugins fail on bad data with any type
             raise self._fail(f"{ts.name} pixel data cannot be decoded") from exc
         arr = np.asarray(arr)
         expected = (self.frames, self.rows, self.columns)

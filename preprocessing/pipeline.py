@@ -218,7 +218,7 @@ class Pipeline:
         for step in self.steps:
             try:
                 img = step.transform(img)
-            except Exception as exc:  # MONAI raises ValueError, TypeError, RuntimeError, ...
+            except Exception as exc:  # noqa: BLE001 - MONAI rejects a value with any type
                 raise step_error(step.index, step.name, f"rejected by MONAI: {exc}") from None
 
 
