@@ -52,7 +52,7 @@ from benchmarks.triton_peer import TritonPeerUnavailable, triton_server
 from models.profile import measure
 from models.registry import Registry
 from router.vocabulary import PriorityClass
-from serving.backends import Backend, BackendModel, RequestContext, create_backend
+from serving.backends import Backend, BackendError, BackendModel, RequestContext, create_backend
 from serving.config import RuntimeConfig
 from serving.engine import ChunkSpec, Engine, InferenceJob, JobResult, ModelEntry
 from serving.engine.chunking import plan_windows
@@ -264,7 +264,7 @@ def _run_triton(
         error = None
         try:
             local.backend.infer(by_ident[task.model], inputs[task.model][None], context)
-        except Exception as exc:  # a refused request is a result, not a crash
+        except BackendError as exc:  # a refused request is a result, not a crash
             error = str(exc)
         done = time.monotonic()
         return {

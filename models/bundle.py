@@ -46,7 +46,14 @@ from models.bundle_network import (
     reference_outputs,
     verify_large_files,
 )
-from models.bundle_steps import MappedStep, UnmappedStep, map_postprocessing, map_preprocessing
+from models.bundle_steps import (
+    MappedStep,
+    PostprocessingMap,
+    PreprocessingMap,
+    UnmappedStep,
+    map_postprocessing,
+    map_preprocessing,
+)
 from models.manifest import (
     BackendKind,
     Chunking,
@@ -310,33 +317,9 @@ def import_bundle(
     evaluator = ArgumentEvaluator(config, bundle, say) if evaluate else None
     pre = map_preprocessing(config, tensors.input_key, evaluator)
     post = map_postprocessing(config, report.notes)
-    report.mapped = pre.mapped + post.mapped
-    report.skipped = pre.skipped + post.skipped
-    report.unmapped = pre.unmapped + post.unmapped
-    report.notes += inferer_notes(config)
-    report.placeholders = [f.name for f in tensors.findings if f.concept.scheme == "99STATLANE"]
-    if not pre.steps:
-        reasons = "; ".join(f"{u.target}: {u.reason}" for u in pre.unmapped) or "no transforms"
-        raise BundleImportError(
-            f"{bundle}: no preprocessing step maps to the allow-list ({reasons}); "
-            "a package needs at least one"
-        )
-    blocking = [u for u in report.unmapped if u.unsupported]
-    if blocking and not allow_unmapped:
-        listed = "; ".join(f"[{u.index}] {u.target}: {u.reason}" for u in blocking)
-        raise BundleImportError(
-            f"{bundle}: unsupported transform(s) would change what the model sees or gives: "
-            f"{listed}; add an equivalent step by hand, or pass --allow-unmapped to import "
-            "without them"
-        )
-    chunking = chunking_from(config, tensors.spatial)
-    sparse = [o.name for o in tensors.outputs if len(o.shape) != len(tensors.input.shape)]
-    if chunking and sparse:  # windows of a classifier cannot be stitched back together
-        report.notes.append(
-            f"SlidingWindowInferer not used: output {sparse[0]!r} is not per-voxel, so "
-            "the model runs on whole inputs"
-        )
-        chunking = None
+    _record_mapping(report, pre, post, config, tensors)
+    _refuse_unusable_mapping(bundle, pre, report.unmapped, allow_unmapped)
+    chunking = _usable_chunking(config, tensors, report.notes)
     if dry_run:
         report.notes.append("dry run: no network built, nothing written")
         return report
@@ -383,25 +366,91 @@ def import_bundle(
         )
         dump_manifest(manifest, staging / "manifest.yaml")
         staging.rename(final)
-    except BaseException as error:
+    except BaseException as error:  # any exit, even an interrupt, removes the half-built package
         shutil.rmtree(staging, ignore_errors=True)
         if created:
             shutil.rmtree(name_folder, ignore_errors=True)
         if isinstance(error, ValidationError | ManifestError | OSError):
             raise BundleImportError(f"{bundle}: cannot build the package ({error})") from error
         raise
-    problems = [r.problem for r in Registry(out_root).validate(report.ident) if r.problem]
-    if problems:
-        shutil.rmtree(final)
-        if created:
-            shutil.rmtree(name_folder, ignore_errors=True)
-        raise BundleImportError(f"{bundle}: imported package is invalid: {problems[0]}")
+    _check_imported(Registry(out_root), report.ident, bundle, final, name_folder, created)
     if not chunking and not {s["transform"] for s in pre.steps} & _SIZE_FIXING:
         report.notes.append(
             f"no step fixes the spatial size to the model input {tensors.spatial} and no "
             "SlidingWindowInferer roi_size: add Resize or ResizeWithPadOrCrop before enabling"
         )
     return report
+
+
+def _record_mapping(
+    report: ImportReport,
+    pre: PreprocessingMap,
+    post: PostprocessingMap,
+    config: dict[str, Any],
+    tensors: Tensors,
+) -> None:
+    """Copy what the mapping did into ``report``: steps mapped, skipped, left out, notes."""
+    report.mapped = pre.mapped + post.mapped
+    report.skipped = pre.skipped + post.skipped
+    report.unmapped = pre.unmapped + post.unmapped
+    report.notes += inferer_notes(config)
+    report.placeholders = [f.name for f in tensors.findings if f.concept.scheme == "99STATLANE"]
+
+
+def _refuse_unusable_mapping(
+    bundle: Path, pre: PreprocessingMap, unmapped: list[UnmappedStep], allow_unmapped: bool
+) -> None:
+    """Refuse a bundle with no mapped preprocessing step, or unsupported transforms not allowed.
+
+    Raises:
+        BundleImportError: Nothing maps, or a transform that changes what the model sees or
+            gives has no equivalent and ``allow_unmapped`` is False.
+    """
+    if not pre.steps:
+        reasons = "; ".join(f"{u.target}: {u.reason}" for u in pre.unmapped) or "no transforms"
+        raise BundleImportError(
+            f"{bundle}: no preprocessing step maps to the allow-list ({reasons}); "
+            "a package needs at least one"
+        )
+    blocking = [u for u in unmapped if u.unsupported]
+    if blocking and not allow_unmapped:
+        listed = "; ".join(f"[{u.index}] {u.target}: {u.reason}" for u in blocking)
+        raise BundleImportError(
+            f"{bundle}: unsupported transform(s) would change what the model sees or gives: "
+            f"{listed}; add an equivalent step by hand, or pass --allow-unmapped to import "
+            "without them"
+        )
+
+
+def _usable_chunking(
+    config: dict[str, Any], tensors: Tensors, notes: list[str]
+) -> dict[str, Any] | None:
+    """The inferer's sliding-window settings, or None when an output is not per-voxel."""
+    chunking = chunking_from(config, tensors.spatial)
+    sparse = [o.name for o in tensors.outputs if len(o.shape) != len(tensors.input.shape)]
+    if chunking and sparse:  # windows of a classifier cannot be stitched back together
+        notes.append(
+            f"SlidingWindowInferer not used: output {sparse[0]!r} is not per-voxel, so "
+            "the model runs on whole inputs"
+        )
+        return None
+    return chunking
+
+
+def _check_imported(
+    registry: Registry, ident: str, bundle: Path, final: Path, name_folder: Path, created: bool
+) -> None:
+    """Validate the written package; remove it (and a new name folder) when it is invalid.
+
+    Raises:
+        BundleImportError: The registry finds a problem in the package.
+    """
+    problems = [r.problem for r in registry.validate(ident) if r.problem]
+    if problems:
+        shutil.rmtree(final)
+        if created:
+            shutil.rmtree(name_folder, ignore_errors=True)
+        raise BundleImportError(f"{bundle}: imported package is invalid: {problems[0]}")
 
 
 def _write_weights(

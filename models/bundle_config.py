@@ -308,6 +308,47 @@ def _findings(output: str, spec_out: dict[str, Any], task: Task, dims: int) -> l
     return findings
 
 
+def _graph_io(bundle: Path) -> tuple[dict[str, list[int | str]], dict[str, list[int | str]]]:
+    """Inputs and outputs (name → dims) of the shipped ONNX graph; empty when there is none.
+
+    Raises:
+        BundleImportError: The graph is unreadable or has more than one input.
+    """
+    if not (bundle / "models" / "model.onnx").is_file():
+        return {}, {}
+    try:
+        graph_in, graph_out = onnx_io(bundle / "models" / "model.onnx")
+    except ManifestError as error:
+        raise BundleImportError(str(error)) from error
+    if len(graph_in) != 1:
+        raise BundleImportError(f"{bundle}/models/model.onnx: needs exactly one graph input")
+    return graph_in, graph_out
+
+
+def _output_shape(
+    where: str,
+    spec_out: dict[str, Any],
+    dims: list[int | str],
+    declared: list[object],
+    spatial: list[int],
+) -> list[int]:
+    """One output's shape ``[-1, channels, *spatial]``: the graph's concrete dims win, then the
+    declared spatial shape, then the input's when the output declares the same (symbolic) one.
+
+    Raises:
+        BundleImportError: The output's spatial shape is symbolic and unlike the input's.
+    """
+    out_declared = spec_out.get("spatial_shape", [])
+    count = int(spec_out.get("num_channels", 1))
+    if _ints(dims[1:]) and all(d > 0 for d in dims[1:]):  # type: ignore[operator]
+        return [-1, *[int(d) for d in dims[1:]]]
+    if _ints(out_declared) is not None:
+        return [-1, count, *out_declared]
+    if out_declared == declared:
+        return [-1, count, *spatial]
+    raise BundleImportError(f"{where}: spatial_shape {out_declared} unknown")
+
+
 def tensors_from(
     meta: dict[str, Any],
     config: dict[str, Any],
@@ -324,15 +365,7 @@ def tensors_from(
     if not isinstance(fmt["inputs"], dict) or len(fmt["inputs"]) != 1:
         raise BundleImportError(f"{where}.inputs: exactly one input is supported")
     ((input_key, spec_in),) = fmt["inputs"].items()
-    graph_in: dict[str, list[int | str]] = {}
-    graph_out: dict[str, list[int | str]] = {}
-    if (bundle / "models" / "model.onnx").is_file():
-        try:
-            graph_in, graph_out = onnx_io(bundle / "models" / "model.onnx")
-        except ManifestError as error:
-            raise BundleImportError(str(error)) from error
-        if len(graph_in) != 1:
-            raise BundleImportError(f"{bundle}/models/model.onnx: needs exactly one graph input")
+    graph_in, graph_out = _graph_io(bundle)
     input_name = next(iter(graph_in), input_key)
     declared = spec_in.get("spatial_shape", [])
     spatial = _spatial(declared, input_shape, graph_in.get(input_name), config, notes)
@@ -351,17 +384,9 @@ def tensors_from(
             if len(graph_out) != len(fmt["outputs"]):
                 raise BundleImportError(f"{where}.outputs: {key!r} is not a graph output")
             name = list(graph_out)[index]
-        dims = graph_out.get(name, ["?"])
-        out_declared = spec_out.get("spatial_shape", [])
-        count = int(spec_out.get("num_channels", 1))
-        if _ints(dims[1:]) and all(d > 0 for d in dims[1:]):  # type: ignore[operator]
-            shape = [-1, *[int(d) for d in dims[1:]]]
-        elif _ints(out_declared) is not None:
-            shape = [-1, count, *out_declared]
-        elif out_declared == declared:
-            shape = [-1, count, *spatial]
-        else:
-            raise BundleImportError(f"{where}.outputs.{key}: spatial_shape {out_declared} unknown")
+        shape = _output_shape(
+            f"{where}.outputs.{key}", spec_out, graph_out.get(name, ["?"]), declared, spatial
+        )
         segmentation = "segment" in str(spec_out.get("format", "")) or len(shape) > 2
         task = Task.SEGMENTATION if segmentation and index == 0 else task
         meaning = str(spec_out.get("format") or spec_out.get("type") or "model output")

@@ -188,7 +188,7 @@ class ArgumentEvaluator:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 value = self._parser.get_parsed_content(self._SLOT, instantiate=False)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - the expression is the bundle's own Python
             raise NotEvaluated(f"evaluation failed ({_first_line(error)})") from None
         return _plain(value)
 
@@ -225,7 +225,7 @@ def build_network(config: dict[str, Any], bundle: Path) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             network = parser.get_parsed_content("network_def", instantiate=True)
-    except Exception as error:  # ConfigParser wraps anything the bundle's code raises
+    except Exception as error:  # noqa: BLE001 - network_def runs the bundle's own Python
         raise BundleImportError(
             f"{bundle}: network_def fails to instantiate: {_first_line(error)}"
         ) from None
@@ -258,7 +258,7 @@ def load_state(network: Any, path: Path) -> None:
 
     try:
         checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - torch.load fails on a bad file with any type
         raise BundleImportError(f"{path}: cannot read the weights ({error})") from None
     state = dict(state_dict_of(checkpoint, path))
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
@@ -279,7 +279,7 @@ def load_torchscript(path: Path) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.jit.load(str(path), map_location="cpu")
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - torch.jit.load fails with any type
         raise BundleImportError(f"{path}: not a loadable TorchScript module ({error})") from None
 
 
@@ -303,7 +303,7 @@ def reference_outputs(network: Any, example: Any) -> list[np.ndarray]:
     network.eval()
     try:
         return _outputs(network, example)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - the network is the bundle's own Python
         raise BundleImportError(
             f"the network does not run on an input of shape {tuple(example.shape)}: "
             f"{_first_line(error)}"
@@ -377,7 +377,7 @@ def export_and_check(
         )
     except BundleImportError:
         raise
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - tracing runs the bundle's code: any type
         raise BundleImportError(f"TorchScript export failed: {error}") from None
     try:
         if len(expected) != 1 or len(output_names) != 1:
@@ -397,6 +397,6 @@ def export_and_check(
         )
     except BundleImportError:
         raise
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - the exporter and onnxruntime raise any type
         raise BundleImportError(f"ONNX export failed: {_first_line(error)}") from None
     return [ts_check, onnx_check]

@@ -339,7 +339,7 @@ def onnx_io(path: Path) -> tuple[dict[str, list[int | str]], dict[str, list[int 
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # onnx raises DecodeError, OSError, ...
+    except Exception as error:  # onnx fails on a bad file with any type (DecodeError, OSError)
         raise ManifestError(f"{path}: not a readable ONNX model ({error})") from error
     initializers = {init.name for init in model.graph.initializer}
 
@@ -422,5 +422,5 @@ def check_torchscript(path: Path) -> None:
         with warnings.catch_warnings():  # torch 2.13 marks torch.jit deprecated; still supported
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.jit.load(str(path), map_location="cpu")
-    except Exception as error:  # torch raises RuntimeError, ValueError, ...
+    except Exception as error:  # torch.jit.load fails with any type (RuntimeError, ValueError)
         raise ManifestError(f"{path}: TorchScript does not load ({error})") from error

@@ -83,7 +83,8 @@ class PixelSource:
         """Stored values of one frame, shape ``(rows, columns)``, integer dtype."""
         if self._stored is None:
             self._stored = self._decode_all()
-        return self._stored[frame]
+        values: np.ndarray = self._stored[frame]
+        return values
 
     def _fail(self, detail: str) -> UnreadableInstanceError:
         return UnreadableInstanceError(
@@ -103,7 +104,7 @@ class PixelSource:
             bits_stored = int(ds.get("BitsStored", bits_allocated))
             signed = int(ds.PixelRepresentation) == 1
             data = ds.PixelData
-        except Exception as exc:
+        except Exception as exc:  # pydicom's lazy values raise any type: a typed error instead
             raise self._fail(f"pixel attributes unreadable ({type(exc).__name__})") from exc
         if bits_allocated not in (8, 16, 32):
             raise self._fail(f"BitsAllocated {bits_allocated} is not supported (8, 16 or 32)")
@@ -142,7 +143,7 @@ class PixelSource:
                     series_uid=self._series_uid,
                 ) from exc
             raise self._fail(f"{ts.name} pixel data cannot be decoded") from exc
-        except Exception as exc:
+        except Exception as exc:  # decoder plugins fail on bad data with any type
             raise self._fail(f"{ts.name} pixel data cannot be decoded") from exc
         arr = np.asarray(arr)
         expected = (self.frames, self.rows, self.columns)
@@ -170,8 +171,10 @@ def _fix_unused_bits(stored: np.ndarray, bits_stored: int, signed: bool) -> np.n
     if signed:
         shift = bits_allocated - bits_stored
         native = stored.astype(stored.dtype.newbyteorder("="))
-        return (native << shift) >> shift
-    return stored & stored.dtype.type((1 << bits_stored) - 1)
+        extended: np.ndarray = (native << shift) >> shift
+        return extended
+    masked: np.ndarray = stored & stored.dtype.type((1 << bits_stored) - 1)
+    return masked
 
 
 def rescale_into(stored: np.ndarray, slope: float, intercept: float, out: np.ndarray) -> None:

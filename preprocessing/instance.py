@@ -140,7 +140,7 @@ def read_dataset(source: Source, where: str = "source") -> Dataset:
         if isinstance(source, bytes | bytearray):
             return pydicom.dcmread(io.BytesIO(source))
         return pydicom.dcmread(source)
-    except Exception as exc:
+    except Exception as exc:  # pydicom fails on a malformed file with almost any type
         raise UnreadableInstanceError(
             f"{where} is not a readable DICOM file ({type(exc).__name__})"
         ) from exc
@@ -179,8 +179,8 @@ def _metadata(ds: Dataset) -> dict[str, object]:
     for keyword in _METADATA_KEYWORDS:
         try:
             value = ds.get(keyword)
-        except Exception:
-            continue
+        except Exception:  # noqa: BLE001 - pydicom converts lazily, a bad value raises any type
+            continue  # metadata is optional: an unreadable value is left out
         if value in (None, ""):
             continue
         meta[keyword] = float(value) if isinstance(value, int | float) else str(value)
@@ -206,7 +206,7 @@ def frames_of(ds: Dataset, where: str = "source") -> list[Frame]:
         return _frames_of(ds, sop_uid, series_uid)
     except PreprocessingError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # pydicom's lazy values raise any type: callers see typed errors
         raise UnreadableInstanceError(
             f"instance {sop_uid}: header unreadable ({type(exc).__name__})",
             series_uid=series_uid,

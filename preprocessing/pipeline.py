@@ -40,7 +40,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -218,7 +218,7 @@ class Pipeline:
         for step in self.steps:
             try:
                 img = step.transform(img)
-            except Exception as exc:  # MONAI raises ValueError, TypeError, RuntimeError, ...
+            except Exception as exc:  # noqa: BLE001 - MONAI rejects a value with any type
                 raise step_error(step.index, step.name, f"rejected by MONAI: {exc}") from None
 
 
@@ -356,6 +356,8 @@ def _is_area_resize(step: Step) -> bool:
 
 
 def _as_output(img: Any) -> MetaTensor:
-    if not isinstance(img, MetaTensor):
-        img = MetaTensor(torch.as_tensor(img))
-    return img.to(torch.float32) if img.dtype != torch.float32 else img
+    meta = img if isinstance(img, MetaTensor) else MetaTensor(torch.as_tensor(img))
+    if meta.dtype == torch.float32:
+        return meta
+    # torch types Tensor.to as returning Tensor; MetaTensor's __torch_function__ keeps the class.
+    return cast(MetaTensor, meta.to(torch.float32))

@@ -96,7 +96,7 @@ def parse_step(index: int, raw: object) -> Step:
         kwargs["labels"] = _RAS_LABELS  # explicit, so MONAI does not warn about its default
     try:
         transform = cls(**kwargs)
-    except Exception as exc:  # MONAI validates some values in __init__
+    except Exception as exc:  # noqa: BLE001 - MONAI's __init__ rejects a value with any type
         raise step_error(index, name, f"bad value: {exc}") from None
     return Step(index, name, dict(args), transform)
 

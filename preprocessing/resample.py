@@ -137,7 +137,7 @@ def _resample_grid(
     # float64 like MONAI's Spacing: float32 sample positions ~500 voxels out are off by ~3e-5 voxel,
     # visible at a bone edge after a narrow window.
     theta = torch.as_tensor(xform, dtype=torch.float64, device=img.device)
-    out = layer(img.unsqueeze(0).to(torch.float64), theta=theta, spatial_size=shape)
+    out: torch.Tensor = layer(img.unsqueeze(0).to(torch.float64), theta=theta, spatial_size=shape)
     return out.squeeze(0).to(torch.float32)
 
 

@@ -85,7 +85,7 @@ def identity_of(ds: Dataset, where: str) -> tuple[str | None, ...]:
     """(PatientID, StudyInstanceUID, AccessionNumber) of ``ds``; absent values are ``None``."""
     try:
         values = [ds.get(keyword) for keyword in _IDENTITY_KEYWORDS]
-    except Exception as exc:
+    except Exception as exc:  # pydicom's lazy values raise any type: callers see typed errors
         raise UnreadableInstanceError(
             f"{where}: identity attributes unreadable ({type(exc).__name__})"
         ) from exc

@@ -84,7 +84,7 @@ class SeriesAssembler:
             self._add(read_dataset(source, where), where)
         except PreprocessingError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # a last line of defence: callers only ever see typed errors
             raise UnreadableInstanceError(
                 f"{where}: unexpected {type(exc).__name__} while reading",
                 series_uid=self.series_uid,
@@ -174,7 +174,7 @@ class SeriesAssembler:
             return work()
         except PreprocessingError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # a last line of defence: callers only ever see typed errors
             raise UnreadableInstanceError(
                 f"unexpected {type(exc).__name__} while stacking", series_uid=self.series_uid
             ) from exc

@@ -103,7 +103,8 @@ class _SliceReducer:
         try:
             for frame in frames:
                 self._reduce(frame)
-        except Exception as exc:  # speculative work must never lose a series: fall back instead
+        # Speculative work must never lose a series, whatever fails in it: fall back instead.
+        except Exception as exc:  # noqa: BLE001
             self.stop(f"per-slice work failed ({type(exc).__name__}: {exc})")
 
     def _reduce(self, frame: Frame) -> None:

@@ -63,7 +63,8 @@ class Volume:
     @property
     def affine_ras(self) -> np.ndarray:
         """The affine in RAS millimetres (NIfTI / MONAI convention)."""
-        return LPS_TO_RAS @ self.affine
+        ras: np.ndarray = LPS_TO_RAS @ self.affine
+        return ras
 
     @property
     def is_sheared(self) -> bool:

@@ -189,7 +189,8 @@ def worker(
         if device == "cuda":
             peak["peak_cuda_torch_bytes"] = int(torch.cuda.max_memory_allocated())
         conn.send(peak)
-    except BaseException:
+    # The child reports every failure, even an interrupt, to the parent that waits on the pipe.
+    except BaseException:  # noqa: BLE001
         conn.send({"error": traceback.format_exc()})
     finally:
         conn.close()

@@ -146,7 +146,8 @@ def validate_oru(text: str) -> None:
         raise
     except HL7apyException as exc:
         raise MessageInvalid(f"ORU invalid: {_reason(exc)}") from None
-    except Exception as exc:  # hl7apy fails on garbage with anything; its text may hold PHI
+    # hl7apy fails on garbage with any type; its text may hold PHI, so only the type is named.
+    except Exception as exc:  # noqa: BLE001
         raise MessageInvalid(f"ORU invalid: unparseable ({type(exc).__name__})") from None
 
 

@@ -192,52 +192,24 @@ def build_rank_change_hl7(
     priority = PRIORITY_STAT if change.red_flag else ""  # never a downgrade: none without a flag
     message = Message("ORM_O01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
     with _building(uid, "MSH"):
-        msh = message.msh
-        msh.msh_3.hd_1 = _is(sending_application)
-        msh.msh_4.hd_1 = _is(sending_facility)
-        msh.msh_5.hd_1 = _is(receiving_application)
-        if receiving_facility:
-            msh.msh_6.hd_1 = _is(receiving_facility)
-        msh.msh_7.ts_1 = when
-        msh.msh_9 = MESSAGE_TYPE
-        msh.msh_10 = _st(message_control_id)
-        msh.msh_11 = "P"
-        msh.msh_18 = "UNICODE UTF-8"
+        _fill_msh(
+            message.msh,
+            when,
+            message_control_id,
+            (sending_application, sending_facility),
+            (receiving_application, receiving_facility),
+        )
     order_group = message.add_group("ORM_O01_ORDER")
     with _building(uid, "ORC"):
-        orc = order_group.add_segment("ORC")
-        orc.orc_1 = ORDER_CONTROL
-        if placer:
-            orc.orc_2.ei_1 = _st(placer)
-        if filler:
-            orc.orc_3.ei_1 = _st(filler)
-        if priority:
-            orc.orc_7.tq_6 = priority
-        orc.orc_9.ts_1 = when
+        _fill_orc(order_group.add_segment("ORC"), placer, filler, priority, when)
     detail = order_group.add_group("ORM_O01_ORDER_DETAIL")
     with _building(uid, "OBR"):
         obr = detail.add_group("ORM_O01_OBRRQDRQ1RXOODSODT_SUPPGRP").add_segment("OBR")
-        obr.obr_1 = "1"
-        if placer:
-            obr.obr_2.ei_1 = _st(placer)
-        if filler:
-            obr.obr_3.ei_1 = _st(filler)
-        obr.obr_4.ce_2 = _st(SERVICE_TEXT)
-        obr.obr_18 = _st(change.accession)
-        if priority:
-            obr.obr_27.tq_6 = priority
+        _fill_obr(obr, placer, filler, priority, change.accession)
     with _building(uid, "NTE"):
-        nte = detail.add_segment("NTE")
-        nte.nte_1 = "1"
-        nte.nte_2 = "L"  # comment from statlane
-        nte.nte_3 = _ft(describe_rank_change(change))
+        _fill_nte(detail.add_segment("NTE"), change)
     with _building(uid, "OBX"):
-        obx = Segment("OBX", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
-        obx.obx_1 = "1"
-        obx.obx_2 = "ST"
-        _set_code(obx.obx_3, STUDY_INSTANCE_UID)
-        obx.obx_5 = uid  # digits and dots only (checked): nothing to escape
-        obx.obx_11 = RESULT_STATUS_ORDER_DETAIL
+        obx = _study_uid_obx(uid)
         detail.add_group("ORM_O01_OBSERVATION").add(obx)
     with _building(uid, "ORM_O01"):
         text: str = message.to_er7()
@@ -247,6 +219,72 @@ def build_rank_change_hl7(
         raise MessageInvalid(f"study {uid}: built an invalid message: {exc}") from None
     log.debug("built ORM^O01 %s for study %s: priority %s", message_control_id, uid, priority)
     return text
+
+
+def _fill_msh(
+    msh: Segment,
+    when: str,
+    control_id: str,
+    sender: tuple[str, str],
+    receiver: tuple[str, str],
+) -> None:
+    """MSH: sending and receiving (application, facility), MSH-7 ``when``, MSH-10 ``control_id``.
+
+    An empty receiving facility leaves MSH-6 empty.
+    """
+    msh.msh_3.hd_1 = _is(sender[0])
+    msh.msh_4.hd_1 = _is(sender[1])
+    msh.msh_5.hd_1 = _is(receiver[0])
+    if receiver[1]:
+        msh.msh_6.hd_1 = _is(receiver[1])
+    msh.msh_7.ts_1 = when
+    msh.msh_9 = MESSAGE_TYPE
+    msh.msh_10 = _st(control_id)
+    msh.msh_11 = "P"
+    msh.msh_18 = "UNICODE UTF-8"
+
+
+def _fill_orc(orc: Segment, placer: str, filler: str, priority: str, when: str) -> None:
+    """ORC: change order (XO), ORC-2/ORC-3 order numbers, ORC-7.6 priority, ORC-9 ``when``."""
+    orc.orc_1 = ORDER_CONTROL
+    if placer:
+        orc.orc_2.ei_1 = _st(placer)
+    if filler:
+        orc.orc_3.ei_1 = _st(filler)
+    if priority:
+        orc.orc_7.tq_6 = priority
+    orc.orc_9.ts_1 = when
+
+
+def _fill_obr(obr: Segment, placer: str, filler: str, priority: str, accession: str) -> None:
+    """OBR: the order numbers again, the service text, OBR-18 accession, OBR-27.6 priority."""
+    obr.obr_1 = "1"
+    if placer:
+        obr.obr_2.ei_1 = _st(placer)
+    if filler:
+        obr.obr_3.ei_1 = _st(filler)
+    obr.obr_4.ce_2 = _st(SERVICE_TEXT)
+    obr.obr_18 = _st(accession)
+    if priority:
+        obr.obr_27.tq_6 = priority
+
+
+def _fill_nte(nte: Segment, change: RankChange) -> None:
+    """NTE: the change in plain words, a comment from statlane."""
+    nte.nte_1 = "1"
+    nte.nte_2 = "L"  # comment from statlane
+    nte.nte_3 = _ft(describe_rank_change(change))
+
+
+def _study_uid_obx(uid: str) -> Segment:
+    """OBX carrying the Study Instance UID, coded, as order detail (OBX-11 ``O``)."""
+    obx = Segment("OBX", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
+    obx.obx_1 = "1"
+    obx.obx_2 = "ST"
+    _set_code(obx.obx_3, STUDY_INSTANCE_UID)
+    obx.obx_5 = uid  # digits and dots only (checked): nothing to escape
+    obx.obx_11 = RESULT_STATUS_ORDER_DETAIL
+    return obx
 
 
 def _order_numbers(change: RankChange, order: OrderContext | None, uid: str) -> tuple[str, str]:
@@ -288,7 +326,8 @@ def validate_rank_change_hl7(text: str) -> None:
         raise
     except HL7apyException as exc:
         raise MessageInvalid(f"ORM invalid: {_one_line(_reason(exc))}") from None
-    except Exception as exc:  # hl7apy fails on garbage with anything; its text may hold values
+    # hl7apy fails on garbage with any type; its text may hold values, so only the type is named.
+    except Exception as exc:  # noqa: BLE001
         raise MessageInvalid(f"ORM invalid: unparseable ({type(exc).__name__})") from None
 
 

@@ -109,7 +109,7 @@ def write_objects(objects: Iterable[ResultObject], folder: Path | str) -> list[P
                 stream.flush()
                 os.fsync(stream.fileno())
             os.replace(temporary, path)
-        except BaseException:
+        except BaseException:  # any exit, even an interrupt, removes the temporary file
             Path(temporary).unlink(missing_ok=True)
             raise
         paths.append(path)

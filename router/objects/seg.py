@@ -202,7 +202,8 @@ def _segment_numbers(labels: np.ndarray, segments: Sequence[Segment]) -> np.ndar
     lookup = np.zeros(top + 1, dtype=np.uint8 if len(segments) < 256 else np.uint16)
     for s in segments:
         lookup[s.label] = s.number
-    return lookup[labels]
+    numbers: np.ndarray = lookup[labels]
+    return numbers
 
 
 def segment(result: AIResult, finding: Finding, number: int) -> hd.seg.SegmentDescription:
@@ -236,7 +237,8 @@ def segment(result: AIResult, finding: Finding, number: int) -> hd.seg.SegmentDe
 def _occupied_planes(labels: np.ndarray, s: Segment) -> np.ndarray:
     """The planes (mask axis 0) where segment ``s``'s label occurs, ascending."""
     inside = labels[s.box] == s.label
-    return np.flatnonzero(inside.any(axis=(1, 2))) + s.box[0].start
+    planes: np.ndarray = np.flatnonzero(inside.any(axis=(1, 2))) + s.box[0].start
+    return planes
 
 
 def _fast_segmentation(

@@ -77,7 +77,7 @@ class OnnxRuntimeBackend:
             )
         try:
             session = ort.InferenceSession(str(model.onnx), options, providers=wanted)
-        except Exception as error:  # onnxruntime raises its own untyped errors
+        except Exception as error:  # onnxruntime raises its own errors with no common base
             raise BackendError(f"{model.ident}: ONNX Runtime cannot load the model") from error
         used = session.get_providers()[0]
         if used != wanted[0]:
@@ -96,7 +96,7 @@ class OnnxRuntimeBackend:
             outputs = self._sessions[model.ident].run(
                 list(model.output_names), {model.input_name: data}
             )
-        except Exception as error:
+        except Exception as error:  # onnxruntime raises its own errors with no common base
             raise BackendError(
                 f"{model.ident}: inference failed (request {context.request_id})"
             ) from error

@@ -61,7 +61,7 @@ class TorchScriptBackend:
 
         try:
             module = torch.jit.load(str(model.torchscript), map_location=self.device)
-        except Exception as error:
+        except Exception as error:  # torch.jit.load fails with any type (RuntimeError, ValueError)
             raise BackendError(f"{model.ident}: torch cannot load the model") from error
         module.eval()
         log.info("%s: TorchScript runs on %s", model.ident, self.device)
@@ -78,7 +78,7 @@ class TorchScriptBackend:
         try:
             with torch.inference_mode():
                 raw = self._modules[model.ident](data)
-        except Exception as error:
+        except Exception as error:  # the scripted model's own code may raise any type
             raise BackendError(
                 f"{model.ident}: inference failed (request {context.request_id})"
             ) from error

@@ -89,7 +89,7 @@ class TritonBackend:
                         connection_timeout=self.network_timeout_s,
                         network_timeout=self.network_timeout_s,
                     )
-            except Exception as error:
+            except Exception as error:  # tritonclient, socket and gevent errors: no common base
                 raise BackendUnavailable(f"Triton at {self.url}: cannot connect") from error
         return self._client
 
@@ -98,7 +98,7 @@ class TritonBackend:
         try:
             client = self._connect()
             return bool(client.is_server_live() and client.is_server_ready())
-        except Exception:  # any failure to answer means not healthy
+        except Exception:  # noqa: BLE001 - any failure to answer, of any type, means not healthy
             return False
 
     def load(self, model: BackendModel) -> None:
@@ -106,7 +106,7 @@ class TritonBackend:
         client = self._connect()
         try:
             ready = client.is_model_ready(model.name, str(model.version))
-        except Exception as error:
+        except Exception as error:  # tritonclient, socket and gevent errors: no common base
             raise BackendUnavailable(f"Triton at {self.url}: unreachable") from error
         if not ready:
             raise BackendError(f"{model.ident}: not ready on Triton at {self.url}")
@@ -142,7 +142,7 @@ class TritonBackend:
                 timeout=timeout_us(context),
                 **extra,
             )
-        except Exception as error:
+        except Exception as error:  # tritonclient, socket and gevent errors: no common base
             if _is_connection_error(error):
                 raise BackendUnavailable(f"Triton at {self.url}: unreachable") from error
             raise BackendError(

@@ -65,7 +65,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     state.add_argument("ref", help="name@version")
     state.add_argument("state", choices=[s.value for s in VersionState])
 
-    profile = verb("profile", _profile, "measure latency per batch size (seconds)")
+    _profile_options(verb("profile", _profile, "measure latency per batch size (seconds)"))
+    _export_triton_options(verb("export-triton", _export_triton, "write a Triton model repository"))
+    _import_bundle_options(
+        verb("import-bundle", _import_bundle, "turn a MONAI bundle into a package")
+    )
+    _train_options(verb("train", _train, "train a reference model on synthetic phantoms"))
+    _evaluate_options(verb("evaluate", _evaluate, "sensitivity/specificity on held-out phantoms"))
+
+
+def _profile_options(profile: argparse.ArgumentParser) -> None:
+    """Options of ``models profile``: backend, device, batch sizes, runs."""
     profile.add_argument("ref", help="name[@version]")
     profile.add_argument("--backend", choices=["onnxruntime", "torchscript"], default="onnxruntime")
     profile.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -74,7 +84,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     profile.add_argument("--runs", type=int, default=20, help="timed runs per batch size")
     profile.add_argument("--write", action="store_true", help="store the profile in the manifest")
 
-    triton = verb("export-triton", _export_triton, "write a Triton model repository")
+
+def _export_triton_options(triton: argparse.ArgumentParser) -> None:
+    """Options of ``models export-triton``: output folder, models, instances."""
     triton.add_argument("out", type=Path, help="output folder")
     triton.add_argument("--models", default=None, help="comma-separated names (default: all)")
     triton.add_argument("--instances", type=int, default=1, help="instances per device")
@@ -82,7 +94,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     triton.add_argument("--with-shadow", action="store_true", help="also export shadow versions")
     triton.add_argument("--max-queue-delay-us", type=int, default=1000, help="microseconds")
 
-    bundle = verb("import-bundle", _import_bundle, "turn a MONAI bundle into a package")
+
+def _import_bundle_options(bundle: argparse.ArgumentParser) -> None:
+    """Options of ``models import-bundle``: the bundle folder and how to import it."""
     bundle.add_argument("bundle", type=Path, help="bundle folder")
     bundle.add_argument("--out", type=Path, default=None, help="repository (default: --root)")
     bundle.add_argument("--name", default=None)
@@ -105,14 +119,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--dry-run", action="store_true", help="map and report only: build and write nothing"
     )
 
-    train = verb("train", _train, "train a reference model on synthetic phantoms")
+
+def _train_options(train: argparse.ArgumentParser) -> None:
+    """Options of ``models train``: model name, repository, version, seed."""
     train.add_argument("name")
     train.add_argument("--out", type=Path, default=None, help="repository (default: --root)")
     train.add_argument("--version", type=int, default=None)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--smoke", action="store_true", help="seconds-long run, for tests")
 
-    evaluate = verb("evaluate", _evaluate, "sensitivity/specificity on held-out phantoms")
+
+def _evaluate_options(evaluate: argparse.ArgumentParser) -> None:
+    """Options of ``models evaluate``: model, cases, seed, backend."""
     evaluate.add_argument("ref", nargs="?", help="name[@version] (default: every active model)")
     evaluate.add_argument("--cases", type=int, default=200)
     evaluate.add_argument("--seed", type=int, default=1_000_000)

@@ -132,7 +132,7 @@ def close_destination(destination: Destination) -> None:
         return
     try:
         close()
-    except Exception:  # shutting down: nothing to retry, nothing lost (the outbox is durable)
+    except Exception:  # noqa: BLE001 - shutting down: nothing to retry, nothing lost (the outbox is durable)
         logging.getLogger(__name__).warning("closing destination %s failed", destination.name)
 
 

@@ -273,7 +273,8 @@ class Engine:
                 with self._stage(stat):
                     state.times.preprocess_started_s = self.clock()
                     state.input, state.affine = entry.prepare(state.job.volume)
-            except Exception as error:  # a bad volume fails its own job only
+            # The model's own preprocessing may raise any type: a bad volume fails its job only.
+            except Exception as error:  # noqa: BLE001
                 self._finish(state, None, f"preprocessing failed: {error}", 0)
                 continue
             try:
@@ -393,7 +394,8 @@ class Engine:
             )
             try:
                 outputs = backend.infer(entry.backend_model, batch, context)
-            except Exception as exc:  # the batch fails; its jobs report it, the engine goes on
+            # A backend may raise any type: the batch fails, its jobs report it, the engine goes on.
+            except Exception as exc:  # noqa: BLE001
                 error = f"inference failed: {exc}"
                 break
             for k, (state, window) in enumerate(part):
@@ -454,7 +456,8 @@ class Engine:
         if outputs is not None and entry.postprocess is not None:
             try:
                 findings = list(entry.postprocess(outputs, state.affine))
-            except Exception as exc:
+            # The model's own postprocessing may raise any type: its job fails, the engine goes on.
+            except Exception as exc:  # noqa: BLE001
                 error = f"postprocessing failed: {exc}"
         with self._lock:
             if state.finished:  # answered already (a failed chunk, or stop)

@@ -169,12 +169,12 @@ def _parse_file_meta(data: bytes) -> tuple[FileMetaDataset, str, int] | None:
             meta[first]
         # pydicom raises many types for a value it cannot decode; all mean "leave this file to
         # pydicom's own reader", which reports it properly.
-        except Exception:
+        except Exception:  # noqa: BLE001
             return None
     return meta, transfer_syntax, pos
 
 
-def walk_part10(data: bytes) -> WalkedHeader | None:
+def walk_part10(data: bytes) -> WalkedHeader | None:  # noqa: PLR0915 - one hot loop, kept whole
     """Parse an ordinary Part-10 file exactly as pydicom would; None to leave it to pydicom.
 
     Defined-length elements are sliced from ``data`` in one pass; Pixel Data is located, not
@@ -241,7 +241,7 @@ def walk_part10(data: bytes) -> WalkedHeader | None:
                 try:  # as pydicom's reader does; it may refuse an unknown character set
                     encoding = convert_encodings(convert_string(value, little))
                 # any refusal (unknown charset, bad value): pydicom's reader decides instead
-                except Exception:
+                except Exception:  # noqa: BLE001
                     return None
         pos = stop
 
@@ -259,7 +259,7 @@ def walk_part10(data: bytes) -> WalkedHeader | None:
                 else:
                     elements[item.tag] = item
                 last_tag = max(last_tag, int(item.tag))
-        except Exception:  # pydicom warns or fails the same way on its own
+        except Exception:  # noqa: BLE001 - pydicom warns or fails the same way on its own
             return None
     if last_tag < 0:
         return None  # an empty data set

@@ -439,7 +439,7 @@ class OrderReceiver:
             return self._ack(text, code, exc.reason, exc.error_code, exc.location)
         try:
             self._on_order(order)
-        except Exception as exc:  # the exception text may quote patient data: log its type only
+        except Exception as exc:  # noqa: BLE001 - the exception text may quote patient data: log its type only
             logger.error(
                 "order %s (message %s) not stored: %s",
                 order.accession_number,

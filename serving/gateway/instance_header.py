@@ -368,7 +368,7 @@ def read_header(
     walk = fast_walk
     try:
         parsed = None if walk is None else walk(data)
-    except Exception:  # not foreseen by the fast path: pydicom's reader decides, as for the rest
+    except Exception:  # noqa: BLE001 - not foreseen by the fast path: pydicom's reader decides, as for the rest
         parsed = None
     if parsed is None:
         return read_header_with_pydicom(data, expected_study_uid=expected_study_uid)

@@ -165,7 +165,7 @@ class MllpServer:
             self._converse(connection, f"{peer[0]}:{peer[1]}")
         except OSError as exc:
             logger.info("MLLP connection from %s:%d lost: %s", peer[0], peer[1], exc.strerror)
-        except Exception as exc:  # never a traceback: its text could quote the message
+        except Exception as exc:  # noqa: BLE001 - never a traceback: its text could quote the message
             logger.error("MLLP connection from %s:%d failed: %s", *peer[:2], type(exc).__name__)
         finally:
             with self._lock:
@@ -203,7 +203,7 @@ class MllpServer:
         text = decode_hl7(payload)
         try:
             return frame(self._handler(text))
-        except Exception as exc:  # the handler's failure must never end the connection
+        except Exception as exc:  # noqa: BLE001 - the handler's failure must never end the connection
             logger.error("MLLP handler failed: %s", type(exc).__name__)
             nak = build_ack(
                 text,

@@ -197,7 +197,7 @@ class Service:
                 stat_lanes=self.config.runtime.stat_lanes,
                 urgency=self.gate,
             )
-        except Exception as error:  # AI down: ingest, worklist and audit keep working
+        except Exception as error:  # noqa: BLE001 - AI down: ingest, worklist and audit keep working
             log.error("inference runtime unavailable (%s): studies get 'AI unavailable'", error)
             self.store.audit("runtime-unavailable", detail={"error": type(error).__name__})
             return None
