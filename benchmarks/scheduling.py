@@ -49,13 +49,13 @@ from matplotlib.figure import Figure
 
 from benchmarks.report import Report, markdown_table, progress, targets_markdown, write_report
 from benchmarks.triton_peer import TritonPeerUnavailable, triton_server
+from models.backends import Backend, BackendError, BackendModel, RequestContext, create_backend
+from models.chunking import ChunkSpec, plan_windows
 from models.profile import measure
 from models.registry import Registry
 from router.vocabulary import PriorityClass
-from serving.backends import Backend, BackendError, BackendModel, RequestContext, create_backend
 from serving.config import RuntimeConfig
-from serving.engine import ChunkSpec, Engine, InferenceJob, JobResult, ModelEntry
-from serving.engine.chunking import plan_windows
+from serving.engine import Engine, InferenceJob, JobResult, ModelEntry
 from serving.scheduler import LatencyTable, ModelLatency, Scheduler, SchedulerConfig, TaskRecord
 from serving.scheduler.policies import EarliestDeadlineFirst, make_policy
 from serving.scheduler.workload import MixEntry, poisson_arrivals, rate_for_load
@@ -250,7 +250,7 @@ def _run_triton(
     inputs: dict[str, np.ndarray],
     config: SchedulerConfig,
 ) -> list[dict[str, Any]]:
-    from serving.backends.triton import TritonBackend
+    from models.backends.triton import TritonBackend
 
     by_ident = {m.backend.ident: m.backend for m in models.values()}
     local = threading.local()

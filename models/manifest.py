@@ -196,7 +196,7 @@ class Chunking(_Strict):
     """Sliding-window inference: the runtime splits the model input into patches (chunks).
 
     ``input.shape`` stays the whole prepared volume; the runtime runs patches of ``roi_size``
-    voxels (MONAI ``sliding_window_inference`` windows, see :mod:`serving.engine.chunking`),
+    voxels (MONAI ``sliding_window_inference`` windows, see :mod:`models.chunking`),
     so the graph needs dynamic spatial axes (or fixed ones equal to both). Every output must be
     dense (same spatial size as the input). With chunking, latency profiles are per patch
     batch: ``batch_size`` b is b patches of ``(C, *roi_size)``.

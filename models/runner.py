@@ -1,9 +1,9 @@
 """Run one model package in-process on the serving runtime's own backends and chunking.
 
 ``statlane infer``, ``models profile``, ``models evaluate``, the benchmarks and the service's
-engine share one inference layer: a :class:`~serving.backends.base.Backend` (ONNX Runtime or
-TorchScript, built by :func:`serving.backends.create_backend`) and the sliding-window code of
-:mod:`serving.engine.chunking`. A volume larger than a chunked model's ``roi_size`` runs here as
+engine share one inference layer: a :class:`~models.backends.base.Backend` (ONNX Runtime or
+TorchScript, built by :func:`models.backends.create_backend`) and the sliding-window code of
+:mod:`models.chunking`. A volume larger than a chunked model's ``roi_size`` runs here as
 patch batches merged with the declared blend mode, exactly as the engine runs it chunk by chunk.
 
 Weights are checked against the manifest's sha256 *before* any runtime parses them
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from models.backends import BackendUnavailable, create_backend
+from models.backends.base import Backend, BackendError, BackendModel, RequestContext
+from models.chunking import ChunkingError, ChunkSpec, sliding_window
 from models.manifest import BackendKind, Manifest
 from preprocessing.volume import Volume
-from serving.backends import BackendUnavailable, create_backend
-from serving.backends.base import Backend, BackendError, BackendModel, RequestContext
-from serving.engine.chunking import ChunkingError, ChunkSpec, sliding_window
 
 FloatArray = npt.NDArray[np.float32]
 _REQUESTS = itertools.count()

@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.manifest import WeightsMismatchError, load_manifest
-from router.vocabulary import PriorityClass
-from serving.backends import (
+from models.backends import (
     BackendError,
     BackendModel,
     BackendUnavailable,
@@ -18,7 +16,9 @@ from serving.backends import (
     available_backends,
     create_backend,
 )
-from serving.backends.triton import PRIORITY_LEVEL, TritonBackend, timeout_us
+from models.backends.triton import PRIORITY_LEVEL, TritonBackend, timeout_us
+from models.manifest import WeightsMismatchError, load_manifest
+from router.vocabulary import PriorityClass
 from tests.model_factory import SPATIAL, build_package
 
 CONTEXT = RequestContext("batch-1", PriorityClass.STAT, timeout_s=30.0)

@@ -15,6 +15,18 @@ import yaml
 from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
+from models.backends import BackendModel, RequestContext, create_backend
+from models.chunking import (
+    ChunkingError,
+    ChunkSpec,
+    PatchMerger,
+    importance_map,
+    pad_volume,
+    patch,
+    plan_windows,
+    scan_interval,
+    sliding_window,
+)
 from models.manifest import (
     Chunking,
     ManifestError,
@@ -31,19 +43,7 @@ from models.registry import Registry, onnx_io
 from models.runner import ModelRunner
 from models.triton_export import build_config
 from router.vocabulary import PriorityClass
-from serving.backends import BackendModel, RequestContext, create_backend
 from serving.engine import Engine, InferenceJob, ModelEntry
-from serving.engine.chunking import (
-    ChunkingError,
-    ChunkSpec,
-    PatchMerger,
-    importance_map,
-    pad_volume,
-    patch,
-    plan_windows,
-    scan_interval,
-    sliding_window,
-)
 from serving.scheduler import LatencyTable, ModelLatency, Scheduler
 from tests.model_factory import INPUT_NAME, SPATIAL, tiny_manifest
 

@@ -19,10 +19,11 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
+from models.backends import BackendModel, RequestContext, create_backend
+from models.chunking import ChunkingError, ChunkSpec
 from models.manifest import load_manifest
 from router.vocabulary import PriorityClass
-from serving.backends import BackendModel, RequestContext, create_backend
-from serving.engine import ChunkingError, ChunkSpec, Engine, EngineBusy, InferenceJob, ModelEntry
+from serving.engine import Engine, EngineBusy, InferenceJob, ModelEntry
 from serving.scheduler import LatencyTable, ModelLatency, Scheduler, SchedulerConfig
 from serving.service.stat_gate import StatGate
 from tests.model_factory import OUTPUT_NAME, SPATIAL, build_package

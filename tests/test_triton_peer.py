@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.backends import BackendModel, RequestContext, create_backend
+from models.backends.triton import TritonBackend
 from models.manifest import load_manifest
 from router.vocabulary import PriorityClass
-from serving.backends import BackendModel, RequestContext, create_backend
-from serving.backends.triton import TritonBackend
 from tests.model_factory import CLASSES, INPUT_NAME, OUTPUT_NAME, SPATIAL, build_package
 from tests.triton_peer import triton_server
 

@@ -25,11 +25,11 @@ from matplotlib.figure import Figure
 
 from benchmarks import scheduling
 from benchmarks.report import Report, markdown_table, progress, targets_markdown, write_report
+from models.backends import BackendModel, RequestContext, create_backend
 from models.registry import Registry
 from models.synthetic import generate_study
 from preprocessing import load_series
 from preprocessing.pipeline import Pipeline
-from serving.backends import BackendModel, RequestContext, create_backend
 
 PIPELINE: list[dict[str, Any]] = [
     {"transform": "Orientation", "axcodes": "RAS"},

@@ -1,6 +1,5 @@
 """The executor: preprocessing workers, per-device inference loops and postprocessing."""
 
-from serving.engine.chunking import ChunkingError, ChunkSpec
 from serving.engine.executor import Engine
 from serving.engine.jobs import (
     EngineBusy,
@@ -12,8 +11,6 @@ from serving.engine.jobs import (
 )
 
 __all__ = [
-    "ChunkSpec",
-    "ChunkingError",
     "Engine",
     "EngineBusy",
     "EngineStopped",

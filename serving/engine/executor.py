@@ -8,7 +8,7 @@ The scheduler stays a pure state machine: the engine calls it under one lock and
 waiting itself, with times read from the injected clock.
 
 Bounded non-preemption: a model entry with ``chunking`` has each input split into
-sliding-window patches (:mod:`serving.engine.chunking`); its task reaches the scheduler with
+sliding-window patches (:mod:`models.chunking`); its task reaches the scheduler with
 one chunk per patch and item shape ``(C, *roi_size)``. A batch is built from the patches its
 work items name (items of several tasks of one model stack together); the outputs are merged
 per task on the postprocessing thread, and the task is postprocessed once its last patch is
@@ -31,9 +31,9 @@ from typing import Protocol
 
 import numpy as np
 
+from models.backends.base import Backend, RequestContext
+from models.chunking import ChunkingError, PatchMerger, pad_volume, patch, plan_windows
 from router.vocabulary import PriorityClass
-from serving.backends.base import Backend, RequestContext
-from serving.engine.chunking import ChunkingError, PatchMerger, pad_volume, patch, plan_windows
 from serving.engine.jobs import (
     EngineBusy,
     EngineStopped,

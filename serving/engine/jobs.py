@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from models.backends.base import BackendModel
+from models.chunking import ChunkSpec
 from router.vocabulary import PriorityClass
-from serving.backends.base import BackendModel
-from serving.engine.chunking import ChunkSpec
 
 
 class EngineBusy(RuntimeError):

@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from models.backends import create_backend
+from models.backends.base import Backend, BackendModel
+from models.chunking import ChunkSpec
 from models.manifest import Manifest
 from models.postprocess import postprocess
 from models.registry import Registry
@@ -23,10 +26,7 @@ from models.runner import to_model_layout
 from preprocessing.series import load_series
 from preprocessing.volume import Volume
 from router.vocabulary import PriorityClass
-from serving.backends import create_backend
-from serving.backends.base import Backend, BackendModel
 from serving.engine import Engine, ModelEntry
-from serving.engine.chunking import ChunkSpec
 from serving.engine.executor import Urgency
 from serving.scheduler import LatencyTable, ModelLatency, Scheduler, SchedulerConfig
 from serving.scheduler.policies import make_policy

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.backends.base import (
+from models.backends.base import (
     BackendError,
     BackendModel,
     BackendUnavailable,

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from serving.backends import onnxruntime as _ort
-from serving.backends import torchscript as _torch
-from serving.backends import triton as _triton
-from serving.backends.base import (
+from models.backends import onnxruntime as _ort
+from models.backends import torchscript as _torch
+from models.backends import triton as _triton
+from models.backends.base import (
     Backend,
     BackendError,
     BackendModel,

@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from router.vocabulary import PriorityClass
-from serving.backends.base import (
+from models.backends.base import (
     BackendError,
     BackendModel,
     BackendUnavailable,
     RequestContext,
     check_batch,
 )
+from router.vocabulary import PriorityClass
 
 log = logging.getLogger(__name__)
 INSTALL = "tritonclient[grpc,http] (pip install 'statlane[triton]')"
