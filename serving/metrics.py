@@ -14,7 +14,6 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -164,6 +163,17 @@ class UndeclaredMetric(LookupError):
     """A metric name that is not in the table the :class:`Metrics` was built from."""
 
 
+class _MirroredValue:
+    """One labelled series of a :class:`_MirroredCounter`."""
+
+    def __init__(self, owner: _MirroredCounter, key: tuple[str, ...]) -> None:
+        self._owner = owner
+        self._key = key
+
+    def set(self, value: float) -> None:
+        self._owner.put(self._key, float(value))
+
+
 class _MirroredCounter(Collector):
     """A counter whose running total lives elsewhere: ``set`` copies it in, collect exposes it."""
 
@@ -172,12 +182,14 @@ class _MirroredCounter(Collector):
         self._lock = threading.Lock()
         self._values: dict[tuple[str, ...], float] = {} if spec.labels else {(): 0.0}
 
-    def set(self, value: float, labels: dict[str, str]) -> None:
+    def labels(self, **labels: str) -> _MirroredValue:
         if sorted(labels) != sorted(self.spec.labels):
             raise ValueError("Incorrect label names")
-        key = tuple(str(labels[n]) for n in self.spec.labels)
+        return _MirroredValue(self, tuple(str(labels[n]) for n in self.spec.labels))
+
+    def put(self, key: tuple[str, ...], value: float) -> None:
         with self._lock:
-            self._values[key] = float(value)
+            self._values[key] = value
 
     def collect(self) -> Iterable[Metric]:
         family = CounterMetricFamily(self.spec.name, self.spec.help, labels=self.spec.labels)
@@ -205,8 +217,14 @@ class _WithoutCreated(Collector):
             yield family
 
 
-_Instrument = Counter | Gauge | Histogram | _MirroredCounter
-_Labelled = TypeVar("_Labelled", Counter, Gauge, Histogram)
+_Series = Counter | Gauge | Histogram | _MirroredCounter | _MirroredValue
+_CALLS: dict[str, tuple[Kind, ...]] = {
+    "inc": (Kind.COUNTER,),
+    "set": (Kind.GAUGE, Kind.MIRRORED_COUNTER),
+    "observe": (Kind.HISTOGRAM,),
+    "counter": (Kind.COUNTER, Kind.MIRRORED_COUNTER),
+}
+"""Which kinds each call applies to."""
 
 
 class Metrics:
@@ -223,15 +241,17 @@ class Metrics:
     def __init__(self, table: Sequence[MetricSpec] = METRICS) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._specs: dict[str, MetricSpec] = {}
-        self._instruments: dict[str, _Instrument] = {}
+        self._instruments: dict[str, Counter | Gauge | Histogram | _MirroredCounter] = {}
         for spec in table:
             if spec.name in self._specs:
                 raise ValueError(f"metric {spec.name} is declared twice")
             self._specs[spec.name] = spec
             self._instruments[spec.name] = self._build(spec)
         self._exposition = _WithoutCreated(self.registry)
+        # (call, name, label items) -> the labelled series: checked once, then a dict lookup
+        self._series: dict[tuple[str, str, tuple[tuple[str, str], ...]], _Series] = {}
 
-    def _build(self, spec: MetricSpec) -> _Instrument:
+    def _build(self, spec: MetricSpec) -> Counter | Gauge | Histogram | _MirroredCounter:
         if spec.kind in (Kind.COUNTER, Kind.MIRRORED_COUNTER) and not spec.name.endswith("_total"):
             raise ValueError(f"counter {spec.name} must end in _total (exposed so)")
         if spec.kind is Kind.COUNTER:
@@ -251,53 +271,55 @@ class Metrics:
         """The declared metrics, in table order."""
         return tuple(self._specs.values())
 
-    def _instrument(self, name: str, kinds: tuple[Kind, ...], call: str) -> _Instrument:
+    def _check(self, call: str, name: str, labels: dict[str, str]) -> MetricSpec:
+        """The declaration; raises on an undeclared name, a wrong call or wrong labels."""
         spec = self._specs.get(name)
         if spec is None:
             raise UndeclaredMetric(f"metric {name} is not declared (serving/metrics.py METRICS)")
-        if spec.kind not in kinds:
+        if spec.kind not in _CALLS[call]:
             raise TypeError(f"metric {name} is a {spec.kind.value}: {call}() does not apply")
-        return self._instruments[name]
+        if sorted(labels) != sorted(spec.labels):
+            raise ValueError(f"metric {name} takes labels {spec.labels}, got {tuple(labels)}")
+        return spec
 
-    def _labelled(self, name: str, instrument: _Labelled, labels: dict[str, str]) -> _Labelled:
-        if not labels and not self._specs[name].labels:
-            return instrument
-        try:
-            return instrument.labels(**labels)
-        except ValueError as error:
-            raise ValueError(
-                f"metric {name} takes labels {self._specs[name].labels}, got {tuple(labels)}"
-            ) from error
+    def _find(self, call: str, name: str, labels: dict[str, str]) -> _Series:
+        """The series ``call`` feeds (checked by :meth:`_check` the first time)."""
+        key = (call, name, tuple(labels.items()))
+        series = self._series.get(key)
+        if series is not None:
+            return series
+        spec = self._check(call, name, labels)
+        instrument = self._instruments[name]
+        if spec.labels:
+            series = instrument.labels(**labels)
+        elif isinstance(instrument, _MirroredCounter):
+            series = instrument.labels()
+        else:
+            series = instrument
+        self._series[key] = series
+        return series
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
         """Add ``value`` to a counter."""
-        counter = self._instrument(name, (Kind.COUNTER,), "inc")
+        counter = self._find("inc", name, labels)
         assert isinstance(counter, Counter)
-        self._labelled(name, counter, labels).inc(value)
+        counter.inc(value)
 
     def set(self, name: str, value: float, **labels: str) -> None:
         """Set a gauge, or copy in a mirrored counter's running total."""
-        instrument = self._instrument(name, (Kind.GAUGE, Kind.MIRRORED_COUNTER), "set")
-        if isinstance(instrument, _MirroredCounter):
-            try:
-                instrument.set(value, labels)
-            except ValueError as error:
-                raise ValueError(
-                    f"metric {name} takes labels {instrument.spec.labels}, got {tuple(labels)}"
-                ) from error
-            return
-        assert isinstance(instrument, Gauge)
-        self._labelled(name, instrument, labels).set(value)
+        series = self._find("set", name, labels)
+        assert isinstance(series, Gauge | _MirroredValue)
+        series.set(value)
 
     def observe(self, name: str, value: float, **labels: str) -> None:
         """Record one observation (seconds) in a histogram."""
-        histogram = self._instrument(name, (Kind.HISTOGRAM,), "observe")
+        histogram = self._find("observe", name, labels)
         assert isinstance(histogram, Histogram)
-        self._labelled(name, histogram, labels).observe(value)
+        histogram.observe(value)
 
     def counter(self, name: str, **labels: str) -> float:
         """Current value of a counter (0 when never incremented)."""
-        self._instrument(name, (Kind.COUNTER, Kind.MIRRORED_COUNTER), "counter")
+        self._check("counter", name, labels)  # a read never creates a series
         value = self.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value
 

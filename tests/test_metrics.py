@@ -47,6 +47,7 @@ def test_render_counters_gauges_and_histograms() -> None:
     assert "_created" not in text  # exposed names are exactly the declared ones
     assert m.counter("statlane_tasks_total", state="done", priority="stat") == 3
     assert m.counter("statlane_tasks_total", state="failed", priority="stat") == 0
+    assert 'state="failed"' not in m.render().decode()  # reading creates no series
     assert m.counter("statlane_waits_total") == 7
 
 
