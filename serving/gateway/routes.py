@@ -36,7 +36,10 @@ _PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class Role(StrEnum):
-    """The least a caller must be to use a route (access control builds on it)."""
+    """What a caller must be to use a route (access control builds on it).
+
+    ``ingest`` is a sender of images, not a reader: it is not above or below ``viewer``.
+    """
 
     PUBLIC = "public"
     """Anyone who reaches the port: liveness only."""
@@ -106,7 +109,7 @@ class Route(Generic[Owner]):
     Attributes:
         method: The HTTP method.
         path: The path pattern; ``{name}`` matches one non-empty segment.
-        role: The least role a caller will need.
+        role: The role a caller will need.
         handler: Answers a request, given the object that serves the route.
         summary: One line for the docs.
     """
