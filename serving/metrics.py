@@ -1,4 +1,8 @@
-"""Service metrics in the Prometheus text format (``GET /metrics``).
+"""Service metrics in the Prometheus text format, from ``prometheus_client`` (``GET /metrics``).
+
+Every metric is declared once in :data:`METRICS` (name, kind, help, label names, buckets); the
+call sites name it: ``metrics.inc("statlane_results_total", mode=..., model=...)``. A name not in
+the table, a call of the wrong kind or the wrong label names raise at once.
 
 Labels are model idents, priority classes, stages, states and destination names — never patient
 data, accession numbers or UIDs (those belong in the audit trail, not in metrics).
@@ -6,94 +10,320 @@ data, accession numbers or UIDs (those belong in the audit trail, not in metrics
 
 from __future__ import annotations
 
-import bisect
 import threading
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 
-LabelKey = tuple[tuple[str, str], ...]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = [
+    "CONTENT_TYPE",
+    "DEFAULT_BUCKETS_S",
+    "METRICS",
+    "Kind",
+    "MetricSpec",
+    "Metrics",
+    "UndeclaredMetric",
+]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+"""The Content-Type of :meth:`Metrics.render`'s body."""
 
 DEFAULT_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+"""Histogram bucket upper bounds (seconds); ``+Inf`` is added by prometheus_client."""
 
 
-def _key(labels: dict[str, str]) -> LabelKey:
-    return tuple(sorted(labels.items()))
+class Kind(StrEnum):
+    """How a metric is fed, and its Prometheus type."""
+
+    COUNTER = "counter"
+    """Only goes up, by :meth:`Metrics.inc`."""
+    MIRRORED_COUNTER = "mirrored_counter"
+    """A running total kept elsewhere (e.g. the stat gate), copied in by :meth:`Metrics.set`;
+    exposed as a Prometheus counter."""
+    GAUGE = "gauge"
+    """Set to the current value by :meth:`Metrics.set`."""
+    HISTOGRAM = "histogram"
+    """Observations (seconds) by :meth:`Metrics.observe`, in cumulative buckets."""
 
 
-def _render(labels: LabelKey, extra: tuple[tuple[str, str], ...] = ()) -> str:
-    items = list(labels) + list(extra)
-    if not items:
-        return ""
-    escaped = (v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for _, v in items)
-    return "{" + ",".join(f'{k}="{v}"' for (k, _), v in zip(items, escaped, strict=True)) + "}"
+@dataclass(frozen=True)
+class MetricSpec:
+    """One declared metric.
+
+    Attributes:
+        name: The exposed name; a counter's ends in ``_total`` (exposed exactly so).
+        kind: How it is fed and its Prometheus type.
+        help: The ``# HELP`` text.
+        labels: Label names every call must give, no more, no fewer.
+        buckets_s: Histogram bucket upper bounds (seconds); histograms only.
+    """
+
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets_s: tuple[float, ...] = DEFAULT_BUCKETS_S
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    # ingest
+    MetricSpec(
+        "statlane_instances_received_total",
+        Kind.COUNTER,
+        "Instances stored, by modality",
+        ("modality",),
+    ),
+    MetricSpec("statlane_instances_duplicate_total", Kind.COUNTER, "Instances received again"),
+    MetricSpec(
+        "statlane_orders_received_total", Kind.COUNTER, "HL7 orders, by priority", ("priority",)
+    ),
+    MetricSpec(
+        "statlane_studies_quarantined_total", Kind.COUNTER, "Studies held for identity problems"
+    ),
+    MetricSpec("statlane_assembly_wait_seconds", Kind.HISTOGRAM, "Last instance to study complete"),
+    # inference
+    MetricSpec(
+        "statlane_tasks_created_total",
+        Kind.COUNTER,
+        "Inference tasks, by priority and model",
+        ("priority", "model"),
+    ),
+    MetricSpec(
+        "statlane_volumes_loaded_total",
+        Kind.COUNTER,
+        "Series volumes loaded for inference, by origin (stream: assembled as slices arrived; "
+        "disk: read from the spool)",
+        ("origin",),
+    ),
+    MetricSpec(
+        "statlane_tasks_failed_total", Kind.COUNTER, "Inference tasks that failed", ("model",)
+    ),
+    MetricSpec(
+        "statlane_task_latency_seconds",
+        Kind.HISTOGRAM,
+        "Task received to result, by class",
+        ("priority", "model"),
+    ),
+    MetricSpec(
+        "statlane_deadline_misses_total",
+        Kind.COUNTER,
+        "Tasks finished after their deadline",
+        ("priority",),
+    ),
+    MetricSpec("statlane_queue_depth", Kind.GAUGE, "Scheduler queue depth by class", ("priority",)),
+    MetricSpec("statlane_engine_pending", Kind.GAUGE, "Jobs inside the engine"),
+    MetricSpec(
+        "statlane_stat_gate_waits_total",
+        Kind.MIRRORED_COUNTER,
+        "Background steps (routine preprocessing, reads, deliveries) that waited for stat",
+    ),
+    MetricSpec(
+        "statlane_stat_gate_wait_seconds_total",
+        Kind.MIRRORED_COUNTER,
+        "Seconds background steps waited for stat stages, in total",
+    ),
+    # results and delivery
+    MetricSpec(
+        "statlane_results_total", Kind.COUNTER, "Results by mode and model", ("mode", "model")
+    ),
+    MetricSpec(
+        "statlane_result_object_failures_total",
+        Kind.COUNTER,
+        "Results whose GSPS/SC/SEG objects could not be built (the SR went out), by model",
+        ("model",),
+    ),
+    MetricSpec(
+        "statlane_deliveries_total",
+        Kind.COUNTER,
+        "Outbox items delivered",
+        ("destination", "kind"),
+    ),
+    MetricSpec(
+        "statlane_delivery_failures_total",
+        Kind.COUNTER,
+        "Failed delivery attempts",
+        ("destination",),
+    ),
+    MetricSpec(
+        "statlane_delivery_seconds",
+        Kind.HISTOGRAM,
+        "Time to deliver one outbox item",
+        ("destination",),
+    ),
+)
+"""Every metric the service exposes, each declared once."""
+
+
+class UndeclaredMetric(LookupError):
+    """A metric name that is not in the table the :class:`Metrics` was built from."""
+
+
+class _MirroredValue:
+    """One labelled series of a :class:`_MirroredCounter`."""
+
+    def __init__(self, owner: _MirroredCounter, key: tuple[str, ...]) -> None:
+        self._owner = owner
+        self._key = key
+
+    def set(self, value: float) -> None:
+        self._owner.put(self._key, float(value))
+
+
+class _MirroredCounter(Collector):
+    """A counter whose running total lives elsewhere: ``set`` copies it in, collect exposes it."""
+
+    def __init__(self, spec: MetricSpec) -> None:
+        self.spec = spec
+        self._lock = threading.Lock()
+        self._values: dict[tuple[str, ...], float] = {} if spec.labels else {(): 0.0}
+
+    def labels(self, **labels: str) -> _MirroredValue:
+        if sorted(labels) != sorted(self.spec.labels):
+            raise ValueError("Incorrect label names")
+        return _MirroredValue(self, tuple(str(labels[n]) for n in self.spec.labels))
+
+    def put(self, key: tuple[str, ...], value: float) -> None:
+        with self._lock:
+            self._values[key] = value
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(self.spec.name, self.spec.help, labels=self.spec.labels)
+        with self._lock:
+            values = sorted(self._values.items())
+        for key, value in values:
+            family.add_metric(list(key), value)
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(self.spec.name, self.spec.help, labels=self.spec.labels)
+
+
+class _WithoutCreated(Collector):
+    """A registry's metrics without the ``_created`` series prometheus_client adds to counters
+    and histograms: the exposed names stay those of the table."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            created = family.name + "_created"
+            family.samples = [s for s in family.samples if s.name != created]
+            yield family
+
+
+_Series = Counter | Gauge | Histogram | _MirroredCounter | _MirroredValue
+_CALLS: dict[str, tuple[Kind, ...]] = {
+    "inc": (Kind.COUNTER,),
+    "set": (Kind.GAUGE, Kind.MIRRORED_COUNTER),
+    "observe": (Kind.HISTOGRAM,),
+    "counter": (Kind.COUNTER, Kind.MIRRORED_COUNTER),
+}
+"""Which kinds each call applies to."""
 
 
 class Metrics:
-    """Counters, gauges and histograms, thread-safe."""
+    """The service's metrics on their own ``CollectorRegistry``, thread-safe.
 
-    def __init__(self, buckets_s: Sequence[float] = DEFAULT_BUCKETS_S) -> None:
-        self._lock = threading.Lock()
-        self._help: dict[str, tuple[str, str]] = {}
-        self._counters: dict[str, dict[LabelKey, float]] = defaultdict(dict)
-        self._gauges: dict[str, dict[LabelKey, float]] = defaultdict(dict)
-        self._buckets = tuple(sorted(buckets_s))
-        self._hist: dict[str, dict[LabelKey, list[float]]] = defaultdict(dict)
+    Args:
+        table: The declared metrics (default :data:`METRICS`); several instances in one process
+            never share a value.
 
-    def describe(self, name: str, kind: str, text: str) -> None:
-        """Declare a metric's type (counter, gauge, histogram) and help text."""
-        self._help[name] = (kind, text)
+    Raises:
+        ValueError: A name declared twice, or a counter whose name does not end in ``_total``.
+    """
+
+    def __init__(self, table: Sequence[MetricSpec] = METRICS) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._specs: dict[str, MetricSpec] = {}
+        self._instruments: dict[str, Counter | Gauge | Histogram | _MirroredCounter] = {}
+        for spec in table:
+            if spec.name in self._specs:
+                raise ValueError(f"metric {spec.name} is declared twice")
+            self._specs[spec.name] = spec
+            self._instruments[spec.name] = self._build(spec)
+        self._exposition = _WithoutCreated(self.registry)
+        # (call, name, label items) -> the labelled series: checked once, then a dict lookup
+        self._series: dict[tuple[str, str, tuple[tuple[str, str], ...]], _Series] = {}
+
+    def _build(self, spec: MetricSpec) -> Counter | Gauge | Histogram | _MirroredCounter:
+        if spec.kind in (Kind.COUNTER, Kind.MIRRORED_COUNTER) and not spec.name.endswith("_total"):
+            raise ValueError(f"counter {spec.name} must end in _total (exposed so)")
+        if spec.kind is Kind.COUNTER:
+            return Counter(spec.name, spec.help, spec.labels, registry=self.registry)
+        if spec.kind is Kind.GAUGE:
+            return Gauge(spec.name, spec.help, spec.labels, registry=self.registry)
+        if spec.kind is Kind.HISTOGRAM:
+            return Histogram(
+                spec.name, spec.help, spec.labels, registry=self.registry, buckets=spec.buckets_s
+            )
+        mirrored = _MirroredCounter(spec)
+        self.registry.register(mirrored)
+        return mirrored
+
+    @property
+    def specs(self) -> tuple[MetricSpec, ...]:
+        """The declared metrics, in table order."""
+        return tuple(self._specs.values())
+
+    def _check(self, call: str, name: str, labels: dict[str, str]) -> MetricSpec:
+        """The declaration; raises on an undeclared name, a wrong call or wrong labels."""
+        spec = self._specs.get(name)
+        if spec is None:
+            raise UndeclaredMetric(f"metric {name} is not declared (serving/metrics.py METRICS)")
+        if spec.kind not in _CALLS[call]:
+            raise TypeError(f"metric {name} is a {spec.kind.value}: {call}() does not apply")
+        if sorted(labels) != sorted(spec.labels):
+            raise ValueError(f"metric {name} takes labels {spec.labels}, got {tuple(labels)}")
+        return spec
+
+    def _find(self, call: str, name: str, labels: dict[str, str]) -> _Series:
+        """The series ``call`` feeds (checked by :meth:`_check` the first time)."""
+        key = (call, name, tuple(labels.items()))
+        series = self._series.get(key)
+        if series is not None:
+            return series
+        spec = self._check(call, name, labels)
+        instrument = self._instruments[name]
+        if spec.labels:
+            series = instrument.labels(**labels)
+        elif isinstance(instrument, _MirroredCounter):
+            series = instrument.labels()
+        else:
+            series = instrument
+        self._series[key] = series
+        return series
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
         """Add ``value`` to a counter."""
-        with self._lock:
-            series = self._counters[name]
-            key = _key(labels)
-            series[key] = series.get(key, 0.0) + value
+        counter = self._find("inc", name, labels)
+        assert isinstance(counter, Counter)
+        counter.inc(value)
 
     def set(self, name: str, value: float, **labels: str) -> None:
-        """Set a gauge."""
-        with self._lock:
-            self._gauges[name][_key(labels)] = value
+        """Set a gauge, or copy in a mirrored counter's running total."""
+        series = self._find("set", name, labels)
+        assert isinstance(series, Gauge | _MirroredValue)
+        series.set(value)
 
     def observe(self, name: str, value: float, **labels: str) -> None:
         """Record one observation (seconds) in a histogram."""
-        with self._lock:
-            series = self._hist[name]
-            key = _key(labels)
-            state = series.get(key)
-            if state is None:
-                state = series[key] = [0.0] * (len(self._buckets) + 2)  # buckets, +Inf, sum
-            index = bisect.bisect_left(self._buckets, value)
-            for b in range(index, len(self._buckets) + 1):
-                state[b] += 1
-            state[-1] += value
+        histogram = self._find("observe", name, labels)
+        assert isinstance(histogram, Histogram)
+        histogram.observe(value)
 
     def counter(self, name: str, **labels: str) -> float:
         """Current value of a counter (0 when never incremented)."""
-        with self._lock:
-            return self._counters.get(name, {}).get(_key(labels), 0.0)
+        self._check("counter", name, labels)  # a read never creates a series
+        value = self.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
 
-    def render(self) -> str:
-        """The Prometheus text exposition of every metric."""
-        lines: list[str] = []
-        with self._lock:
-            names = sorted(set(self._counters) | set(self._gauges) | set(self._hist))
-            for name in names:
-                kind, text = self._help.get(name, ("untyped", ""))
-                if text:
-                    lines.append(f"# HELP {name} {text}")
-                lines.append(f"# TYPE {name} {kind}")
-                for key, value in sorted(self._counters.get(name, {}).items()):
-                    lines.append(f"{name}{_render(key)} {value:g}")
-                for key, value in sorted(self._gauges.get(name, {}).items()):
-                    lines.append(f"{name}{_render(key)} {value:g}")
-                for key, state in sorted(self._hist.get(name, {}).items()):
-                    for bound, count in zip(self._buckets, state, strict=False):
-                        lines.append(
-                            f"{name}_bucket{_render(key, (('le', f'{bound:g}'),))} {count:g}"
-                        )
-                    inf = len(self._buckets)
-                    lines.append(f"{name}_bucket{_render(key, (('le', '+Inf'),))} {state[inf]:g}")
-                    lines.append(f"{name}_sum{_render(key)} {state[-1]:g}")
-                    lines.append(f"{name}_count{_render(key)} {state[inf]:g}")
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every declared metric (Content-Type
+        :data:`CONTENT_TYPE`)."""
+        return generate_latest(self._exposition)

@@ -14,6 +14,7 @@ import pytest
 from models.synthetic import SyntheticStudy, generate_study
 from serving.gateway.errors import MalformedRequest
 from serving.gateway.multipart import parse_media_type, split_multipart
+from serving.gateway.routes import Request, Response, Role, Route, RouteTable
 from serving.gateway.spool import Spool, StoredInstance
 from serving.gateway.stow import StowServer, StowSummary
 from tests.orthanc_peer import orthanc_server
@@ -253,18 +254,59 @@ def get(port: int, path: str) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
-def test_health_and_other_gets(spool: Spool) -> None:
-    def rest(target: str) -> tuple[int, str, bytes] | None:
-        if target == "/boom":
-            raise RuntimeError("bug in the REST layer")
-        return (200, "application/json", b'{"rest": true}') if target == "/worklist?x=1" else None
+class _Other:
+    """Another API sharing the port, as the REST API does."""
 
-    with StowServer(spool, host="127.0.0.1", port=0, get_handler=rest) as server:
-        assert get(server.port, "/dicomweb/health")[0] == 200
-        assert get(server.port, "/worklist?x=1") == (200, b'{"rest": true}')
-        assert get(server.port, "/nothing")[0] == 404
-        assert get(server.port, "/boom")[0] == 500
+    def ok(self, request: Request) -> Response:
+        body = json.dumps({"rest": True, "query": dict(request.query)}).encode()
+        return Response(200, "application/json", body)
+
+    def boom(self, request: Request) -> Response:
+        raise RuntimeError("bug in the REST layer")
+
+
+OTHER_ROUTES = (
+    Route("GET", "/worklist", Role.VIEWER, _Other.ok, "a read"),
+    Route("GET", "/boom", Role.VIEWER, _Other.boom, "a bug"),
+)
+
+
+def test_health_and_other_routes(spool: Spool) -> None:
+    routes = RouteTable()
+    routes.add(OTHER_ROUTES, _Other())
+    with StowServer(spool, host="127.0.0.1", port=0, routes=routes) as server:
+        assert get(server.port, "/dicomweb/health") == (200, b'{"status": "ok"}')
+        assert get(server.port, "/worklist?x=1") == (200, b'{"rest": true, "query": {"x": "1"}}')
+        assert get(server.port, "/worklist/") == (200, b'{"rest": true, "query": {}}')
+        assert get(server.port, "/nothing") == (404, b"not found\n")
+        assert get(server.port, "/boom") == (500, b"internal error\n")
         assert get(server.port, "/dicomweb/health")[0] == 200  # still serving
+        assert [(r.method, r.path) for r in server.routes.routes] == [
+            ("GET", "/worklist"),
+            ("GET", "/boom"),
+            ("GET", "/dicomweb/health"),
+            ("POST", "/dicomweb/studies"),
+            ("POST", "/dicomweb/studies/{study}"),
+        ]
+
+
+def test_a_known_path_with_another_method_is_405_with_allow(server: StowServer) -> None:
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}/dicomweb/studies")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 405
+    assert refused.value.headers["Allow"] == "POST"
+    assert refused.value.read() == b"method not allowed\n"
+    status, _, body = post(server, b"", path="/../health")  # POST /dicomweb/studies/../health
+    assert (status, body) == (404, b"not found\n")
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/dicomweb/health", data=b"x", method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 405
+    assert refused.value.headers["Allow"] == "GET"
+    assert refused.value.headers["Connection"] == "close"  # the body was not read
 
 
 @pytest.mark.parametrize(

@@ -11,15 +11,17 @@ on its own, so one bad part never loses the good ones. The answer is ``applicati
 
 Failure reasons (0008,1197): 0xC000 cannot understand (not DICOM, truncated, bad identity),
 0xA900 the instance does not match the study addressed in the URL, 0xA700 spool out of space,
-0x0110 processing failure (unexpected; details in our log). ``GET {base}/health`` answers 200;
-other GET requests go to an optional ``get_handler`` (the REST API shares the port).
+0x0110 processing failure (unexpected; details in our log). ``GET {base}/health`` answers 200.
+
+Every request is dispatched through the port's :class:`~serving.gateway.routes.RouteTable`:
+:data:`STOW_ROUTES` below ``base_path`` and any other routes given (the REST API shares the
+port). An unknown path is 404, a known path with another method 405 with ``Allow``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from serving.gateway.errors import InvalidInstance, MalformedRequest, OutOfResources, StudyMismatch
 from serving.gateway.multipart import (
@@ -37,6 +40,7 @@ from serving.gateway.multipart import (
     receive_body,
     split_multipart,
 )
+from serving.gateway.routes import Request, Response, Role, Route, RouteTable, plain_response
 from serving.gateway.spool import InstanceSource, Spool, StoredInstance, is_valid_uid
 
 __all__ = [
@@ -44,6 +48,7 @@ __all__ = [
     "FAILURE_OUT_OF_RESOURCES",
     "FAILURE_PROCESSING",
     "FAILURE_STUDY_MISMATCH",
+    "STOW_ROUTES",
     "FailedInstance",
     "StowResponse",
     "StowServer",
@@ -143,9 +148,8 @@ class StowServer:
         memory_body_bytes: Bodies up to this size (bytes) are held in memory, larger ones in
             a temporary file.
         base_path: URL prefix of the DICOMweb service.
-        get_handler: Answers other GET requests (e.g. the REST API sharing this port): takes
-            the request target (path and query), returns (HTTP status, content type, body),
-            or None for 404.
+        routes: The port's route table with the other routes it serves (the REST API); the
+            STOW-RS routes are added to it. Default: a table of the STOW-RS routes alone.
     """
 
     def __init__(
@@ -159,18 +163,18 @@ class StowServer:
         max_body_bytes: int = 2 * GIB,
         memory_body_bytes: int = DEFAULT_MEMORY_BODY_BYTES,
         base_path: str = "/dicomweb",
-        get_handler: Callable[[str], tuple[int, str, bytes] | None] | None = None,
+        routes: RouteTable | None = None,
     ) -> None:
         self.spool = spool
         self.host = host
         self.max_body_bytes = max_body_bytes
         self.memory_body_bytes = memory_body_bytes
         self.base_path = base_path.rstrip("/")
-        self.get_handler = get_handler
         self._requested_port = port
         self._on_stored = on_stored
         self._on_request_done = on_request_done
-        self._route = re.compile(re.escape(self.base_path) + r"/studies(?:/([^/?#]+))?/?")
+        self.routes = routes if routes is not None else RouteTable()
+        self.routes.add(STOW_ROUTES, self, prefix=self.base_path)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -215,10 +219,52 @@ class StowServer:
     ) -> None:
         self.stop()
 
-    def match_route(self, path: str) -> tuple[bool, str | None]:
-        """(is a STOW-RS path, study UID from the URL or None)."""
-        found = self._route.fullmatch(path.split("?", 1)[0])
-        return (False, None) if found is None else (True, found.group(1))
+    def health(self, request: Request) -> Response:
+        """``GET {base}/health``: the STOW-RS endpoint is up."""
+        return Response(200, "application/json", b'{"status": "ok"}')
+
+    def post_studies(self, request: Request) -> Response:
+        """``POST {base}/studies[/{study}]``: store every part, report, then answer."""
+        study_uid = request.params.get("study")
+        request_id = uuid.uuid4().hex
+        response, close = self._receive(request, study_uid, request_id)
+        summary = StowSummary(
+            request_id,
+            request.client,
+            study_uid,
+            response.stored,
+            response.failed,
+            response.http_status,
+        )
+        self._request_done(summary)  # before answering: the client sees a settled state
+        return Response(
+            response.http_status, response.content_type, response.body, close_connection=close
+        )
+
+    def _receive(
+        self, request: Request, study_uid: str | None, request_id: str
+    ) -> tuple[StowResponse, bool]:
+        """The answer, and whether to close the connection (the body was not fully read)."""
+        headers = request.headers
+        try:  # headers first: a refused request is not worth reading
+            boundary = self.request_boundary(headers.get("Content-Type"), study_uid)
+            with receive_body(
+                request.body,
+                content_length=headers.get("Content-Length"),
+                transfer_encoding=headers.get("Transfer-Encoding"),
+                max_bytes=self.max_body_bytes,
+                memory_bytes=self.memory_body_bytes,
+            ) as body:
+                answer = self.store_body(
+                    body,
+                    boundary,
+                    study_uid=study_uid,
+                    address=request.client,
+                    request_id=request_id,
+                )
+                return answer, False
+        except MalformedRequest as exc:  # the body was not (fully) read: drop the connection
+            return _plain(exc.http_status, exc.reason), True
 
     def store_body(
         self,
@@ -301,6 +347,7 @@ class StowServer:
         except OutOfResources as exc:
             LOGGER.error("STOW request %s: %s", source.association_id, exc)
             return FailedInstance(index, FAILURE_OUT_OF_RESOURCES, "spool out of space")
+        # Disk or a bug: this part fails with a DICOMweb status; the other parts go on.
         except Exception:
             LOGGER.exception(
                 "STOW request %s: storing part %d failed", source.association_id, index
@@ -312,7 +359,7 @@ class StowServer:
             LOGGER.exception("on_stored failed in STOW request %s", source.association_id)
         return stored
 
-    def request_done(self, summary: StowSummary) -> None:
+    def _request_done(self, summary: StowSummary) -> None:
         """Log one answered STOW request and report it to ``on_request_done`` (its errors are
         logged, never raised); the request handler calls it before answering."""
         LOGGER.info(
@@ -332,12 +379,27 @@ class StowServer:
             )
         try:
             self._on_request_done(summary)
+        # The request is answered and its instances stored: the callback's failure is logged.
         except Exception:
             LOGGER.exception("on_request_done failed for STOW request %s", summary.request_id)
 
 
+STOW_ROUTES: tuple[Route[StowServer], ...] = (
+    Route("GET", "/health", Role.PUBLIC, StowServer.health, "STOW-RS endpoint liveness"),
+    Route("POST", "/studies", Role.INGEST, StowServer.post_studies, "Store instances (STOW-RS)"),
+    Route(
+        "POST",
+        "/studies/{study}",
+        Role.INGEST,
+        StowServer.post_studies,
+        "Store instances of one study (STOW-RS)",
+    ),
+)
+"""The DICOMweb routes, below ``base_path``."""
+
+
 class _StowRequestHandler(BaseHTTPRequestHandler):
-    """HTTP plumbing only: routing, body reading, answering; the logic is in StowServer."""
+    """HTTP plumbing only: dispatch through the route table, answer; the logic is elsewhere."""
 
     protocol_version = "HTTP/1.1"
     server_version = "statlane-stow"
@@ -350,65 +412,52 @@ class _StowRequestHandler(BaseHTTPRequestHandler):
         LOGGER.debug("%s " + format, self.address_string(), *args)
 
     def do_GET(self) -> None:
-        if self.path.split("?", 1)[0] == f"{self.stow.base_path}/health":
-            self._answer(StowResponse(200, "application/json", b'{"status": "ok"}'))
-            return
-        answer = None
-        if self.stow.get_handler is not None:
-            try:
-                answer = self.stow.get_handler(self.path)
-            except Exception:
-                LOGGER.exception("GET handler failed")
-                answer = (500, "text/plain; charset=utf-8", b"internal error\n")
-        if answer is None:
-            self._answer(_plain(404, "not found"))
-        else:
-            self._answer(StowResponse(*answer))
+        self._dispatch()
 
     def do_POST(self) -> None:
-        is_stow, study_uid = self.stow.match_route(self.path)
-        if not is_stow:
-            self.close_connection = True
-            self._answer(_plain(404, "not found"))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        url = urlsplit(self.path)
+        path = url.path.rstrip("/") or "/"
+        resolved = self.stow.routes.resolve(self.command, path)
+        reads_body = self.command != "GET"
+        if resolved.endpoint is None:
+            if resolved.allowed:
+                allow = (("Allow", ", ".join(resolved.allowed)),)
+                response = plain_response(405, "method not allowed", headers=allow)
+            else:
+                response = plain_response(404, "not found")
+            if reads_body:  # the body is left unread
+                self.close_connection = True
+            self._answer(response)
             return
-        request_id = uuid.uuid4().hex
-        response = self._receive(study_uid, request_id)
-        summary = StowSummary(
-            request_id,
-            self.client_address[0],
-            study_uid,
-            response.stored,
-            response.failed,
-            response.http_status,
+        request = Request(
+            method=self.command,
+            target=self.path,
+            path=path,
+            params=resolved.params,
+            query={k: v[-1] for k, v in parse_qs(url.query).items()},
+            headers=self.headers,
+            body=self.rfile,
+            client=self.client_address[0],
         )
-        self.stow.request_done(summary)  # before answering: the client sees a settled state
+        try:
+            response = resolved.endpoint.serve(request)
+        # Any handler error becomes one 500 answer, never a dropped connection.
+        except Exception:
+            LOGGER.exception("%s %s failed", self.command, resolved.endpoint.route.path)
+            response = plain_response(500, "internal error", close_connection=reads_body)
+        if response.close_connection:
+            self.close_connection = True
         self._answer(response)
 
-    def _receive(self, study_uid: str | None, request_id: str) -> StowResponse:
-        try:  # headers first: a refused request is not worth reading
-            boundary = self.stow.request_boundary(self.headers.get("Content-Type"), study_uid)
-            with receive_body(
-                self.rfile,
-                content_length=self.headers.get("Content-Length"),
-                transfer_encoding=self.headers.get("Transfer-Encoding"),
-                max_bytes=self.stow.max_body_bytes,
-                memory_bytes=self.stow.memory_body_bytes,
-            ) as body:
-                return self.stow.store_body(
-                    body,
-                    boundary,
-                    study_uid=study_uid,
-                    address=self.client_address[0],
-                    request_id=request_id,
-                )
-        except MalformedRequest as exc:  # the body was not (fully) read: drop the connection
-            self.close_connection = True
-            return _plain(exc.http_status, exc.reason)
-
-    def _answer(self, response: StowResponse) -> None:
-        self.send_response(response.http_status)
+    def _answer(self, response: Response) -> None:
+        self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
+        for name, value in response.headers:
+            self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()

@@ -27,13 +27,14 @@ from serving.delivery.workers import DeliveryWorkers
 from serving.gateway.dimse import AssociationSummary, DicomGateway
 from serving.gateway.hl7_orders import OrderReceiver
 from serving.gateway.mllp import MllpServer
+from serving.gateway.routes import RouteTable
 from serving.gateway.spool import Spool
 from serving.gateway.stow import StowServer, StowSummary
 from serving.jobstore import JobStore
 from serving.metrics import Metrics
 from serving.service.coordinator import Coordinator
 from serving.service.records import rules_digest
-from serving.service.rest import RestApi
+from serving.service.rest import REST_ROUTES, RestApi
 from serving.service.runtime import Runtime, build_runtime
 from serving.service.stat_gate import StatGate
 from serving.service.streaming import StreamingVolumes
@@ -87,7 +88,6 @@ class Service:
         )
         self.rules, rules_text = _rules(config)
         self.metrics = Metrics()
-        _describe(self.metrics)
         self.store = JobStore(config.db_url, clock=utc)
         self.outbox = Outbox(
             self.store,
@@ -152,14 +152,23 @@ class Service:
             on_released=self._association_released,
             fast_path=config.dicom.fast_path,
         )
-        self.rest = RestApi(self)
+        self.rest = RestApi(
+            store=self.store,
+            outbox=self.outbox,
+            worklist=self.worklist,
+            metrics=self.metrics,
+            worklist_mode=config.worklist.mode,
+            inference_up=lambda: self.runtime is not None,
+        )
+        routes = RouteTable()
+        routes.add(REST_ROUTES, self.rest)
         self.http = StowServer(
             self.spool,
             host=config.http.host,
             port=config.http.port,
             on_stored=self.coordinator.instance_stored,
             on_request_done=self._stow_done,
-            get_handler=self.rest.handle_get,
+            routes=routes,
         )
         self.hl7: MllpServer | None = None
         if config.hl7.enabled:
@@ -385,37 +394,6 @@ def _rules(config: ServiceConfig) -> tuple[RuleSet, str]:
         text = (resources.files("router.rules") / "default.yaml").read_text(encoding="utf-8")
         return default_rules(), text
     return load_rules(Path(config.rules)), Path(config.rules).read_text(encoding="utf-8")
-
-
-def _describe(metrics: Metrics) -> None:
-    for name, kind, text in (
-        ("statlane_instances_received_total", "counter", "Instances stored, by modality"),
-        ("statlane_instances_duplicate_total", "counter", "Instances received again"),
-        ("statlane_orders_received_total", "counter", "HL7 orders, by priority"),
-        ("statlane_studies_quarantined_total", "counter", "Studies held for identity problems"),
-        ("statlane_assembly_wait_seconds", "histogram", "Last instance to study complete"),
-        ("statlane_tasks_created_total", "counter", "Inference tasks, by priority and model"),
-        ("statlane_tasks_failed_total", "counter", "Inference tasks that failed"),
-        ("statlane_task_latency_seconds", "histogram", "Task received to result, by class"),
-        ("statlane_deadline_misses_total", "counter", "Tasks finished after their deadline"),
-        ("statlane_results_total", "counter", "Results by mode and model"),
-        ("statlane_deliveries_total", "counter", "Outbox items delivered"),
-        ("statlane_delivery_failures_total", "counter", "Failed delivery attempts"),
-        ("statlane_delivery_seconds", "histogram", "Time to deliver one outbox item"),
-        ("statlane_queue_depth", "gauge", "Scheduler queue depth by class"),
-        ("statlane_engine_pending", "gauge", "Jobs inside the engine"),
-        (
-            "statlane_stat_gate_waits_total",
-            "counter",
-            "Background steps (routine preprocessing, reads, deliveries) that waited for stat",
-        ),
-        (
-            "statlane_stat_gate_wait_seconds_total",
-            "counter",
-            "Seconds background steps waited for stat stages, in total",
-        ),
-    ):
-        metrics.describe(name, kind, text)
 
 
 __all__ = ["Ports", "Service"]

@@ -2,27 +2,30 @@
 
 ``GET /health``, ``/metrics`` (Prometheus), ``/worklist`` (native and published order),
 ``/studies`` and ``/studies/{uid}`` (state, series counts, routing decisions, tasks),
-``/tasks?state=``, ``/outbox?state=`` and ``/audit?study=``. Patient names never appear;
-UIDs and accession numbers do (this is the audit surface).
+``/tasks?state=``, ``/outbox?state=`` and ``/audit?study=``, declared in :data:`REST_ROUTES`
+with the role each needs; :func:`http_routes` lists every route of the port. Patient names
+never appear; UIDs and accession numbers do (this is the audit surface).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from datetime import datetime
 from enum import Enum
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
 
 from router.result import Mode
-from router.worklist import worklist_json
-from serving.jobstore import OutboxState, StudyState, TaskState
+from router.worklist import Worklist, worklist_json
+from serving.delivery.outbox import Outbox
+from serving.gateway.routes import Request, Response, Role, Route
+from serving.gateway.stow import STOW_ROUTES
+from serving.jobstore import JobStore, OutboxState, StudyState, TaskState
+from serving.metrics import CONTENT_TYPE, Metrics
 
-if TYPE_CHECKING:
-    from serving.service.app import Service
-
-Response = tuple[int, str, bytes]
+__all__ = ["REST_ROUTES", "RestApi", "http_routes"]
 
 
 def _plain(value: Any) -> Any:
@@ -43,69 +46,135 @@ def _plain(value: Any) -> Any:
 
 def _json(status: int, value: Any) -> Response:
     body = json.dumps(_plain(value), indent=1, default=str).encode()
-    return status, "application/json", body
+    return Response(status, "application/json", body)
+
+
+def _value_error_is_400(
+    handler: Callable[[RestApi, Request], Response],
+) -> Callable[[RestApi, Request], Response]:
+    """A ValueError in a REST handler, a bad query value (``?state=nonsense``), is one clear
+    400."""
+
+    @functools.wraps(handler)
+    def answer(api: RestApi, request: Request) -> Response:
+        try:
+            return handler(api, request)
+        except ValueError as error:
+            return _json(400, {"error": str(error)})
+
+    return answer
 
 
 class RestApi:
-    """Answers GET requests from the service's job store, worklist and metrics."""
+    """Answers the REST routes from the job store, outbox, worklist and metrics.
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    Args:
+        store: The job store (studies, tasks, audit trail).
+        outbox: The delivery outbox.
+        worklist: The shared worklist.
+        metrics: The service's metrics.
+        worklist_mode: The configured worklist mode, the default of ``/worklist?mode=``.
+        inference_up: Whether the inference runtime is running (``/health``).
+    """
 
-    def handle_get(self, target: str) -> Response | None:
-        """The response to ``GET target``, or None when the path is not ours (→ 404)."""
-        url = urlsplit(target)
-        path = url.path.rstrip("/") or "/"
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        try:
-            return self._route(path, query)
-        except ValueError as error:  # a bad query value: one clear 400
-            return _json(400, {"error": str(error)})
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        outbox: Outbox,
+        worklist: Worklist,
+        metrics: Metrics,
+        worklist_mode: str,
+        inference_up: Callable[[], bool],
+    ) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.worklist = worklist
+        self.metrics = metrics
+        self.worklist_mode = worklist_mode
+        self.inference_up = inference_up
 
-    def _route(self, path: str, query: dict[str, str]) -> Response | None:
-        service = self.service
-        store = service.store
-        if path == "/health":
-            runtime = "up" if service.runtime is not None else "unavailable"
-            return _json(200, {"status": "ok", "inference": runtime})
-        if path == "/metrics":
-            return 200, "text/plain; version=0.0.4", service.metrics.render().encode()
-        if path == "/worklist":
-            mode = Mode(query.get("mode", service.config.worklist.mode))
-            return _json(200, worklist_json(service.worklist, mode))
-        if path == "/studies":
-            state = StudyState(query["state"]) if "state" in query else None
-            return _json(200, [_study(s) for s in store.studies(state)])
-        if path.startswith("/studies/"):
-            uid = path.removeprefix("/studies/")
-            study = store.study(uid)
-            if study is None:
-                return _json(404, {"error": "unknown study"})
-            return _json(
-                200,
-                {
-                    "study": _study(study),
-                    "series": store.series_of(uid),
-                    "routing": store.routing_decisions(uid),
-                    "tasks": store.tasks(study_uid=uid),
-                },
-            )
-        if path == "/tasks":
-            task_state = TaskState(query["state"]) if "state" in query else None
-            return _json(200, store.tasks(task_state))
-        if path == "/outbox":
-            outbox_state = OutboxState(query["state"]) if "state" in query else None
-            items = [
-                {k: v for k, v in _plain(i).items() if k != "payload"}
-                for i in service.outbox.items(outbox_state)
-            ]
-            return _json(200, items)
-        if path == "/audit":
-            return _json(200, store.audit_events(study_uid=query.get("study")))
-        return None
+    @_value_error_is_400
+    def health(self, request: Request) -> Response:
+        """``GET /health``: up, and whether inference is."""
+        runtime = "up" if self.inference_up() else "unavailable"
+        return _json(200, {"status": "ok", "inference": runtime})
+
+    @_value_error_is_400
+    def metrics_text(self, request: Request) -> Response:
+        """``GET /metrics``: the Prometheus exposition."""
+        return Response(200, CONTENT_TYPE, self.metrics.render())
+
+    @_value_error_is_400
+    def worklist_orders(self, request: Request) -> Response:
+        """``GET /worklist[?mode=]``: the native and the published order."""
+        mode = Mode(request.query.get("mode", self.worklist_mode))
+        return _json(200, worklist_json(self.worklist, mode))
+
+    @_value_error_is_400
+    def studies(self, request: Request) -> Response:
+        """``GET /studies[?state=]``."""
+        state = StudyState(request.query["state"]) if "state" in request.query else None
+        return _json(200, [_study(s) for s in self.store.studies(state)])
+
+    @_value_error_is_400
+    def study(self, request: Request) -> Response:
+        """``GET /studies/{uid}``: state, series counts, routing decisions, tasks."""
+        uid = request.params["uid"]
+        store = self.store
+        study = store.study(uid)
+        if study is None:
+            return _json(404, {"error": "unknown study"})
+        return _json(
+            200,
+            {
+                "study": _study(study),
+                "series": store.series_of(uid),
+                "routing": store.routing_decisions(uid),
+                "tasks": store.tasks(study_uid=uid),
+            },
+        )
+
+    @_value_error_is_400
+    def tasks(self, request: Request) -> Response:
+        """``GET /tasks[?state=]``."""
+        state = TaskState(request.query["state"]) if "state" in request.query else None
+        return _json(200, self.store.tasks(state))
+
+    @_value_error_is_400
+    def outbox_items(self, request: Request) -> Response:
+        """``GET /outbox[?state=]``: items without their payloads."""
+        state = OutboxState(request.query["state"]) if "state" in request.query else None
+        items = [
+            {k: v for k, v in _plain(i).items() if k != "payload"} for i in self.outbox.items(state)
+        ]
+        return _json(200, items)
+
+    @_value_error_is_400
+    def audit(self, request: Request) -> Response:
+        """``GET /audit[?study=]``: the audit trail."""
+        return _json(200, self.store.audit_events(study_uid=request.query.get("study")))
 
 
 def _study(row: Any) -> dict[str, Any]:
     data: dict[str, Any] = _plain(row)
     data.pop("patient_id_hash", None)
     return data
+
+
+REST_ROUTES: tuple[Route[RestApi], ...] = (
+    Route("GET", "/health", Role.PUBLIC, RestApi.health, "Service liveness and inference status"),
+    Route("GET", "/metrics", Role.VIEWER, RestApi.metrics_text, "Prometheus metrics"),
+    Route("GET", "/worklist", Role.VIEWER, RestApi.worklist_orders, "Native and published order"),
+    Route("GET", "/studies", Role.VIEWER, RestApi.studies, "Studies, by state"),
+    Route("GET", "/studies/{uid}", Role.VIEWER, RestApi.study, "One study with its tasks"),
+    Route("GET", "/tasks", Role.VIEWER, RestApi.tasks, "Inference tasks, by state"),
+    Route("GET", "/outbox", Role.VIEWER, RestApi.outbox_items, "Deliveries, by state"),
+    Route("GET", "/audit", Role.VIEWER, RestApi.audit, "The audit trail, by study"),
+)
+"""The REST API's routes, at the root of the HTTP port."""
+
+
+def http_routes(base_path: str = "/dicomweb") -> tuple[Route[Any], ...]:
+    """Every route the service's HTTP port serves: STOW-RS below ``base_path``, then REST."""
+    return (*(r.under(base_path) for r in STOW_ROUTES), *REST_ROUTES)
