@@ -16,6 +16,7 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
 from models.manifest import (
+    BackendKind,
     Chunking,
     ManifestError,
     OutputSpec,
@@ -228,7 +229,7 @@ def _dense_package(root: Path, *, dynamic: bool, roi: list[int], **overrides: An
         "outputs": [OutputSpec(name="heatmap", shape=[-1, 1, *SPATIAL], meaning="logits")],
         "findings": [],
         "runtime": RuntimeHints(
-            max_batch=2, backends=["onnxruntime"], chunking=Chunking(roi_size=roi)
+            max_batch=2, backends=[BackendKind.ONNXRUNTIME], chunking=Chunking(roi_size=roi)
         ),
         **overrides,
     }

@@ -24,7 +24,13 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+    generate_uid,
+)
 from pynetdicom import AE, evt
 
 from models.synthetic.study import generate_study
@@ -188,6 +194,7 @@ def store_scp() -> Iterator[StoreScp]:
     server = ae.start_server(
         ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, scp.handle)]
     )
+    assert server is not None  # a non-blocking start returns its server
     scp.port = server.server_address[1]
     scp.server = server
     try:
@@ -290,7 +297,7 @@ def test_sop_class_the_peer_does_not_accept_is_permanent(
     store_scp: StoreScp, ct_study: list[Path], tmp_path: Path
 ) -> None:
     ds = pydicom.dcmread(ct_study[0])
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.4")  # MR
     ds.save_as(tmp_path / "mr.dcm")
     with pytest.raises(DeliveryError) as caught:
         scp_destination(store_scp).deliver(Payload("dicom", path=tmp_path / "mr.dcm"))
@@ -302,7 +309,7 @@ def _sr_files(source: Path, folder: Path, count: int) -> list[Path]:
     paths = []
     for k in range(count):
         ds = pydicom.dcmread(source)
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = COMPREHENSIVE_3D_SR
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID(COMPREHENSIVE_3D_SR)
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         paths.append(folder / f"sr{k}.dcm")
         ds.save_as(paths[-1])

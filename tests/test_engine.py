@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypedDict, Unpack, cast
 
 import numpy as np
 import pytest
@@ -20,7 +20,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from models.manifest import load_manifest
-from serving.backends import BackendModel, RequestContext, create_backend
+from serving.backends import Backend, BackendModel, RequestContext, create_backend
 from serving.engine import ChunkingError, ChunkSpec, Engine, EngineBusy, InferenceJob, ModelEntry
 from serving.scheduler import (
     LatencyTable,
@@ -75,8 +75,18 @@ def tiny(tmp_path: Path) -> BackendModel:
     return BackendModel.from_package(load_manifest(folder), folder)
 
 
+class _EngineOptions(TypedDict, total=False):
+    """Engine keywords a test may set beyond the defaults."""
+
+    max_pending: int
+
+
 def _engine(
-    tiny: BackendModel, backend: object, max_batch: int = 4, stat_lanes: int = 0, **kw: object
+    tiny: BackendModel,
+    backend: Backend,
+    max_batch: int = 4,
+    stat_lanes: int = 0,
+    **kw: Unpack[_EngineOptions],
 ) -> Engine:
     latency = LatencyTable({tiny.ident: ModelLatency.from_mapping({1: 0.01, 4: 0.02}, max_batch)})
     config = SchedulerConfig(max_queue_delay_s=0.0, stat_lanes=stat_lanes)
@@ -94,8 +104,8 @@ def _engine(
     )
 
 
-def _job(label: int, priority: PriorityClass = ROUTINE, **kw: object) -> InferenceJob:
-    return InferenceJob(f"job-{label}", "tiny-ct@1", priority, volume=label, **kw)
+def _job(label: int, priority: PriorityClass = ROUTINE) -> InferenceJob:
+    return InferenceJob(f"job-{label}", "tiny-ct@1", priority, volume=label)
 
 
 def test_results_match_the_backend_and_stages_are_stamped(tiny: BackendModel) -> None:
@@ -112,10 +122,15 @@ def test_results_match_the_backend_and_stages_are_stamped(tiny: BackendModel) ->
     )
     for k, result in enumerate(results):
         assert result.error is None
+        assert result.outputs is not None
         np.testing.assert_allclose(
             result.outputs[OUTPUT_NAME], direct[OUTPUT_NAME][k], rtol=1e-5, atol=1e-6
         )
         t = result.times
+        assert t.ready_s is not None
+        assert t.batch_started_s is not None
+        assert t.inferred_s is not None
+        assert t.done_s is not None
         assert t.received_s <= t.ready_s <= t.batch_started_s <= t.inferred_s <= t.done_s
 
 
@@ -359,6 +374,7 @@ def test_stat_waits_at_most_one_chunk_batch(
     assert backend.started.acquire(timeout=30)  # chunks 0 and 1 occupy the device
     stat = engine.submit(_prepared(9, "head@1", STAT))
     _wait_queued(engine, 2 if policy == "edf" else 1)
+    assert backend.gate is not None
     for _ in range(3):
         backend.gate.release()
     chest, head = routine.result(timeout=30), stat.result(timeout=30)
@@ -407,9 +423,11 @@ def test_chunked_jobs_equal_the_sliding_window_reference(tiny: BackendModel) -> 
     results = [f.result(timeout=60) for f in futures]
     engine.stop()
     with torch.no_grad():
-        expected = sliding_window_inference(
+        windowed = sliding_window_inference(
             torch.from_numpy(volumes), spec.roi_size, 4, net, spec.overlap, mode="gaussian"
-        ).numpy()
+        )
+    assert isinstance(windowed, torch.Tensor)  # one tensor for a network with one output
+    expected = windowed.numpy()
     for k, result in enumerate(results):
         assert result.error is None and result.outputs is not None
         assert result.chunks == 12  # 2 x 2 x 3 windows
@@ -428,7 +446,8 @@ def _spy_on_postprocessing(engine: Engine) -> list[Future[object]]:
         tasks.append(future)
         return future
 
-    engine._post.submit = spy  # type: ignore[method-assign]
+    # The spy keeps the pool's call shape but not its generic signature.
+    engine._post.submit = spy  # type: ignore[method-assign,assignment]
     return tasks
 
 

@@ -452,13 +452,14 @@ def test_a_source_voxel_inside_the_last_model_voxel_takes_its_label(fast: bool) 
 
 def _sided(result: AIResult) -> AIResult:
     """The first two organs as the left and right kidney: one concept, two sides."""
-    kidney = {"concept_value": "64033007", "concept_scheme": "SCT", "concept_meaning": "Kidney"}
     sides = [("7771000", "Left"), ("24028007", "Right")]
     findings = list(result.findings)
     for i, (value, meaning) in enumerate(sides):
         findings[i] = dataclasses.replace(
             findings[i],
-            **kidney,
+            concept_value="64033007",
+            concept_scheme="SCT",
+            concept_meaning="Kidney",
             laterality_value=value,
             laterality_scheme="SCT",
             laterality_meaning=meaning,

@@ -97,7 +97,9 @@ def test_edf_meets_every_stat_deadline_when_the_work_is_feasible(
     stat_arrivals: list[float],
 ) -> None:
     # Background work is urgent/routine; stat CT heads arrive on top of it.
-    specs = [(m, p, a, c) for m, p, a, c in background if p is not PriorityClass.STAT]
+    specs: list[tuple[str, PriorityClass, float, int]] = [
+        (m, p, a, c) for m, p, a, c in background if p is not PriorityClass.STAT
+    ]
     tasks = _tasks(specs)
     longest_batch_s = max(m.seconds(m.max_batch) for m in MODELS.values())
     stat_work_s = len(stat_arrivals) * MODELS["ich@1"].seconds(1)

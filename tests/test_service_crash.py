@@ -167,7 +167,8 @@ def test_restart_between_routing_decision_and_tasks_routes_again(tmp_path: Path)
         def crash(*args: object, **kwargs: object) -> None:
             raise RuntimeError("killed here")
 
-        service.store.create_task = crash  # type: ignore[method-assign]
+        # A stand-in that only raises, so its signature is not create_task's.
+        service.store.create_task = crash  # type: ignore[method-assign,assignment]
         assert storescu(service.ports.dicom, study.files).returncode == 0
         wait_for(
             lambda: (s := service.store.study(study.study_uid)) and s.state is StudyState.ROUTED,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -17,7 +18,15 @@ from serving.scheduler.workload import (
     rate_for_load,
 )
 
-PROFILES = {
+
+class _Profile(TypedDict):
+    """One model's entry in a profiles file: seconds per batch size (as JSON keys)."""
+
+    max_batch: int
+    seconds: dict[str, float]
+
+
+PROFILES: dict[str, _Profile] = {
     "ich-ct-head@2": {"max_batch": 4, "seconds": {"1": 2.0, "4": 5.0}},
     "ct-chest-nodule@1": {"max_batch": 4, "seconds": {"1": 6.0, "4": 16.0}},
 }

@@ -179,7 +179,14 @@ def test_repeated_instance_is_idempotent() -> None:
     series = make_series(8, 20, 16, slope=4.0)
     pipe = Pipeline.from_spec(PIPELINES["head-ct"])
     sp = StreamingPreprocessor(pipe, expected_count=8)
-    for ds in [series[3], *series[:5], to_bytes(series[3]), *series[5:], series[0]]:
+    arrivals: list[Dataset | bytes] = [
+        series[3],
+        *series[:5],
+        to_bytes(series[3]),
+        *series[5:],
+        series[0],
+    ]
+    for ds in arrivals:
         sp.add(ds)
     assert sp.count == 8
     out = sp.tensor()
@@ -225,7 +232,9 @@ def test_geometry_defects_raise_as_in_batch() -> None:
 @pytest.mark.parametrize(
     ("shape", "size"), [((13, 11, 7), (5, 11, 3)), ((6, 9, 4), (13, 4, 10)), ((8, 8, 8), (8, 8, 8))]
 )
-def test_area_resize_equals_adaptive_pooling(shape: tuple[int, ...], size: tuple[int, ...]) -> None:
+def test_area_resize_equals_adaptive_pooling(
+    shape: tuple[int, int, int], size: tuple[int, int, int]
+) -> None:
     img = torch.from_numpy(np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32))
     pooled = torch.nn.functional.adaptive_avg_pool3d(img[None], size)[0]
     out = area_resize(img, size)

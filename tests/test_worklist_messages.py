@@ -87,7 +87,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_orm_parses_back_and_validates_at_strict(name: str):
+def test_orm_parses_back_and_validates_at_strict(name: str) -> None:
     text = hl7(CASES[name])
     validate_rank_change_hl7(text)
     message = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT)
@@ -96,7 +96,7 @@ def test_orm_parses_back_and_validates_at_strict(name: str):
     assert [s.split("|")[0] for s in text.split("\r")] == ["MSH", "ORC", "OBR", "NTE", "OBX"]
 
 
-def test_orm_header():
+def test_orm_header() -> None:
     text = hl7(change(), receiving_facility="GENERAL HOSPITAL")
     msh = one(text, "MSH")
     assert msh[1] == "^~\\&"
@@ -110,14 +110,14 @@ def test_orm_header():
     assert default[5] == ""  # MSH-6 empty unless given
 
 
-def test_orm_time_keeps_the_offset():
+def test_orm_time_keeps_the_offset() -> None:
     local = AT.astimezone(timezone(timedelta(hours=-5)))
     text = build_rank_change_hl7(change(), local, message_control_id="X1")
     assert one(text, "MSH")[6] == "20261130070507-0500"
     assert field(one(text, "ORC"), 9) == "20261130070507-0500"
 
 
-def test_orm_change_order_by_accession():
+def test_orm_change_order_by_accession() -> None:
     text = hl7(change())
     orc, obr = one(text, "ORC"), one(text, "OBR")
     assert field(orc, 1) == "XO"
@@ -130,7 +130,7 @@ def test_orm_change_order_by_accession():
     assert field(obr, 18) == ACCESSION  # the project's accession field
 
 
-def test_orm_names_the_ris_order_numbers_of_a_received_order():
+def test_orm_names_the_ris_order_numbers_of_a_received_order() -> None:
     from router.context import OrderContext
 
     order = OrderContext(ACCESSION, placer_order_number="PO-7781", filler_order_number="FO-1290")
@@ -148,7 +148,7 @@ def test_orm_names_the_ris_order_numbers_of_a_received_order():
     assert (field(orc, 2), field(orc, 3)) == (ACCESSION, ACCESSION)
 
 
-def test_orm_refuses_an_order_of_another_accession():
+def test_orm_refuses_an_order_of_another_accession() -> None:
     from router.context import OrderContext
 
     other = OrderContext("ACC-OTHER", placer_order_number="PO-1")
@@ -157,7 +157,7 @@ def test_orm_refuses_an_order_of_another_accession():
 
 
 @pytest.mark.parametrize(("red_flag", "priority"), [(True, "S"), (False, "")])
-def test_orm_priority_in_orc7_and_obr27(red_flag: bool, priority: str):
+def test_orm_priority_in_orc7_and_obr27(red_flag: bool, priority: str) -> None:
     """S with a red flag; otherwise empty, so a stat order is never downgraded to routine."""
     label = Label.CRITICAL if red_flag else Label.NO_CRITICAL
     text = hl7(change(red_flag=red_flag, label=label))
@@ -167,7 +167,7 @@ def test_orm_priority_in_orc7_and_obr27(red_flag: bool, priority: str):
     assert message.ORM_O01_ORDER.ORC.orc_7.tq_6.to_er7() == priority
 
 
-def test_orm_carries_the_study_instance_uid_in_a_coded_obx():
+def test_orm_carries_the_study_instance_uid_in_a_coded_obx() -> None:
     obx = one(hl7(change()), "OBX")
     assert field(obx, 1) == "1"
     assert field(obx, 2) == "ST"
@@ -191,7 +191,7 @@ def test_orm_carries_the_study_instance_uid_in_a_coded_obx():
         ),
     ],
 )
-def test_nte_says_what_changed_in_words(c: RankChange, sentence: str):
+def test_nte_says_what_changed_in_words(c: RankChange, sentence: str) -> None:
     assert describe_rank_change(c) == sentence
     nte = one(hl7(c), "NTE")
     assert field(nte, 1) == "1" and field(nte, 2) == "L"
@@ -207,7 +207,7 @@ def test_nte_says_what_changed_in_words(c: RankChange, sentence: str):
         "ACC-" + "|^~\\&" * 12 + "-END",  # long and odd: 68 characters, 60 of them delimiters
     ],
 )
-def test_accession_with_delimiters_is_escaped(accession: str):
+def test_accession_with_delimiters_is_escaped(accession: str) -> None:
     text = hl7(change(accession=accession))
     validate_rank_change_hl7(text)
     orc, obr = one(text, "ORC"), one(text, "OBR")
@@ -222,12 +222,12 @@ def test_accession_with_delimiters_is_escaped(accession: str):
     assert task["basedOn"][0]["identifier"]["value"] == accession  # JSON needs no escaping
 
 
-def test_escaped_accession_exact_bytes():
+def test_escaped_accession_exact_bytes() -> None:
     obr = one(hl7(change(accession="A|B^C~D\\E&F")), "OBR")
     assert field(obr, 18) == "A\\F\\B\\S\\C\\R\\D\\E\\E\\T\\F"
 
 
-def test_no_patient_data_in_the_orm():
+def test_no_patient_data_in_the_orm() -> None:
     text = hl7(change())
     names = {s.split("|")[0] for s in text.split("\r")}
     assert names.isdisjoint({"PID", "PD1", "PV1", "PV2", "IN1", "GT1", "AL1"})
@@ -235,7 +235,7 @@ def test_no_patient_data_in_the_orm():
         assert value not in text
 
 
-def test_orm_refuses_what_the_ris_could_not_use():
+def test_orm_refuses_what_the_ris_could_not_use() -> None:
     with pytest.raises(MessageInvalid, match="no accession number"):
         hl7(change(accession=""))
     with pytest.raises(MessageInvalid, match="timezone-aware"):
@@ -293,7 +293,7 @@ BROKEN_ORM: dict[str, tuple[Callable[[str], str], str]] = {
 
 
 @pytest.mark.parametrize("name", list(BROKEN_ORM))
-def test_validate_rejects_broken_orm(name: str):
+def test_validate_rejects_broken_orm(name: str) -> None:
     corrupt, reason = BROKEN_ORM[name]
     text = hl7(change())
     broken = corrupt(text)
@@ -309,7 +309,7 @@ def test_validate_rejects_broken_orm(name: str):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_task_validates_with_fhir_resources(name: str):
+def test_task_validates_with_fhir_resources(name: str) -> None:
     task = build_rank_change_fhir(CASES[name], AT)
     validate_rank_change_fhir(task)
     model = Task.model_validate(task)
@@ -317,7 +317,7 @@ def test_task_validates_with_fhir_resources(name: str):
     assert json.loads(json.dumps(task)) == task  # plain JSON data
 
 
-def test_task_fields():
+def test_task_fields() -> None:
     task = build_rank_change_fhir(change(), AT)
     assert task["resourceType"] == "Task"
     assert task["status"] == "requested"
@@ -341,7 +341,7 @@ def test_task_fields():
 
 
 @pytest.mark.parametrize(("red_flag", "priority"), [(True, "stat"), (False, None)])
-def test_task_priority(red_flag: bool, priority: str | None):
+def test_task_priority(red_flag: bool, priority: str | None) -> None:
     """stat with a red flag; otherwise none, so a stat order is never downgraded."""
     label = Label.CRITICAL if red_flag else Label.PENDING
     task = build_rank_change_fhir(change(red_flag=red_flag, label=label), AT)
@@ -356,7 +356,7 @@ def inputs(task: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def test_task_inputs_carry_ranks_flag_and_label():
+def test_task_inputs_carry_ranks_flag_and_label() -> None:
     assert inputs(build_rank_change_fhir(change(), AT)) == {
         "old worklist rank": ("valueInteger", 15),
         "new worklist rank": ("valueInteger", 1),
@@ -365,7 +365,7 @@ def test_task_inputs_carry_ranks_flag_and_label():
     }
 
 
-def test_task_inputs_omit_missing_ranks_and_empty_label():
+def test_task_inputs_omit_missing_ranks_and_empty_label() -> None:
     added = inputs(build_rank_change_fhir(change(None, 4, False, Label.PENDING), AT))
     assert added == {
         "new worklist rank": ("valueInteger", 4),
@@ -376,20 +376,20 @@ def test_task_inputs_omit_missing_ranks_and_empty_label():
     assert left == {"old worklist rank": ("valueInteger", 7), "red flag": ("valueBoolean", False)}
 
 
-def test_task_without_accession_has_no_based_on():
+def test_task_without_accession_has_no_based_on() -> None:
     task = build_rank_change_fhir(change(accession=""), AT)
     assert "basedOn" not in task
     assert task["focus"]["identifier"]["value"] == f"urn:oid:{STUDY_UID}"
 
 
-def test_task_refuses_naive_time_and_bad_uid():
+def test_task_refuses_naive_time_and_bad_uid() -> None:
     with pytest.raises(MessageInvalid, match="timezone-aware"):
         build_rank_change_fhir(change(), AT.replace(tzinfo=None))
     with pytest.raises(MessageInvalid, match="Study Instance UID"):
         build_rank_change_fhir(change(study_uid=""), AT)
 
 
-def test_no_patient_data_in_the_task():
+def test_no_patient_data_in_the_task() -> None:
     task = build_rank_change_fhir(change(), AT)
     text = json.dumps(task)
     assert not {"for", "subject", "patient", "contained"} & set(task)
@@ -444,7 +444,7 @@ BROKEN_TASKS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
 
 
 @pytest.mark.parametrize("name", list(BROKEN_TASKS))
-def test_validate_rejects_broken_task(name: str):
+def test_validate_rejects_broken_task(name: str) -> None:
     corrupt, reason = BROKEN_TASKS[name]
     task = build_rank_change_fhir(change(), AT)
     broken = copy.deepcopy(task)
@@ -461,7 +461,7 @@ def test_validate_rejects_broken_task(name: str):
 # --- end to end from the worklist -------------------------------------------------------------
 
 
-def test_signals_of_a_red_flag_reorder():
+def test_signals_of_a_red_flag_reorder() -> None:
     """A worklist whose third study turns critical: each change makes a valid ORM and Task."""
     t0 = AT - timedelta(minutes=30)
     worklist = Worklist(clock=lambda: AT)
