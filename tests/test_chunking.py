@@ -111,7 +111,8 @@ def test_nodule_roi_gives_four_windows_along_the_slices() -> None:
 
 def test_gaussian_weights_peak_in_the_centre_and_keep_monai_floor() -> None:
     weights = importance_map((8, 8, 32), "gaussian", 0.125)
-    assert weights.dtype == np.float32 and not weights.flags.writeable
+    assert weights.dtype == np.float32
+    assert not weights.flags.writeable
     assert weights.max() == weights[3:5, 3:5, 15:17].max()
     assert weights.min() == pytest.approx(1e-3)
 
@@ -134,7 +135,8 @@ def test_patches_are_views_of_the_padded_volume() -> None:
     padded = pad_volume(volume, plan)
     assert plan.pad == ((0, 0), (0, 0), (2, 2))
     first = patch(padded, plan, 0)
-    assert first.shape == (1, 4, 4, 8) and np.shares_memory(first, padded)
+    assert first.shape == (1, 4, 4, 8)
+    assert np.shares_memory(first, padded)
     np.testing.assert_array_equal(first[0, :, :, 2:6], volume[0, :4, :4])
     with pytest.raises(ChunkingError, match="does not match"):
         pad_volume(volume[:, :5], plan)
@@ -161,7 +163,8 @@ def test_chunked_engine_finds_what_the_whole_volume_run_finds() -> None:
     version = registry.get("ct-chest-nodule")
     manifest = version.manifest
     spec = ChunkSpec.from_manifest(manifest)
-    assert spec is not None and spec.mode == "gaussian"
+    assert spec is not None
+    assert spec.mode == "gaussian"
     recipe = recipe_for(manifest.name)
     runner = ModelRunner(manifest, version.folder, "onnxruntime")
     model = BackendModel.from_package(manifest, version.folder)
@@ -199,7 +202,8 @@ def test_chunked_engine_finds_what_the_whole_volume_run_finds() -> None:
     engine.stop()
     for key, (truth, _) in samples.items():
         result = results[key]
-        assert result.error is None and result.chunks == 3
+        assert result.error is None
+        assert result.chunks == 3
         chunked = result.findings[0]
         assert chunked.present == whole[key].present == truth
         if truth:

@@ -251,7 +251,8 @@ def test_c_store_from_bytes_in_memory(store_scp: StoreScp, ct_study: list[Path])
     assert store_scp.received == [(uid, ExplicitVRLittleEndian)]
     with pytest.raises(DeliveryError) as caught:
         scp_destination(store_scp).deliver(Payload("dicom", body=b"not dicom"))
-    assert not caught.value.retryable and "not a readable DICOM" in caught.value.message
+    assert not caught.value.retryable
+    assert "not a readable DICOM" in caught.value.message
 
 
 def test_c_store_to_a_closed_port_is_retryable(ct_study: list[Path]) -> None:
@@ -332,7 +333,8 @@ def test_result_objects_share_one_kept_association(
     srs = _sr_files(ct_study[0], tmp_path, 3)
     for sr in srs:
         destination.deliver(Payload("dicom", path=sr))
-    assert len(store_scp.received) == 3 and len(set(store_scp.associations)) == 1
+    assert len(store_scp.received) == 3
+    assert len(set(store_scp.associations)) == 1
     assert store_scp.open_associations() == 1  # kept for the next result
     store_scp.status = 0xA700  # a failure status: the association answered, so it is kept
     with pytest.raises(DeliveryError) as caught:
@@ -459,7 +461,8 @@ def test_stow_request_is_multipart_related_dicom(ct_study: list[Path]) -> None:
     assert headers["Authorization"] == "Bearer t"
     assert headers["Accept"] == "application/dicom+json"
     head, part, tail = body.split(f"--{boundary}".encode())
-    assert head == b"" and tail == b"--\r\n"
+    assert head == b""
+    assert tail == b"--\r\n"
     assert (
         part == b"\r\nContent-Type: application/dicom\r\n\r\n" + ct_study[0].read_bytes() + b"\r\n"
     )
@@ -719,7 +722,8 @@ DICOM_CONFIG = {"type": "dicom", "ae_title": "PACS", "host": "pacs", "port": "10
 )
 def test_build_destination(config: dict[str, Any], cls: type, name: str) -> None:
     destination = build_destination(config)
-    assert isinstance(destination, cls) and isinstance(destination, Destination)
+    assert isinstance(destination, cls)
+    assert isinstance(destination, Destination)
     assert destination.name == name  # no credentials or query in names
 
 

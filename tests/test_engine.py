@@ -380,11 +380,13 @@ def test_stat_waits_at_most_one_chunk_batch(
     chest, head = routine.result(timeout=30), stat.result(timeout=30)
     engine.stop()
     assert backend.calls == expected_calls
-    assert head.error is None and chest.error is None
+    assert head.error is None
+    assert chest.error is None
     assert head.times.ready_s == 0.0
     assert head.times.batch_started_s == stat_wait_s
     assert (chest.chunks, head.chunks) == (3, 1)
-    assert chest.times.batch_started_s == 0.0 and chest.times.inferred_s == chest_inferred_s
+    assert chest.times.batch_started_s == 0.0
+    assert chest.times.inferred_s == chest_inferred_s
     assert chest.batch_size == 1  # the size of its last chunk's batch (or its whole-task item)
     assert chest.outputs is not None
     np.testing.assert_allclose(chest.outputs[OUTPUT_NAME], 2.0 * _volume(1), rtol=1e-6)
@@ -429,7 +431,8 @@ def test_chunked_jobs_equal_the_sliding_window_reference(tiny: BackendModel) -> 
     assert isinstance(windowed, torch.Tensor)  # one tensor for a network with one output
     expected = windowed.numpy()
     for k, result in enumerate(results):
-        assert result.error is None and result.outputs is not None
+        assert result.error is None
+        assert result.outputs is not None
         assert result.chunks == 12  # 2 x 2 x 3 windows
         np.testing.assert_allclose(result.outputs[OUTPUT_NAME], expected[k], atol=1e-5)
     assert sum(len(call) for call in backend.calls) == 3 * 12
@@ -461,8 +464,10 @@ def test_a_failing_chunk_fails_its_job_once_and_the_engine_goes_on(tiny: Backend
     failed, fine = bad.result(timeout=30), good.result(timeout=30)
     engine.stop()
     assert failed.error == "inference failed: device lost"
-    assert failed.outputs is None and failed.chunks == 3
-    assert fine.error is None and fine.outputs is not None
+    assert failed.outputs is None
+    assert failed.chunks == 3
+    assert fine.error is None
+    assert fine.outputs is not None
     np.testing.assert_allclose(fine.outputs[OUTPUT_NAME], 2.0 * _volume(2), rtol=1e-6)
     assert [p for call in backend.calls for p in call if p[0] == "1"] == [
         ("1", 0),
@@ -556,14 +561,19 @@ def test_background_work_steps_aside_while_a_stat_is_under_way(tiny: BackendMode
         held.__enter__()  # e.g. a stat study being routed
         routine = engine.submit(_job(1))
         time.sleep(0.3)
-        assert stat_stage_seen == [] and backend.batches == []  # nothing ran for the routine
+        # Nothing ran for the routine.
+        assert stat_stage_seen == []
+        assert backend.batches == []
         stat = engine.submit(_job(9, STAT))
         assert backend.started.acquire(timeout=30)  # the stat runs although the gate is held
-        assert backend.batches == [["9"]] and stat_stage_seen == [True]
+        assert backend.batches == [["9"]]
+        assert stat_stage_seen == [True]
         backend.gate.release()
         assert stat.result(timeout=30).error is None
         time.sleep(0.2)
-        assert not routine.done() and len(backend.batches) == 1  # still stepping aside
+        # Still stepping aside.
+        assert not routine.done()
+        assert len(backend.batches) == 1
         held.__exit__(None, None, None)  # the stat study's stage ends
         assert backend.started.acquire(timeout=30)
         backend.gate.release()

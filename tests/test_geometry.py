@@ -59,8 +59,10 @@ def test_columns_are_row_and_column_directions_times_spacing() -> None:
 def test_lps_to_ras_for_a_standard_axial_series() -> None:
     volume = load_series(make_series(3))
     # i grows toward patient Left: +x in LPS, so RAS x (Right) decreases; j toward Posterior.
-    assert volume.affine[0, 0] > 0 and volume.affine_ras[0, 0] < 0
-    assert volume.affine[1, 1] > 0 and volume.affine_ras[1, 1] < 0
+    assert volume.affine[0, 0] > 0
+    assert volume.affine_ras[0, 0] < 0
+    assert volume.affine[1, 1] > 0
+    assert volume.affine_ras[1, 1] < 0
     assert volume.affine_ras[2, 2] == pytest.approx(volume.affine[2, 2])
     origin = volume.affine[:3, 3]
     assert np.allclose(volume.affine_ras[:3, 3], [-origin[0], -origin[1], origin[2]])

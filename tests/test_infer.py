@@ -37,7 +37,8 @@ def test_hemorrhage_found_with_its_volume(
     assert report["model"] == "ich-ct-head@2"  # the active version
     assert report["study_instance_uid"] == truth["study_instance_uid"]
     (finding,) = report["findings"]
-    assert finding["present"] and finding["critical"]
+    assert finding["present"]
+    assert finding["critical"]
     assert finding["concept_value"] == "1386000"
     truth_ml = float(truth["volume_ml"])  # type: ignore[arg-type]
     assert finding["volume_ml"] == pytest.approx(truth_ml, rel=0.30)
@@ -50,7 +51,8 @@ def test_table_output_and_torchscript(
     folder, _ = ich_study
     assert infer.run(_args(folder, "ich-ct-head@1", as_json=False, backend="torchscript")) == 0
     out = capsys.readouterr().out
-    assert "ich-ct-head@1 (torchscript)" in out and "intracranial-hemorrhage" in out
+    assert "ich-ct-head@1 (torchscript)" in out
+    assert "intracranial-hemorrhage" in out
     assert "PatientName" not in out
 
 
@@ -58,7 +60,8 @@ def test_negative_radiograph(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     study = generate_study("cr-chest", tmp_path, seed=20_002, finding=False, matrix=512)
     assert infer.run(_args(study.study_dir, "cxr-pneumothorax")) == 0
     (finding,) = json.loads(capsys.readouterr().out)["findings"]
-    assert finding["name"] == "pneumothorax" and 0.0 <= finding["probability"] <= 1.0
+    assert finding["name"] == "pneumothorax"
+    assert 0.0 <= finding["probability"] <= 1.0
 
 
 def test_failures_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -67,7 +70,8 @@ def test_failures_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
     study = generate_study("cr-chest", tmp_path, seed=20_003, matrix=64)
     assert infer.run(_args(study.study_dir, "ich-ct-head")) == 1
     err = capsys.readouterr().err
-    assert "no CT series" in err and err.count("\n") == 1
+    assert "no CT series" in err
+    assert err.count("\n") == 1
     assert infer.run(_args(study.study_dir, "no-such-model")) == 2
     assert "no such model" in capsys.readouterr().err
     assert infer.run(_args(study.study_dir, "ich-ct-head@9")) == 2

@@ -248,7 +248,8 @@ def test_cli_lists_and_retries(
         str(alive), "pacs", "gsps", "pending", "1", "2024-05-01T08:00:02", "timeout",
     ]  # fmt: skip
     assert lines[2].split()[:6] == [str(dead), "pacs", "sr", "dead", "1", "-"]
-    assert lines[2].endswith("...") and len(lines) == 3
+    assert lines[2].endswith("...")
+    assert len(lines) == 3
 
     assert cli("outbox", "list", "--state", "dead", "--db", db_url) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2

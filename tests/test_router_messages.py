@@ -104,7 +104,8 @@ def test_oru_parses_back_and_validates_at_strict(name: str, request: pytest.Fixt
     assert message.name == "ORU_R01"
     assert message.validate() is True
     validate_oru(text)
-    assert "\n" not in text and text.count("\r") == len(text.split("\r")) - 1
+    assert "\n" not in text
+    assert text.count("\r") == len(text.split("\r")) - 1
 
 
 def test_oru_header_patient_and_order(ich: AIResult) -> None:
@@ -412,7 +413,8 @@ def test_check_bindings_reports_corruption(ich: AIResult, corrupt: Any, expected
     bundle = copy.deepcopy(build_fhir_bundle(ich, None, now=NOW))
     corrupt(bundle)
     violations = check_bindings(bundle)
-    assert len(violations) == 1 and expected in violations[0], violations
+    assert len(violations) == 1, violations
+    assert expected in violations[0], violations
     with pytest.raises(MessageInvalid, match="bindings"):
         validate_bundle(bundle)
 
@@ -441,7 +443,8 @@ def test_no_patient_identity_in_logs_or_errors(
     long_name = with_study(ich, patient_name="SECRETNAME" * 30)
     with pytest.raises(MessageInvalid) as caught:
         oru(long_name)
-    assert "built ORU" in caplog.text and "built FHIR bundle" in caplog.text
+    assert "built ORU" in caplog.text
+    assert "built FHIR bundle" in caplog.text
     family = ich.study.patient_name.split("^")[0]
     for secret in (family, ich.study.patient_id, "SECRETNAME"):
         assert secret not in caplog.text

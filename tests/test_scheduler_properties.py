@@ -76,7 +76,8 @@ def test_every_task_is_scheduled_exactly_once(
     expected = {(t.task_id, i) for t in tasks for i in range(t.chunks if chunked else 1)}
     assert set(handed_out) == expected
     assert sorted(c.task_id for c in result.completions) == sorted(t.task_id for t in tasks)
-    assert scheduler.queued_tasks == 0 and not scheduler.in_flight
+    assert scheduler.queued_tasks == 0
+    assert not scheduler.in_flight
     for batch in result.batches:
         assert (
             len(

@@ -145,11 +145,13 @@ def test_sigkill_mid_study_during_inference_and_before_delivery(tmp_path: Path) 
             assert _completions(store, task.task_id) == 1
         head_tasks = sorted(store.tasks(study_uid=head.study_uid), key=lambda t: t.generation)
         assert [t.generation for t in head_tasks] in ([0], [0, 1])
-        assert head_tasks[-1].result is not None and head_tasks[-1].result["critical_positive"]
+        assert head_tasks[-1].result is not None
+        assert head_tasks[-1].result["critical_positive"]
         assert len(store.tasks(study_uid=radiograph.study_uid)) == 1
         for uid in (head.study_uid, radiograph.study_uid):
             row = store.study(uid)
-            assert row is not None and row.state.value == "done"
+            assert row is not None
+            assert row.state.value == "done"
         store.close()
 
 

@@ -80,7 +80,8 @@ def test_bad_arguments_give_one_clear_line(
 ) -> None:
     assert main(["simulate", "--profiles", str(profiles), *bad]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("statlane simulate:")
+    assert len(err) == 1
+    assert err[0].startswith("statlane simulate:")
 
 
 def test_load_is_a_fraction_of_capacity() -> None:

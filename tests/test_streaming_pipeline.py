@@ -130,7 +130,8 @@ def test_gantry_tilt_takes_the_fallback(name: str, tilted_files: list[Path]) -> 
     assert volume.is_sheared
     sp = stream(pipe, tilted_files, seed=3)
     out = sp.tensor()
-    assert sp.fallback_reason is not None and "not separable" in sp.fallback_reason
+    assert sp.fallback_reason is not None
+    assert "not separable" in sp.fallback_reason
     assert_same(out, pipe(volume))
 
 
@@ -168,7 +169,8 @@ def test_tensor_before_the_last_slice_is_refused(head_files: list[Path]) -> None
     sp = StreamingPreprocessor(Pipeline.from_spec(PIPELINES["head-ct"]), expected_count=32)
     for path in head_files[:-1]:
         sp.add(path)
-    assert sp.count == 31 and not sp.is_complete
+    assert sp.count == 31
+    assert not sp.is_complete
     with pytest.raises(IncompleteSeriesError):
         sp.tensor()
     sp.add(head_files[-1])
@@ -248,5 +250,6 @@ def test_cuda_streaming_equals_cpu_batch(head_files: list[Path]) -> None:
     pipe = Pipeline.from_spec(PIPELINES["head-ct"])
     sp = stream(pipe, head_files, seed=4, device="cuda")
     out = sp.tensor()
-    assert out.device.type == "cuda" and sp.fallback_reason is None
+    assert out.device.type == "cuda"
+    assert sp.fallback_reason is None
     assert_same(out, pipe(load_series(head_files)))

@@ -125,7 +125,8 @@ def test_orm_change_order_by_accession() -> None:
     assert field(orc, 3) == ACCESSION  # filler order number
     assert field(orc, 9) == "20261130120507+0000"
     assert field(obr, 1) == "1"
-    assert field(obr, 2) == ACCESSION and field(obr, 3) == ACCESSION
+    assert field(obr, 2) == ACCESSION
+    assert field(obr, 3) == ACCESSION
     assert field(obr, 4) == "^AI worklist priority"
     assert field(obr, 18) == ACCESSION  # the project's accession field
 
@@ -194,7 +195,8 @@ def test_orm_carries_the_study_instance_uid_in_a_coded_obx() -> None:
 def test_nte_says_what_changed_in_words(c: RankChange, sentence: str) -> None:
     assert describe_rank_change(c) == sentence
     nte = one(hl7(c), "NTE")
-    assert field(nte, 1) == "1" and field(nte, 2) == "L"
+    assert field(nte, 1) == "1"
+    assert field(nte, 2) == "L"
     assert unescape(field(nte, 3)) == sentence
     assert build_rank_change_fhir(c, AT)["businessStatus"]["text"] == sentence
 
@@ -211,7 +213,9 @@ def test_accession_with_delimiters_is_escaped(accession: str) -> None:
     text = hl7(change(accession=accession))
     validate_rank_change_hl7(text)
     orc, obr = one(text, "ORC"), one(text, "OBR")
-    assert len(orc) == 10 and len(obr) == 28  # no stray field separators
+    # No stray field separators.
+    assert len(orc) == 10
+    assert len(obr) == 28
     for value in (field(orc, 2), field(orc, 3), field(obr, 2), field(obr, 3), field(obr, 18)):
         assert not set(value) & set("|^~&")
         assert unescape(value) == accession
@@ -301,7 +305,8 @@ def test_validate_rejects_broken_orm(name: str) -> None:
     with pytest.raises(ValueError, match=re.escape(reason)) as info:
         validate_rank_change_hl7(broken)
     assert isinstance(info.value, MessageInvalid)
-    assert "\n" not in str(info.value) and "\r" not in str(info.value)
+    assert "\n" not in str(info.value)
+    assert "\r" not in str(info.value)
     assert "DOE" not in str(info.value)
 
 
@@ -313,7 +318,8 @@ def test_task_validates_with_fhir_resources(name: str) -> None:
     task = build_rank_change_fhir(CASES[name], AT)
     validate_rank_change_fhir(task)
     model = Task.model_validate(task)
-    assert model.status == "requested" and model.intent == "order"
+    assert model.status == "requested"
+    assert model.intent == "order"
     assert json.loads(json.dumps(task)) == task  # plain JSON data
 
 
@@ -393,7 +399,8 @@ def test_no_patient_data_in_the_task() -> None:
     task = build_rank_change_fhir(change(), AT)
     text = json.dumps(task)
     assert not {"for", "subject", "patient", "contained"} & set(task)
-    assert "Patient" not in text and '"MR"' not in text
+    assert "Patient" not in text
+    assert '"MR"' not in text
     for value in (PATIENT_ID, PATIENT_NAME, "DOE", "JANE"):
         assert value not in text
 
@@ -454,7 +461,8 @@ def test_validate_rejects_broken_task(name: str) -> None:
         validate_rank_change_fhir(broken)
     assert isinstance(info.value, MessageInvalid)
     message = str(info.value)
-    assert "\n" not in message and "\r" not in message
+    assert "\n" not in message
+    assert "\r" not in message
     assert PATIENT_ID not in message
 
 
