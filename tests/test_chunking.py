@@ -34,6 +34,7 @@ from models.triton_export import build_config
 from serving.backends import BackendModel, RequestContext, create_backend
 from serving.engine import Engine, InferenceJob, ModelEntry
 from serving.engine.chunking import (
+    BlendMode,
     ChunkingError,
     ChunkSpec,
     PatchMerger,
@@ -68,7 +69,7 @@ def _conv_predictor(spatial_dims: int, out_channels: int = 2) -> torch.nn.Module
 @pytest.mark.parametrize("mode", ["gaussian", "constant"])
 @pytest.mark.parametrize(("shape", "roi", "overlap"), CASES)
 def test_merged_output_equals_monai(
-    shape: tuple[int, ...], roi: tuple[int, ...], overlap: float, mode: str
+    shape: tuple[int, ...], roi: tuple[int, ...], overlap: float, mode: BlendMode
 ) -> None:
     net = _conv_predictor(len(shape))
     volume = np.random.default_rng(len(shape) + sum(shape)).normal(size=(1, *shape))
@@ -81,7 +82,7 @@ def test_merged_output_equals_monai(
         def predict(batch: np.ndarray) -> Mapping[str, np.ndarray]:
             return {"out": net(torch.from_numpy(batch)).numpy()}
 
-        spec = ChunkSpec(roi, overlap, mode)  # type: ignore[arg-type]
+        spec = ChunkSpec(roi, overlap, mode)
         merged = sliding_window(volume, spec, predict, batch_size=2)
     assert merged["out"].shape == (2, *shape)
     np.testing.assert_allclose(merged["out"], np.asarray(expected)[0], atol=1e-5, rtol=1e-5)

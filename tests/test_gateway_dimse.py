@@ -18,6 +18,8 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
+
+# The SOP class names are made at import time; pynetdicom's types do not list them.
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from models.synthetic import SyntheticStudy, generate_study
@@ -362,6 +364,8 @@ def test_c_stores_take_the_fast_path_and_echo_and_sop_class_checks_still_work(
     from io import BytesIO
 
     from pynetdicom.dimse_primitives import C_STORE
+
+    # Made at import time, as above.
     from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 
     fast: list[str] = []
@@ -369,6 +373,7 @@ def test_c_stores_take_the_fast_path_and_echo_and_sop_class_checks_still_work(
 
     def spy(self: DicomGateway, assoc: object, request: object, ts: str) -> object:
         fast.append(ts)
+        # The spy passes the fast path's own arguments on untouched.
         return original(self, assoc, request, ts)  # type: ignore[arg-type]
 
     monkeypatch.setattr(DicomGateway, "_handle_raw_store", spy)
@@ -436,7 +441,9 @@ def test_bad_pdus_after_a_store_end_the_association_and_keep_what_was_stored(
         assoc = ae.associate("127.0.0.1", gateway.port, ae_title="STATLANE")
         assert assoc.is_established
         assert int(assoc.send_c_store(files[0]).Status) == 0x0000
-        raw = assoc.dul.socket.socket  # type: ignore[union-attr]
+        transport = assoc.dul.socket
+        assert transport is not None
+        raw = transport.socket
         assert raw is not None
         raw.sendall(garbage)
         if garbage.endswith(b"\x00" * 10):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pydicom
@@ -77,9 +77,15 @@ def dicom_parts(files: list[Path]) -> list[tuple[str | None, bytes]]:
 
 
 def post(
-    server: StowServer, body: bytes, content_type: str | None = CONTENT_TYPE, path: str = ""
+    server: StowServer,
+    body: bytes | Iterable[bytes],
+    content_type: str | None = CONTENT_TYPE,
+    path: str = "",
 ) -> tuple[int, str, bytes]:
-    """POST to /dicomweb/studies[path]; (status, content type, body) even for 4xx."""
+    """POST to /dicomweb/studies[path]; (status, content type, body) even for 4xx.
+
+    An iterable body goes out with Transfer-Encoding: chunked.
+    """
     request = urllib.request.Request(
         f"http://127.0.0.1:{server.port}/dicomweb/studies{path}", data=body, method="POST"
     )
@@ -243,7 +249,7 @@ def test_large_bodies_are_kept_on_disk_and_parsed_the_same(
     body = multipart(*dicom_parts(head.files[:4]))
     with StowServer(spool, host="127.0.0.1", port=0, memory_body_bytes=1024) as server:
         if chunked:  # urllib sends an iterable body with Transfer-Encoding: chunked
-            status, _, raw = post(server, iter([body[:5000], body[5000:]]))  # type: ignore[arg-type]
+            status, _, raw = post(server, iter([body[:5000], body[5000:]]))
         else:
             status, _, raw = post(server, body)
     assert status == 200

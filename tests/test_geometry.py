@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom.dataset import Dataset
 
 from preprocessing import load_series
 from preprocessing.geometry import slice_normal
@@ -20,8 +21,8 @@ from tests.series_factory import (
 )
 
 
-def _ipp(ds: object) -> np.ndarray:
-    return np.array([float(v) for v in ds.ImagePositionPatient])  # type: ignore[attr-defined]
+def _ipp(ds: Dataset) -> np.ndarray:
+    return np.array([float(v) for v in ds.ImagePositionPatient])
 
 
 @pytest.mark.parametrize(

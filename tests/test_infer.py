@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,14 +23,14 @@ def _args(
 
 
 @pytest.fixture(scope="module")
-def ich_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+def ich_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     study = generate_study("ct-head", tmp_path_factory.mktemp("ich"), seed=20_001, finding=True)
     assert study.ground_truth is not None
     return study.study_dir, json.loads(study.ground_truth.read_text())
 
 
 def test_hemorrhage_found_with_its_volume(
-    ich_study: tuple[Path, dict[str, object]], capsys: pytest.CaptureFixture[str]
+    ich_study: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder, truth = ich_study
     assert infer.run(_args(folder, "ich-ct-head")) == 0
@@ -40,13 +41,13 @@ def test_hemorrhage_found_with_its_volume(
     assert finding["present"]
     assert finding["critical"]
     assert finding["concept_value"] == "1386000"
-    truth_ml = float(truth["volume_ml"])  # type: ignore[arg-type]
+    truth_ml = float(truth["volume_ml"])
     assert finding["volume_ml"] == pytest.approx(truth_ml, rel=0.30)
     assert finding["key_instance_uid"]  # a source slice to show
 
 
 def test_table_output_and_torchscript(
-    ich_study: tuple[Path, dict[str, object]], capsys: pytest.CaptureFixture[str]
+    ich_study: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder, _ = ich_study
     assert infer.run(_args(folder, "ich-ct-head@1", as_json=False, backend="torchscript")) == 0

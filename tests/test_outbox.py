@@ -6,6 +6,7 @@ import argparse
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -80,13 +81,22 @@ def test_backoff_delays_are_exact_and_capped() -> None:
         policy.delay_after(0)
 
 
+class _PolicyFields(TypedDict, total=False):
+    """RetryPolicy fields a test overrides."""
+
+    base_delay_s: float
+    factor: float
+    max_delay_s: float
+    max_attempts: int
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"base_delay_s": 0.0}, {"factor": 0.5}, {"max_delay_s": 1.0}, {"max_attempts": 0}],
 )
-def test_a_nonsensical_policy_is_refused(kwargs: dict[str, float]) -> None:
+def test_a_nonsensical_policy_is_refused(kwargs: _PolicyFields) -> None:
     with pytest.raises(ValueError, match="retry policy needs"):
-        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+        RetryPolicy(**kwargs)
 
 
 def test_enqueue_is_idempotent_and_keeps_the_payload_type(outbox: Outbox) -> None:
@@ -315,6 +325,7 @@ def test_an_idle_delivery_worker_sleeps_until_the_next_item_is_due(
     owner = SimpleNamespace(outbox=outbox)
 
     def wait_s() -> float:
+        # A stand-in for the service: the method reads only its outbox.
         return Service._idle_delivery_wait_s(owner, None)  # type: ignore[arg-type]
 
     assert wait_s() == IDLE_DELIVERY_POLL_S  # nothing pending: poll for other processes' retries

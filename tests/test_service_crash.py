@@ -177,7 +177,7 @@ def test_restart_between_routing_decision_and_tasks_routes_again(tmp_path: Path)
             what="the routing decision",
         )
         assert service.store.tasks(study_uid=study.study_uid) == []
-        service.store.create_task = original  # type: ignore[method-assign]
+        service.store.create_task = original  # type: ignore[method-assign]  # put back
     with running_service(config) as service:
         [task] = wait_for(
             lambda: [
@@ -203,6 +203,7 @@ def test_restart_finishes_a_queued_task_of_a_study_reopened_by_late_instances(
     study = generate_study("cr-chest", tmp_path / "in", seed=34, matrix=128)
     config = service_config(tmp_path)
     with running_service(config) as service:
+        # A launch that never starts the work, in place of the method.
         service.coordinator.launch = lambda *args, **kwargs: None  # type: ignore[method-assign]
         assert storescu(service.ports.dicom, study.files).returncode == 0
         [queued] = wait_for(

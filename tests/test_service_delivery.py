@@ -384,6 +384,7 @@ def test_a_late_instance_during_result_handling_reruns_the_whole_study(tmp_path:
                     what="the late instance reopening the study",
                 )
 
+        # A recording wrapper in place of the method.
         service.worklist.update_ai = recording_update_ai  # type: ignore[method-assign]
         service.coordinator.deliver = deliver_then_late
         assert storescu(service.ports.dicom, first_files).returncode == 0

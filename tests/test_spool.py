@@ -7,10 +7,12 @@ import hashlib
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -30,6 +32,9 @@ from pydicom.uid import (
 from serving.gateway import instance_header
 from serving.gateway.errors import InvalidInstance, OutOfResources, StudyMismatch
 from serving.gateway.spool import InstanceSource, Spool, read_header, read_identity
+
+if TYPE_CHECKING:
+    from _typeshed import StrOrBytesPath
 
 STUDY = "1.2.826.0.1.3680043.10.1.1"
 SERIES = "1.2.826.0.1.3680043.10.1.1.2"
@@ -68,9 +73,18 @@ def make_dataset(
     return ds
 
 
-def make_instance(sop_uid: str = f"{SERIES}.1", **kwargs: object) -> bytes:
+class _DatasetFields(TypedDict, total=False):
+    """The keywords of ``make_dataset`` after the SOP Instance UID."""
+
+    study_uid: str
+    series_uid: str
+    pixels: bytes | None
+    omit: tuple[str, ...]
+
+
+def make_instance(sop_uid: str = f"{SERIES}.1", **kwargs: Unpack[_DatasetFields]) -> bytes:
     """``make_dataset`` encoded as a Part-10 file."""
-    return encode(make_dataset(sop_uid, **kwargs))  # type: ignore[arg-type]
+    return encode(make_dataset(sop_uid, **kwargs))
 
 
 def encode(ds: Dataset) -> bytes:
@@ -223,9 +237,12 @@ def test_uids_that_could_escape_the_spool_are_refused(
 ) -> None:
     root = tmp_path / "deep" / "spool"
     spool = make_spool(root)
-    kwargs: dict[str, object] = {"sop_uid": f"{SERIES}.1", field: value}
+    uids = {"sop_uid": f"{SERIES}.1", "study_uid": STUDY, "series_uid": SERIES, field: value}
+    instance = make_instance(
+        uids["sop_uid"], study_uid=uids["study_uid"], series_uid=uids["series_uid"]
+    )
     with pytest.raises(InvalidInstance, match="is not a valid UID"):
-        spool.store(make_instance(**kwargs), SOURCE)  # type: ignore[arg-type]
+        spool.store(instance, SOURCE)
     assert all_files(tmp_path) == []
 
 
@@ -246,10 +263,12 @@ def test_study_mismatch_is_refused_without_writing(tmp_path: Path) -> None:
     ],
     ids=["cut-in-pixel-data", "last-byte-missing", "garbage", "no-preamble"],
 )
-def test_damaged_streams_are_invalid(tmp_path: Path, damage: object, reason: str) -> None:
+def test_damaged_streams_are_invalid(
+    tmp_path: Path, damage: Callable[[bytes], bytes], reason: str
+) -> None:
     spool = make_spool(tmp_path)
     with pytest.raises(InvalidInstance, match=reason):
-        spool.store(damage(make_instance()), SOURCE)  # type: ignore[operator]
+        spool.store(damage(make_instance()), SOURCE)
     assert all_files(tmp_path) == []
 
 
@@ -346,13 +365,13 @@ VARIANTS = [
 ]
 
 
-def outcome(read: object, data: bytes) -> tuple[object, ...]:
+def outcome(read: Callable[[bytes], tuple[object, Dataset]], data: bytes) -> tuple[object, ...]:
     """What a read_header-like function makes of ``data``: an error, or identity and header.
 
     Any other exception fails the test: every failure must be an InvalidInstance.
     """
     try:
-        identity, header = read(data)  # type: ignore[operator]
+        identity, header = read(data)
     except (InvalidInstance, StudyMismatch) as exc:
         return type(exc).__name__, str(exc), exc.sop_instance_uid
     assert type(header) is Dataset
@@ -371,7 +390,7 @@ def decoded(ds: Dataset) -> dict[int, object]:
     return elements
 
 
-def by_pydicom(data: bytes) -> object:
+def by_pydicom(data: bytes) -> tuple[object, Dataset]:
     return instance_header._read_header_with_pydicom(data, None)
 
 
@@ -630,10 +649,10 @@ def test_the_data_is_on_disk_before_the_rename_and_the_directory_synced_after(
     events: list[str] = []
     fsync, open_, write, replace, unlink = os.fsync, os.open, os.write, os.replace, os.unlink
 
-    def record_open(path: object, flags: int, mode: int = 0o777) -> int:
+    def record_open(path: StrOrBytesPath, flags: int, mode: int = 0o777) -> int:
         if Path(str(path)).parent == spool.staging_dir:
             events.append("open O_DSYNC" if flags & os.O_DSYNC else "open")
-        return open_(path, flags, mode)  # type: ignore[arg-type]
+        return open_(path, flags, mode)
 
     def record_write(fd: int, data: bytes) -> int:
         events.append("write")
@@ -643,13 +662,13 @@ def test_the_data_is_on_disk_before_the_rename_and_the_directory_synced_after(
         events.append("dir-sync" if os.path.isdir(f"/proc/self/fd/{fd}") else "file-fsync")
         fsync(fd)
 
-    def record_replace(src: object, dst: object) -> None:
+    def record_replace(src: StrOrBytesPath, dst: StrOrBytesPath) -> None:
         events.append("rename")
-        replace(src, dst)  # type: ignore[arg-type]
+        replace(src, dst)
 
-    def record_unlink(path: object, *args: object, **kwargs: object) -> None:
+    def record_unlink(path: StrOrBytesPath, *, dir_fd: int | None = None) -> None:
         events.append("unlink")  # none for a stored instance: its staged file was renamed
-        unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+        unlink(path, dir_fd=dir_fd)
 
     monkeypatch.setattr(os, "open", record_open)
     monkeypatch.setattr(os, "write", record_write)

@@ -112,6 +112,7 @@ def test_a_background_series_is_read_stepping_aside_before_each_file(tmp_path: P
     paths = [str(p) for p in study.files]
     gate = _CountingGate()
     owner = SimpleNamespace(streaming=None, gate=gate, metrics=Metrics())
+    # The owner is a stand-in for the coordinator with only what the loader reads.
     background = Coordinator._loader(owner, "series", stat=False)(paths)  # type: ignore[arg-type]
     assert gate.calls == len(paths)
     stat = Coordinator._loader(owner, "series", stat=True)(paths)  # type: ignore[arg-type]
