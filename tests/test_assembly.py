@@ -48,7 +48,8 @@ def test_expected_count_completes_without_waiting() -> None:
     for k in range(3):
         _add(a, k, now=1.0, expected=3)
     [study] = a.due(now=1.0)
-    assert study.reason == "expected-count" and study.waited_s == 0.0
+    assert study.reason == "expected-count"
+    assert study.waited_s == 0.0
 
 
 def test_instances_after_release_restart_the_quiet_period() -> None:
@@ -81,7 +82,8 @@ def test_duplicates_and_late_instances() -> None:
     assert a.reopen("1.2.3") == 1
     a.released("1.2.3", now=2.1)
     [second] = a.due(now=3.5)
-    assert second.generation == 1 and len(second.series["1.2.3.4"]) == 2
+    assert second.generation == 1
+    assert len(second.series["1.2.3.4"]) == 2
 
 
 def test_quiet_period_is_per_study() -> None:

@@ -33,7 +33,8 @@ def tiny(tmp_path: Path) -> BackendModel:
 def test_registry_lists_every_backend_with_install_hints() -> None:
     entries = {b.name: b for b in available_backends()}
     assert set(entries) == {"onnxruntime", "torchscript", "triton"}
-    assert entries["onnxruntime"].available and entries["torchscript"].available
+    assert entries["onnxruntime"].available
+    assert entries["torchscript"].available
     assert all(b.install for b in entries.values())
     with pytest.raises(BackendUnavailable, match="unknown backend"):
         create_backend("tensorflow")

@@ -29,18 +29,22 @@ def test_smoke_writes_json_markdown_and_png(tmp_path: Path) -> None:
 
     doc = json.loads((tmp_path / "bundles.smoke.json").read_text())
     assert list(doc) == list(REQUIRED_KEYS)
-    assert doc["benchmark"] == "bundles" and doc["smoke"] is True
-    assert doc["when"].endswith("Z") and "--smoke" in doc["command"]
+    assert doc["benchmark"] == "bundles"
+    assert doc["smoke"] is True
+    assert doc["when"].endswith("Z")
+    assert "--smoke" in doc["command"]
     assert {"cpu", "cores", "gpu", "python", "packages"} <= set(doc["machine"])
     workload = doc["workload"]
     assert workload["inferer"] == {"roi_size": [96, 96, 96], "sw_batch_size": 4, "overlap": 0.5}
-    assert workload["windows"] >= 1 and len(workload["model_grid"]) == 3
+    assert workload["windows"] >= 1
+    assert len(workload["model_grid"]) == 3
     source_shape = workload["source_shape_slices_rows_columns"]
     assert [r["system"] for r in doc["runs"]] == list(SYSTEMS)
     for run in doc["runs"]:
         m = run["metrics"]
         assert len(m["e2e_s"]) == workload["repeats"] >= 1
-        assert m["median_e2e_s"] > 0 and m["model_load_s"] > 0
+        assert m["median_e2e_s"] > 0
+        assert m["model_load_s"] > 0
         assert set(m["median_stage_s"]) == set(STAGES)
         assert all(len(v) == workload["repeats"] for v in m["stage_s"].values())
         # the stages partition the end-to-end time but for a little bookkeeping
@@ -51,8 +55,11 @@ def test_smoke_writes_json_markdown_and_png(tmp_path: Path) -> None:
     by = {r["system"]: r["metrics"] for r in doc["runs"]}
     assert 0.0 <= by["statlane-onnxruntime"]["dice_spleen_vs_monai"] <= 1.0
     assert 0.0 <= by["statlane-torchscript"]["dice_spleen_vs_statlane_onnxruntime"] <= 1.0
-    assert set(doc["targets"]) == set(TARGETS) and set(TARGETS) <= set(doc["ratios"])
+    assert set(doc["targets"]) == set(TARGETS)
+    assert set(TARGETS) <= set(doc["ratios"])
     assert {E2E_KEY, TS_KEY} <= set(doc["ratios"])
     assert all(math.isfinite(v) for v in doc["ratios"].values())
     md = (tmp_path / "bundles.smoke.md").read_text()
-    assert "smoke" in md and "| statlane-onnxruntime |" in md and "| monai |" in md
+    assert "smoke" in md
+    assert "| statlane-onnxruntime |" in md
+    assert "| monai |" in md

@@ -44,7 +44,9 @@ def test_smoke_stores_every_sr_in_orthanc_and_writes_three_files(tmp_path: Path)
 
     doc = json.loads((out / "e2e.smoke.json").read_text())
     assert list(doc) == list(REQUIRED_KEYS)
-    assert doc["benchmark"] == "e2e" and doc["smoke"] is True and "--smoke" in doc["command"]
+    assert doc["benchmark"] == "e2e"
+    assert doc["smoke"] is True
+    assert "--smoke" in doc["command"]
     assert doc["workload"]["quiet_period_s"] == {"stat": 1.0, "urgent": 2.0, "routine": 3.0}
     assert [r["system"] for r in doc["runs"]] == [system for system, _ in SYSTEMS]
     for run in doc["runs"]:
@@ -62,10 +64,14 @@ def test_smoke_stores_every_sr_in_orthanc_and_writes_three_files(tmp_path: Path)
         assert orthanc["srs_delivered"] == len(run["studies"])
         assert orthanc["srs_found_in_orthanc"] == orthanc["srs_delivered"]
         for study in run["studies"]:
-            assert study["in_orthanc"] is True and study["error"] is None
+            assert study["in_orthanc"] is True
+            assert study["error"] is None
             # The stages partition the latency: last instance acknowledged → SR stored.
             assert math.isclose(sum(study["stages_s"].values()), study["total_s"], abs_tol=2e-3)
-    assert set(doc["targets"]) == set(TARGETS) and set(TARGETS) <= set(doc["ratios"])
+    assert set(doc["targets"]) == set(TARGETS)
+    assert set(TARGETS) <= set(doc["ratios"])
     assert all(math.isfinite(v) for v in doc["ratios"].values())
     md = (out / "e2e.smoke.md").read_text()
-    assert "smoke" in md and "| statlane-edf | stat |" in md and "| baseline-fifo | stat |" in md
+    assert "smoke" in md
+    assert "| statlane-edf | stat |" in md
+    assert "| baseline-fifo | stat |" in md

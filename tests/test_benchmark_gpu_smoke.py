@@ -22,7 +22,8 @@ def test_gpu_script_runs_on_cpu_and_labels_itself_not_a_result(tmp_path: Path) -
         diff = r["metrics"].get(
             "max_abs_diff_vs_cpu", r["metrics"].get("max_abs_diff_vs_onnxruntime")
         )
-        assert diff is not None and diff < 1e-3
+        assert diff is not None
+        assert diff < 1e-3
 
 
 def test_gpu_script_refuses_to_pretend_without_a_gpu(tmp_path: Path) -> None:

@@ -33,13 +33,17 @@ def test_smoke_writes_json_markdown_and_png(tmp_path: Path) -> None:
 
     doc = json.loads((out / "ingest.smoke.json").read_text())
     assert list(doc) == list(REQUIRED_KEYS)
-    assert doc["benchmark"] == "ingest" and doc["smoke"] is True and "--smoke" in doc["command"]
+    assert doc["benchmark"] == "ingest"
+    assert doc["smoke"] is True
+    assert "--smoke" in doc["command"]
     n = doc["workload"]["instances"]
     assert n == sum(doc["workload"]["study_sizes"]) > 0
     assert [r["system"] for r in doc["runs"]] == list(SYSTEMS)
     for run in doc["runs"]:
         m = run["metrics"]
-        assert m["instances"] == n and m["instances_per_s"] > 0 and m["median_s"] > 0
+        assert m["instances"] == n
+        assert m["instances_per_s"] > 0
+        assert m["median_s"] > 0
         assert len(m["seconds"]) == doc["workload"]["repeats"] == 1
     statlane = doc["runs"][-1]["metrics"]
     assert statlane["durable_before_ack"] is True
@@ -49,7 +53,11 @@ def test_smoke_writes_json_markdown_and_png(tmp_path: Path) -> None:
     # the task cannot be queued before the quiet period has passed since the last instance
     assert statlane["last_instance_to_task_queued_s"] >= quiet
     assert statlane["last_instance_to_task_started_s"] >= statlane["last_instance_to_task_queued_s"]
-    assert set(doc["targets"]) == set(TARGETS) and set(TARGETS) <= set(doc["ratios"])
+    assert set(doc["targets"]) == set(TARGETS)
+    assert set(TARGETS) <= set(doc["ratios"])
     md = (out / "ingest.smoke.md").read_text()
-    assert "| statlane-durable |" in md and "| dcmtk-storescp |" in md and "smoke" in md
-    assert "| gateway-spool |" in md and "| gateway-ack-only |" in md
+    assert "| statlane-durable |" in md
+    assert "| dcmtk-storescp |" in md
+    assert "smoke" in md
+    assert "| gateway-spool |" in md
+    assert "| gateway-ack-only |" in md

@@ -28,20 +28,28 @@ def test_smoke_writes_json_markdown_and_png(tmp_path: Path) -> None:
 
     doc = json.loads((tmp_path / "result_objects.smoke.json").read_text())
     assert list(doc) == list(REQUIRED_KEYS)
-    assert doc["benchmark"] == "result_objects" and doc["smoke"] is True
-    assert doc["when"].endswith("Z") and "--smoke" in doc["command"]
+    assert doc["benchmark"] == "result_objects"
+    assert doc["smoke"] is True
+    assert doc["when"].endswith("Z")
+    assert "--smoke" in doc["command"]
     assert {"cpu", "cores", "gpu", "python", "packages"} <= set(doc["machine"])
     workload = doc["workload"]
-    assert workload["labels"] > 1 and workload["labels_present"] == workload["labels"]
+    assert workload["labels"] > 1
+    assert workload["labels_present"] == workload["labels"]
     assert [r["system"] for r in doc["runs"]] == list(SYSTEMS)
     for run in doc["runs"]:
         m = run["metrics"]
-        assert m["segments"] == workload["labels"] and m["frames"] >= m["segments"]
-        assert m["median_seg_cpu_s"] > 0 and m["median_sr_cpu_s"] > 0
+        assert m["segments"] == workload["labels"]
+        assert m["frames"] >= m["segments"]
+        assert m["median_seg_cpu_s"] > 0
+        assert m["median_sr_cpu_s"] > 0
         assert m["median_cpu_s"] == max(m["median_cpu_s"], m["median_seg_cpu_s"])
         assert m["median_wall_s"] > 0
         assert m["seg_identical_to_statlane"] is True  # both systems built the same SEG
-    assert set(doc["targets"]) == set(TARGETS) and set(TARGETS) <= set(doc["ratios"])
+    assert set(doc["targets"]) == set(TARGETS)
+    assert set(TARGETS) <= set(doc["ratios"])
     assert doc["ratios"][CPU_KEY] == doc["runs"][0]["metrics"]["median_cpu_s"]
     md = (tmp_path / "result_objects.smoke.md").read_text()
-    assert "| statlane |" in md and "| highdicom-label-array |" in md and "smoke" in md
+    assert "| statlane |" in md
+    assert "| highdicom-label-array |" in md
+    assert "smoke" in md

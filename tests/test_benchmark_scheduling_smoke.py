@@ -27,4 +27,5 @@ def test_smoke_writes_json_markdown_and_png(tmp_path: Path) -> None:
     for run in document["runs"]:
         assert run["metrics"]["throughput_per_s"] > 0
         assert "stat" in run["metrics"]
-    assert document["targets"] and set(document["targets"]) <= set(document["ratios"])
+    assert document["targets"]
+    assert set(document["targets"]) <= set(document["ratios"])

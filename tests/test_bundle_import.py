@@ -145,9 +145,11 @@ def test_torchscript_bundle_becomes_a_valid_package(tmp_path: Path) -> None:
     assert manifest.postprocessing.activation == "softmax"
     assert [(f.name, f.channel) for f in manifest.findings] == [("hemorrhage", 1)]
     # The shipped TorchScript is kept; ONNX is exported from it and checked against it.
-    assert manifest.weights.onnx is not None and manifest.weights.torchscript is not None
+    assert manifest.weights.onnx is not None
+    assert manifest.weights.torchscript is not None
     assert manifest.runtime.backends == [BackendKind.ONNXRUNTIME, BackendKind.TORCHSCRIPT]
-    assert manifest.imported is not None and manifest.imported.weights_from == "models/model.ts"
+    assert manifest.imported is not None
+    assert manifest.imported.weights_from == "models/model.ts"
     assert manifest.modality == ["CT"]
     assert manifest.card.not_for_clinical_use
 
@@ -187,7 +189,8 @@ def test_onnx_bundle_takes_names_and_dims_from_the_graph(tmp_path: Path) -> None
     )
     manifest = load_manifest(report.folder)
     assert manifest.ident == "head-onnx@3"
-    assert manifest.input.name == "image" and manifest.input.shape == [-1, 1, *SPATIAL]
+    assert manifest.input.name == "image"
+    assert manifest.input.shape == [-1, 1, *SPATIAL]
     assert [o.name for o in manifest.outputs] == ["logits"]  # graph name, not the metadata key
     assert manifest.runtime.backends == [BackendKind.ONNXRUNTIME]
     assert manifest.runtime.max_batch == 2
@@ -256,7 +259,8 @@ def test_cli_prints_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"imported tiny-head-ct@1 -> {repo / 'tiny-head-ct' / '1'}" in out
-    assert "UNMAPPED [7] Lambdad" in out and "NOT evaluated" in out
+    assert "UNMAPPED [7] Lambdad" in out
+    assert "NOT evaluated" in out
     assert not (tmp_path / "sentinel").exists()
     assert main(["models", "--root", str(repo), "validate", "tiny-head-ct"]) == 0
     assert main(["models", "import-bundle", str(tmp_path / "absent")]) == 2

@@ -88,9 +88,11 @@ def test_infer_writes_a_seg_on_the_source_series_that_dciodvfy_accepts(
         main(["infer", str(abdomen), "--model", "spleen-ct-segmentation", "--out", str(out)]) == 0
     )
     printed = capsys.readouterr().out
-    assert "inference" in printed and "placement" in printed
+    assert "inference" in printed
+    assert "placement" in printed
     written = {pydicom.dcmread(p).SOPClassUID: p for p in out.glob("*.dcm")}
-    assert SEG_CLASS in written and SR_CLASSES & set(written)
+    assert SEG_CLASS in written
+    assert SR_CLASSES & set(written)
     seg = hd.seg.segread(written[SEG_CLASS])
     sources = {
         str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
@@ -121,7 +123,8 @@ def test_both_backends_give_the_same_label_map_on_the_source_grid(
     onnx = infer_with_package(abdomen, package, "onnxruntime")
     script = infer_with_package(abdomen, package, "torchscript")
     [volume] = load_study(scan_folder(abdomen)).values()
-    assert onnx.label_map is not None and script.label_map is not None
+    assert onnx.label_map is not None
+    assert script.label_map is not None
     columns, rows, slices = volume.shape
     assert onnx.label_map.shape == (slices, rows, columns)
     agree = np.mean(onnx.label_map == script.label_map)

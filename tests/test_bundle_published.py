@@ -63,12 +63,14 @@ def test_the_spleen_bundle_imports_as_published_from_its_state_dict(tmp_path: Pa
     assert (post.activation, post.discrete, post.largest_component) == ("softmax", "argmax", False)
     [spleen] = manifest.findings
     assert (spleen.concept.value, spleen.concept.scheme, spleen.channel) == ("78961009", "SCT", 1)
-    assert spleen.category is not None and spleen.category.value == "91723000"
+    assert spleen.category is not None
+    assert spleen.category.value == "91723000"
     assert manifest.manufacturer == "MONAI team"
     assert (manifest.card.authors, manifest.card.source_version) == ("MONAI team", "0.5.9")
     assert manifest.card.metrics == {"mean_dice": 0.961}
     record = manifest.imported
-    assert record is not None and record.weights_from == "models/model.pt"
+    assert record is not None
+    assert record.weights_from == "models/model.pt"
     assert record.network_evaluated
     assert {c.format for c in record.exports} == {"onnx", "torchscript"}
     assert all(c.max_abs_diff <= c.tolerance for c in record.exports)
@@ -100,7 +102,8 @@ def test_no_eval_imports_the_shipped_torchscript_and_evaluates_nothing(tmp_path:
     assert report.evaluated == []
     assert not any("evaluating" in line for line in lines)
     record = manifest.imported
-    assert record is not None and record.weights_from == "models/model.ts"
+    assert record is not None
+    assert record.weights_from == "models/model.ts"
     assert not record.network_evaluated
     assert (report.folder / "model.ts").read_bytes() == (bundle / "models/model.ts").read_bytes()
     assert {c.format for c in record.exports} == {"onnx", "torchscript"}
@@ -201,7 +204,8 @@ def test_the_cli_prints_progress_and_one_line_per_failure(
     repo = tmp_path / "repo"
     assert main(["models", "import-bundle", str(bundle), "--out", str(repo)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("statlane models import-bundle: ")
+    assert len(err) == 1
+    assert err[0].startswith("statlane models import-bundle: ")
     assert "does not match large_files.yml" in err[0]
     assert main(["models", "import-bundle", str(bundle), "--out", str(repo), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -230,7 +234,8 @@ def test_the_whole_body_bundle_maps_104_labels_and_evaluates_its_pixdim(tmp_path
     # approximate one ("Portal vein") and stay a placeholder
     assert len(report.placeholders) == 104 - 66
     assert "portal-vein-and-splenic-vein" in report.placeholders
-    assert "spleen" not in report.placeholders and "liver" not in report.placeholders
+    assert "spleen" not in report.placeholders
+    assert "liver" not in report.placeholders
     assert _nothing_written(tmp_path / "repo")
     with pytest.raises(BundleImportError, match=r"unsupported transform.*Spacingd.*pixdim"):
         import_bundle(FIXTURES / "wholeBody_ct_segmentation", tmp_path / "repo", evaluate=False)
@@ -280,12 +285,14 @@ def test_the_whole_body_bundle_imports_with_its_105_channel_segresnet(tmp_path: 
     manifest = load_manifest(report.folder)
     assert [o.shape for o in manifest.outputs] == [[-1, 105, 96, 96, 96]]
     assert len(manifest.findings) == 104
-    assert manifest.runtime.chunking is not None and manifest.runtime.chunking.mode == "gaussian"
+    assert manifest.runtime.chunking is not None
+    assert manifest.runtime.chunking.mode == "gaussian"
     assert manifest.imported is not None
     assert all(c.max_abs_diff <= c.tolerance for c in manifest.imported.exports)
     assert ("network_def#_target_", "instantiate SegResNet") in report.evaluated
     sides = {f.name: f.laterality.meaning for f in manifest.findings if f.laterality}
-    assert sides["kidney-left"] == "Left" and sides["kidney-right"] == "Right"
+    assert sides["kidney-left"] == "Left"
+    assert sides["kidney-right"] == "Right"
     kidneys = [f.concept.value for f in manifest.findings if f.name.startswith("kidney-")]
     assert len(set(kidneys)) == 1  # one concept, told apart by the side
     assert all(r.ok for r in Registry(tmp_path / "repo").validate())

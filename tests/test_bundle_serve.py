@@ -70,7 +70,8 @@ def test_an_imported_bundle_serves_a_rule_into_orthanc(tmp_path: Path) -> None:
             assert f"{task.model_name}@{task.model_version}" == report.ident
             delivered = wait_for(lambda: _all_delivered(service, 2), what="deliveries")
             kinds = sorted(i.kind.value for i in delivered)
-            assert "sr" in kinds and "seg" in kinds, kinds
+            assert "sr" in kinds, kinds
+            assert "seg" in kinds, kinds
         instances = _wait_pacs_objects(pacs, study.study_uid, count=len(delivered))
         assert len(instances) == len(delivered)
         series = _qido(pacs, f"/studies/{study.study_uid}/series")

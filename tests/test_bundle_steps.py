@@ -65,7 +65,8 @@ def test_postprocessing_maps_sigmoid_threshold_largest_component_and_invert() ->
     }
     assert post.skipped == ["postprocessing SaveImaged"]
     [fill] = post.unmapped
-    assert fill.target == "postprocessing FillHolesd" and fill.unsupported
+    assert fill.target == "postprocessing FillHolesd"
+    assert fill.unsupported
     assert notes == []
 
 

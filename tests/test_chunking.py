@@ -17,6 +17,7 @@ from monai.inferers import sliding_window_inference
 
 from models.backends import BackendModel, RequestContext, create_backend
 from models.chunking import (
+    BlendMode,
     ChunkingError,
     ChunkSpec,
     PatchMerger,
@@ -28,6 +29,7 @@ from models.chunking import (
     sliding_window,
 )
 from models.manifest import (
+    BackendKind,
     Chunking,
     ManifestError,
     OutputSpec,
@@ -68,7 +70,7 @@ def _conv_predictor(spatial_dims: int, out_channels: int = 2) -> torch.nn.Module
 @pytest.mark.parametrize("mode", ["gaussian", "constant"])
 @pytest.mark.parametrize(("shape", "roi", "overlap"), CASES)
 def test_merged_output_equals_monai(
-    shape: tuple[int, ...], roi: tuple[int, ...], overlap: float, mode: str
+    shape: tuple[int, ...], roi: tuple[int, ...], overlap: float, mode: BlendMode
 ) -> None:
     net = _conv_predictor(len(shape))
     volume = np.random.default_rng(len(shape) + sum(shape)).normal(size=(1, *shape))
@@ -81,7 +83,7 @@ def test_merged_output_equals_monai(
         def predict(batch: np.ndarray) -> Mapping[str, np.ndarray]:
             return {"out": net(torch.from_numpy(batch)).numpy()}
 
-        spec = ChunkSpec(roi, overlap, mode)  # type: ignore[arg-type]
+        spec = ChunkSpec(roi, overlap, mode)
         merged = sliding_window(volume, spec, predict, batch_size=2)
     assert merged["out"].shape == (2, *shape)
     np.testing.assert_allclose(merged["out"], np.asarray(expected)[0], atol=1e-5, rtol=1e-5)
@@ -111,7 +113,8 @@ def test_nodule_roi_gives_four_windows_along_the_slices() -> None:
 
 def test_gaussian_weights_peak_in_the_centre_and_keep_monai_floor() -> None:
     weights = importance_map((8, 8, 32), "gaussian", 0.125)
-    assert weights.dtype == np.float32 and not weights.flags.writeable
+    assert weights.dtype == np.float32
+    assert not weights.flags.writeable
     assert weights.max() == weights[3:5, 3:5, 15:17].max()
     assert weights.min() == pytest.approx(1e-3)
 
@@ -134,7 +137,8 @@ def test_patches_are_views_of_the_padded_volume() -> None:
     padded = pad_volume(volume, plan)
     assert plan.pad == ((0, 0), (0, 0), (2, 2))
     first = patch(padded, plan, 0)
-    assert first.shape == (1, 4, 4, 8) and np.shares_memory(first, padded)
+    assert first.shape == (1, 4, 4, 8)
+    assert np.shares_memory(first, padded)
     np.testing.assert_array_equal(first[0, :, :, 2:6], volume[0, :4, :4])
     with pytest.raises(ChunkingError, match="does not match"):
         pad_volume(volume[:, :5], plan)
@@ -161,7 +165,8 @@ def test_chunked_engine_finds_what_the_whole_volume_run_finds() -> None:
     version = registry.get("ct-chest-nodule")
     manifest = version.manifest
     spec = ChunkSpec.from_manifest(manifest)
-    assert spec is not None and spec.mode == "gaussian"
+    assert spec is not None
+    assert spec.mode == "gaussian"
     recipe = recipe_for(manifest.name)
     runner = ModelRunner(manifest, version.folder, "onnxruntime")
     model = BackendModel.from_package(manifest, version.folder)
@@ -199,7 +204,8 @@ def test_chunked_engine_finds_what_the_whole_volume_run_finds() -> None:
     engine.stop()
     for key, (truth, _) in samples.items():
         result = results[key]
-        assert result.error is None and result.chunks == 3
+        assert result.error is None
+        assert result.chunks == 3
         chunked = result.findings[0]
         assert chunked.present == whole[key].present == truth
         if truth:
@@ -229,7 +235,7 @@ def _dense_package(root: Path, *, dynamic: bool, roi: list[int], **overrides: An
         "outputs": [OutputSpec(name="heatmap", shape=[-1, 1, *SPATIAL], meaning="logits")],
         "findings": [],
         "runtime": RuntimeHints(
-            max_batch=2, backends=["onnxruntime"], chunking=Chunking(roi_size=roi)
+            max_batch=2, backends=[BackendKind.ONNXRUNTIME], chunking=Chunking(roi_size=roi)
         ),
         **overrides,
     }

@@ -77,7 +77,8 @@ def test_inspect_refuses_a_bad_pipeline(tmp_path: Path, capsys: pytest.CaptureFi
     pipeline.write_text("- {transform: Lambda, func: '$print(1)'}\n")
     assert main(["inspect", str(tmp_path), "--pipeline", str(pipeline)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Lambda" in err[0]
+    assert len(err) == 1
+    assert "Lambda" in err[0]
 
 
 @pytest.mark.slow
@@ -89,12 +90,14 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     # the bleed from the emergency department, ordered routine, arrived 15th and is flagged,
     # ahead of every study without a critical finding
     [bleed] = [line for line in table if "ED, routine order" in line]
-    assert bleed.split()[0] == "15" and "RED" in bleed
+    assert bleed.split()[0] == "15"
+    assert "RED" in bleed
     rows = table[2 : table.index("")]
     assert len(rows) == 16
     first_unflagged = next(i for i, line in enumerate(rows) if "RED" not in line)
     assert rows.index(bleed) < first_unflagged
-    assert "stat" in out and "deadline misses" in out
+    assert "stat" in out
+    assert "deadline misses" in out
     assert (tmp_path / "flagged-key-slice.png").stat().st_size > 10_000
     assert len(list((tmp_path / "results").glob("*.dcm"))) >= 16
 

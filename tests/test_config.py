@@ -13,9 +13,11 @@ from serving.delivery.config import DicomDestinationConfig
 
 def test_embedded_defaults() -> None:
     config = load_config(None)
-    assert config.dicom.port == 11112 and config.http.port == 8080
+    assert config.dicom.port == 11112
+    assert config.http.port == 8080
     assert config.db_url == "sqlite:///var/statlane.db"
-    assert config.runtime.backend == "onnxruntime" and config.runtime.policy == "edf"
+    assert config.runtime.backend == "onnxruntime"
+    assert config.runtime.policy == "edf"
     assert config.deadlines_s[PriorityClass.STAT] == 60.0
     assert config.destinations["local-folder"].type == "folder"
 

@@ -24,7 +24,13 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+    generate_uid,
+)
 from pynetdicom import AE, evt
 
 from models.synthetic.study import generate_study
@@ -196,6 +202,7 @@ def store_scp() -> Iterator[StoreScp]:
     server = ae.start_server(
         ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, scp.handle)]
     )
+    assert server is not None  # a non-blocking start returns its server
     scp.port = server.server_address[1]
     scp.server = server
     try:
@@ -252,7 +259,8 @@ def test_c_store_from_bytes_in_memory(store_scp: StoreScp, ct_study: list[Path])
     assert store_scp.received == [(uid, ExplicitVRLittleEndian)]
     with pytest.raises(DeliveryError) as caught:
         scp_destination(store_scp).deliver(Payload(INSTANCE, body=b"not dicom"))
-    assert not caught.value.retryable and "not a readable DICOM" in caught.value.message
+    assert not caught.value.retryable
+    assert "not a readable DICOM" in caught.value.message
 
 
 def test_c_store_to_a_closed_port_is_retryable(ct_study: list[Path]) -> None:
@@ -298,7 +306,7 @@ def test_sop_class_the_peer_does_not_accept_is_permanent(
     store_scp: StoreScp, ct_study: list[Path], tmp_path: Path
 ) -> None:
     ds = pydicom.dcmread(ct_study[0])
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.4")  # MR
     ds.save_as(tmp_path / "mr.dcm")
     with pytest.raises(DeliveryError) as caught:
         scp_destination(store_scp).deliver(Payload(INSTANCE, path=tmp_path / "mr.dcm"))
@@ -310,7 +318,7 @@ def _sr_files(source: Path, folder: Path, count: int) -> list[Path]:
     paths = []
     for k in range(count):
         ds = pydicom.dcmread(source)
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = COMPREHENSIVE_3D_SR
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID(COMPREHENSIVE_3D_SR)
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         paths.append(folder / f"sr{k}.dcm")
         ds.save_as(paths[-1])
@@ -333,7 +341,8 @@ def test_result_objects_share_one_kept_association(
     srs = _sr_files(ct_study[0], tmp_path, 3)
     for sr in srs:
         destination.deliver(Payload(INSTANCE, path=sr))
-    assert len(store_scp.received) == 3 and len(set(store_scp.associations)) == 1
+    assert len(store_scp.received) == 3
+    assert len(set(store_scp.associations)) == 1
     assert store_scp.open_associations() == 1  # kept for the next result
     store_scp.status = 0xA700  # a failure status: the association answered, so it is kept
     with pytest.raises(DeliveryError) as caught:
@@ -460,7 +469,8 @@ def test_stow_request_is_multipart_related_dicom(ct_study: list[Path]) -> None:
     assert headers["Authorization"] == "Bearer t"
     assert headers["Accept"] == "application/dicom+json"
     head, part, tail = body.split(f"--{boundary}".encode())
-    assert head == b"" and tail == b"--\r\n"
+    assert head == b""
+    assert tail == b"--\r\n"
     assert (
         part == b"\r\nContent-Type: application/dicom\r\n\r\n" + ct_study[0].read_bytes() + b"\r\n"
     )
@@ -725,7 +735,8 @@ DICOM_CONFIG = {"type": "dicom", "ae_title": "PACS", "host": "pacs", "port": "10
 )
 def test_build_destination(config: dict[str, Any], cls: type, name: str) -> None:
     destination = build(config)
-    assert isinstance(destination, cls) and isinstance(destination, Destination)
+    assert isinstance(destination, cls)
+    assert isinstance(destination, Destination)
     assert destination.name == name  # no credentials or query in names
 
 
@@ -784,7 +795,7 @@ def test_payload_validates_eagerly(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="takes a body, not a path"):
         Payload(DeliveryKind.HL7, path=tmp_path / "x")
     with pytest.raises(ValueError, match="not one of"):
-        Payload("pdf", body=b"")  # type: ignore[arg-type]
+        Payload("pdf", body=b"")  # type: ignore[arg-type]  # a kind outside the Literal
     with pytest.raises(ValueError, match="bytes of a Part 10 file"):
         Payload(DeliveryKind.SEG, body={"a": 1})
 

@@ -7,9 +7,9 @@ from io import BytesIO
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from serving.gateway.element_text import element_count, element_text
@@ -46,7 +46,7 @@ def _raw(tag: int, vr: str | None, value: bytes) -> RawDataElement:
 
 def _header(charset: str | None, keyword: str, vr: str | None, value: bytes) -> Dataset:
     tag, _ = _KEYWORDS[keyword]
-    elements = {}
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
     if charset is not None:
         elements[Tag(0x00080005)] = _raw(0x00080005, "CS", charset.encode())
     elements[Tag(tag)] = _raw(tag, vr, value)
@@ -56,7 +56,7 @@ def _header(charset: str | None, keyword: str, vr: str | None, value: bytes) -> 
 def _pydicom(dataset: Dataset, keyword: str) -> str | type[Exception]:
     try:
         return str(dataset.get(keyword, ""))
-    except Exception as exc:  # the fast path must raise alike
+    except Exception as exc:  # noqa: BLE001 - whatever pydicom raises, the fast path must too
         return type(exc)
 
 

@@ -12,14 +12,14 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypedDict, Unpack, cast
 
 import numpy as np
 import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
-from models.backends import BackendModel, RequestContext, create_backend
+from models.backends import Backend, BackendModel, RequestContext, create_backend
 from models.chunking import ChunkingError, ChunkSpec
 from models.manifest import load_manifest
 from router.vocabulary import PriorityClass
@@ -71,8 +71,18 @@ def tiny(tmp_path: Path) -> BackendModel:
     return BackendModel.from_package(load_manifest(folder), folder)
 
 
+class _EngineOptions(TypedDict, total=False):
+    """Engine keywords a test may set beyond the defaults."""
+
+    max_pending: int
+
+
 def _engine(
-    tiny: BackendModel, backend: object, max_batch: int = 4, stat_lanes: int = 0, **kw: object
+    tiny: BackendModel,
+    backend: Backend,
+    max_batch: int = 4,
+    stat_lanes: int = 0,
+    **kw: Unpack[_EngineOptions],
 ) -> Engine:
     latency = LatencyTable({tiny.ident: ModelLatency.from_mapping({1: 0.01, 4: 0.02}, max_batch)})
     config = SchedulerConfig(max_queue_delay_s=0.0, stat_lanes=stat_lanes)
@@ -90,8 +100,8 @@ def _engine(
     )
 
 
-def _job(label: int, priority: PriorityClass = ROUTINE, **kw: object) -> InferenceJob:
-    return InferenceJob(f"job-{label}", "tiny-ct@1", priority, volume=label, **kw)
+def _job(label: int, priority: PriorityClass = ROUTINE) -> InferenceJob:
+    return InferenceJob(f"job-{label}", "tiny-ct@1", priority, volume=label)
 
 
 def test_results_match_the_backend_and_stages_are_stamped(tiny: BackendModel) -> None:
@@ -108,10 +118,15 @@ def test_results_match_the_backend_and_stages_are_stamped(tiny: BackendModel) ->
     )
     for k, result in enumerate(results):
         assert result.error is None
+        assert result.outputs is not None
         np.testing.assert_allclose(
             result.outputs[OUTPUT_NAME], direct[OUTPUT_NAME][k], rtol=1e-5, atol=1e-6
         )
         t = result.times
+        assert t.ready_s is not None
+        assert t.batch_started_s is not None
+        assert t.inferred_s is not None
+        assert t.done_s is not None
         assert t.received_s <= t.ready_s <= t.batch_started_s <= t.inferred_s <= t.done_s
 
 
@@ -355,16 +370,19 @@ def test_stat_waits_at_most_one_chunk_batch(
     assert backend.started.acquire(timeout=30)  # chunks 0 and 1 occupy the device
     stat = engine.submit(_prepared(9, "head@1", STAT))
     _wait_queued(engine, 2 if policy == "edf" else 1)
+    assert backend.gate is not None
     for _ in range(3):
         backend.gate.release()
     chest, head = routine.result(timeout=30), stat.result(timeout=30)
     engine.stop()
     assert backend.calls == expected_calls
-    assert head.error is None and chest.error is None
+    assert head.error is None
+    assert chest.error is None
     assert head.times.ready_s == 0.0
     assert head.times.batch_started_s == stat_wait_s
     assert (chest.chunks, head.chunks) == (3, 1)
-    assert chest.times.batch_started_s == 0.0 and chest.times.inferred_s == chest_inferred_s
+    assert chest.times.batch_started_s == 0.0
+    assert chest.times.inferred_s == chest_inferred_s
     assert chest.batch_size == 1  # the size of its last chunk's batch (or its whole-task item)
     assert chest.outputs is not None
     np.testing.assert_allclose(chest.outputs[OUTPUT_NAME], 2.0 * _volume(1), rtol=1e-6)
@@ -403,11 +421,14 @@ def test_chunked_jobs_equal_the_sliding_window_reference(tiny: BackendModel) -> 
     results = [f.result(timeout=60) for f in futures]
     engine.stop()
     with torch.no_grad():
-        expected = sliding_window_inference(
+        windowed = sliding_window_inference(
             torch.from_numpy(volumes), spec.roi_size, 4, net, spec.overlap, mode="gaussian"
-        ).numpy()
+        )
+    assert isinstance(windowed, torch.Tensor)  # one tensor for a network with one output
+    expected = windowed.numpy()
     for k, result in enumerate(results):
-        assert result.error is None and result.outputs is not None
+        assert result.error is None
+        assert result.outputs is not None
         assert result.chunks == 12  # 2 x 2 x 3 windows
         np.testing.assert_allclose(result.outputs[OUTPUT_NAME], expected[k], atol=1e-5)
     assert sum(len(call) for call in backend.calls) == 3 * 12
@@ -424,7 +445,8 @@ def _spy_on_postprocessing(engine: Engine) -> list[Future[object]]:
         tasks.append(future)
         return future
 
-    engine.postprocessing.submit = spy  # type: ignore[method-assign]
+    # The spy keeps the pool's call shape but not its generic signature.
+    engine.postprocessing.submit = spy  # type: ignore[method-assign,assignment]
     return tasks
 
 
@@ -438,8 +460,10 @@ def test_a_failing_chunk_fails_its_job_once_and_the_engine_goes_on(tiny: Backend
     failed, fine = bad.result(timeout=30), good.result(timeout=30)
     engine.stop()
     assert failed.error == "inference failed: device lost"
-    assert failed.outputs is None and failed.chunks == 3
-    assert fine.error is None and fine.outputs is not None
+    assert failed.outputs is None
+    assert failed.chunks == 3
+    assert fine.error is None
+    assert fine.outputs is not None
     np.testing.assert_allclose(fine.outputs[OUTPUT_NAME], 2.0 * _volume(2), rtol=1e-6)
     assert [p for call in backend.calls for p in call if p[0] == "1"] == [
         ("1", 0),
@@ -533,14 +557,19 @@ def test_background_work_steps_aside_while_a_stat_is_under_way(tiny: BackendMode
         held.__enter__()  # e.g. a stat study being routed
         routine = engine.submit(_job(1))
         time.sleep(0.3)
-        assert stat_stage_seen == [] and backend.batches == []  # nothing ran for the routine
+        # Nothing ran for the routine.
+        assert stat_stage_seen == []
+        assert backend.batches == []
         stat = engine.submit(_job(9, STAT))
         assert backend.started.acquire(timeout=30)  # the stat runs although the gate is held
-        assert backend.batches == [["9"]] and stat_stage_seen == [True]
+        assert backend.batches == [["9"]]
+        assert stat_stage_seen == [True]
         backend.gate.release()
         assert stat.result(timeout=30).error is None
         time.sleep(0.2)
-        assert not routine.done() and len(backend.batches) == 1  # still stepping aside
+        # Still stepping aside.
+        assert not routine.done()
+        assert len(backend.batches) == 1
         held.__exit__(None, None, None)  # the stat study's stage ends
         assert backend.started.acquire(timeout=30)
         backend.gate.release()

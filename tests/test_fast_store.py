@@ -132,7 +132,8 @@ def test_fragments_out_of_order_are_a_protocol_error() -> None:
 def test_the_response_is_what_pynetdicom_decodes(status: int, comment: str | None) -> None:
     request = StoreRequest(3, 41, CTImageStorage, INSTANCE_UID, 0)
     pdu_bytes = store_response_pdu(request, status, comment)
-    assert pdu_bytes[0] == 0x04 and int.from_bytes(pdu_bytes[2:6], "big") == len(pdu_bytes) - 6
+    assert pdu_bytes[0] == 0x04
+    assert int.from_bytes(pdu_bytes[2:6], "big") == len(pdu_bytes) - 6
     pdu = P_DATA_TF()
     pdu.decode(pdu_bytes)
     message = DIMSEMessage()
@@ -159,7 +160,8 @@ def test_a_truncated_command_set_is_not_taken_for_a_store() -> None:
     # Cut the command PDV short by 3 bytes (and fix its length): pynetdicom gets it.
     cut = (length - 3).to_bytes(4, "big") + body[4 : 4 + length - 3]
     sink.router.feed(cut)
-    assert sink.completed == [] and not sink.router.receiving
+    assert sink.completed == []
+    assert not sink.router.receiving
     assert len(sink.passed_on) == 1
     with pytest.raises(DimseProtocolError):
         parse_command_set(body[6 : 4 + length - 3])

@@ -17,6 +17,8 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
+
+# The SOP class names are made at import time; pynetdicom's types do not list them.
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from models.synthetic import SyntheticStudy, generate_study
@@ -142,7 +144,8 @@ def test_storescu_study_is_spooled_in_its_own_transfer_syntax(
         "127.0.0.1",
         False,
     )
-    assert len(summary.instances) == len(study.files) == 32 and summary.failed == 0
+    assert len(summary.instances) == len(study.files) == 32
+    assert summary.failed == 0
     assert [s.sop_instance_uid for s in recorder.stored] == [
         s.sop_instance_uid for s in summary.instances
     ]
@@ -153,7 +156,8 @@ def test_storescu_study_is_spooled_in_its_own_transfer_syntax(
         stored = by_uid[source.SOPInstanceUID]
         assert stored.transfer_syntax_uid == TRANSFER_SYNTAX[compression]
         assert stored.study_instance_uid == study.study_uid
-        assert stored.source.channel == "dimse" and stored.source.calling_ae == "MODALITY"
+        assert stored.source.channel == "dimse"
+        assert stored.source.calling_ae == "MODALITY"
         assert pydicom.dcmread(stored.path).PixelData == source.PixelData
 
 
@@ -190,7 +194,8 @@ def test_echoscu_is_answered(tmp_path: Path) -> None:
         )
         (summary,) = recorder.wait_for_associations(1)
     assert result.returncode == 0, result.stderr
-    assert summary.instances == [] and summary.calling_ae == "PINGER"
+    assert summary.instances == []
+    assert summary.calling_ae == "PINGER"
 
 
 @pytest.mark.parametrize(
@@ -208,7 +213,9 @@ def test_callers_not_allowed_are_rejected_before_anything_is_stored(
     ):
         storescu(gateway.port, studies["none"].files[:2], aet="STRANGER")
     assert "Calling AE Title Not Recognized" in str(refused.value.output)
-    assert spooled_files(spool) == [] and recorder.stored == [] and recorder.summaries == []
+    assert spooled_files(spool) == []
+    assert recorder.stored == []
+    assert recorder.summaries == []
 
 
 def test_low_disk_is_refused_with_a700_and_nothing_is_written(
@@ -221,7 +228,9 @@ def test_low_disk_is_refused_with_a700_and_nothing_is_written(
         output = storescu(gateway.port, files)
         (summary,) = recorder.wait_for_associations(1)
     assert output.count("0xa700: Refused: Out of resources") == len(files)
-    assert spooled_files(spool) == [] and summary.instances == [] and summary.failed == 3
+    assert spooled_files(spool) == []
+    assert summary.instances == []
+    assert summary.failed == 3
 
 
 def test_corrupt_instance_is_refused_and_the_rest_of_the_association_is_stored(
@@ -297,10 +306,12 @@ def test_truncated_file_gets_c000_with_a_reason_and_the_association_goes_on(
     (status, comment), (ok_status, _) = answers
     # pynetdicom re-encodes what it could read, so the peer sees consistent framing around
     # 3000 bytes too few of pixel data.
-    assert status == 0xC000 and comment == "Pixel Data holds 5192 bytes, the image needs 8192"
+    assert status == 0xC000
+    assert comment == "Pixel Data holds 5192 bytes, the image needs 8192"
     assert ok_status == 0x0000
     assert [s.path for s in summary.instances] == spooled_files(spool)
-    assert len(summary.instances) == 1 and summary.failed == 1
+    assert len(summary.instances) == 1
+    assert summary.failed == 1
 
 
 class ExplodingSpool(Spool):
@@ -318,7 +329,8 @@ def test_unexpected_failures_become_c211_and_callback_errors_do_not_fail_the_sto
     with running_gateway(ExplodingSpool(tmp_path / "a", min_free_bytes=0), recorder) as gw:
         ((status, comment),) = pynetdicom_store(gw.port, files)
         recorder.wait_for_associations(1)
-    assert status == 0xC211 and "internal error" in comment
+    assert status == 0xC211
+    assert "internal error" in comment
 
     def broken_callback(_: StoredInstance) -> None:
         raise ValueError("downstream queue is down")
@@ -326,7 +338,8 @@ def test_unexpected_failures_become_c211_and_callback_errors_do_not_fail_the_sto
     spool = Spool(tmp_path / "b", min_free_bytes=0)
     with DicomGateway(spool, port=0, host="127.0.0.1", on_stored=broken_callback) as gateway:
         ((status, _),) = pynetdicom_store(gateway.port, files)
-    assert status == 0x0000 and len(spooled_files(spool)) == 1
+    assert status == 0x0000
+    assert len(spooled_files(spool)) == 1
 
 
 def test_orthanc_forwards_a_whole_study(tmp_path: Path, studies: dict[str, SyntheticStudy]) -> None:
@@ -364,6 +377,7 @@ def test_c_stores_take_the_fast_path_and_echo_and_sop_class_checks_still_work(
 
     def spy(self: DicomGateway, assoc: object, request: object, ts: str) -> object:
         fast.append(ts)
+        # The spy passes the fast path's own arguments on untouched.
         return original(self, assoc, request, ts)  # type: ignore[arg-type]
 
     monkeypatch.setattr(DicomGateway, "handle_fast_store", spy)
@@ -411,13 +425,15 @@ def test_c_stores_take_the_fast_path_and_echo_and_sop_class_checks_still_work(
         (summary,) = recorder.wait_for_associations(1)
         ran_fast = gateway.fast_path
 
-    assert int(first.Status) == 0x0000 and int(last.Status) == 0x0000
+    assert int(first.Status) == 0x0000
+    assert int(last.Status) == 0x0000
     assert int(echo.Status) == 0x0000
     assert [(c.Status, c.ErrorComment) for c in mismatch] == [(0x0122, SOP_CLASS_MISMATCH)]
     # Two C-STOREs on the fast path when it is on; the mismatch never reached the spool.
     assert fast == ([ExplicitVRLittleEndian] * 2 if ran_fast else [])
     assert not summary.aborted
-    assert len(summary.instances) == 2 and len(spooled_files(spool)) == 2
+    assert len(summary.instances) == 2
+    assert len(spooled_files(spool)) == 2
 
 
 @pytest.mark.parametrize(
@@ -443,7 +459,9 @@ def test_bad_pdus_after_a_store_end_the_association_and_keep_what_was_stored(
         assoc = ae.associate("127.0.0.1", gateway.port, ae_title="STATLANE")
         assert assoc.is_established
         assert int(assoc.send_c_store(files[0]).Status) == 0x0000
-        raw = assoc.dul.socket.socket  # type: ignore[union-attr]
+        transport = assoc.dul.socket
+        assert transport is not None
+        raw = transport.socket
         assert raw is not None
         raw.sendall(garbage)
         if garbage.endswith(b"\x00" * 10):
@@ -452,4 +470,5 @@ def test_bad_pdus_after_a_store_end_the_association_and_keep_what_was_stored(
         assoc.abort()
 
     assert summary.aborted
-    assert len(summary.instances) == 1 and len(spooled_files(spool)) == 1
+    assert len(summary.instances) == 1
+    assert len(spooled_files(spool)) == 1

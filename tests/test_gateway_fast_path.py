@@ -130,7 +130,8 @@ def test_the_environment_switches_the_fast_path_off(
 ) -> None:
     monkeypatch.setenv(FAST_PATH_ENV, value)
     with DicomGateway(Spool(tmp_path, min_free_bytes=0), port=0, host="127.0.0.1") as gateway:
-        assert gateway.is_running and not gateway.fast_path
+        assert gateway.is_running
+        assert not gateway.fast_path
 
 
 def test_an_untested_pynetdicom_gets_the_standard_server_and_one_warning(
@@ -142,9 +143,11 @@ def test_an_untested_pynetdicom_gets_the_standard_server_and_one_warning(
         caplog.at_level(logging.WARNING, logger="serving.gateway.dimse"),
         DicomGateway(Spool(tmp_path, min_free_bytes=0), port=0, host="127.0.0.1") as gateway,
     ):
-        assert gateway.is_running and not gateway.fast_path
+        assert gateway.is_running
+        assert not gateway.fast_path
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and "pynetdicom 3.1.0" in warnings[0]
+    assert len(warnings) == 1
+    assert "pynetdicom 3.1.0" in warnings[0]
 
 
 @pytest.mark.parametrize(

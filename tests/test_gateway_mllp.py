@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import pytest
 from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.core import Message
 from hl7apy.parser import parse_message
 
 from router.vocabulary import OrderContext, OrderPriority
@@ -140,7 +141,7 @@ def converse(port: int, writes: list[bytes]) -> list[str]:
     return replies
 
 
-def hl7apy_ack(text: str, level: int = VALIDATION_LEVEL.STRICT):  # type: ignore[no-untyped-def]
+def hl7apy_ack(text: str, level: int = VALIDATION_LEVEL.STRICT) -> Message:
     """Parse with hl7apy; at STRICT level also validate the whole message."""
     parsed = parse_message(text, validation_level=level, find_groups=False)
     if level == VALIDATION_LEVEL.STRICT:

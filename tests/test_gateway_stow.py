@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pydicom
@@ -78,9 +78,15 @@ def dicom_parts(files: list[Path]) -> list[tuple[str | None, bytes]]:
 
 
 def post(
-    server: StowServer, body: bytes, content_type: str | None = CONTENT_TYPE, path: str = ""
+    server: StowServer,
+    body: bytes | Iterable[bytes],
+    content_type: str | None = CONTENT_TYPE,
+    path: str = "",
 ) -> tuple[int, str, bytes]:
-    """POST to /dicomweb/studies[path]; (status, content type, body) even for 4xx."""
+    """POST to /dicomweb/studies[path]; (status, content type, body) even for 4xx.
+
+    An iterable body goes out with Transfer-Encoding: chunked.
+    """
     request = urllib.request.Request(
         f"http://127.0.0.1:{server.port}/dicomweb/studies{path}", data=body, method="POST"
     )
@@ -117,7 +123,9 @@ def test_three_good_instances_are_all_referenced(
     assert [s.sop_instance_uid for s in calls.stored] == [sop_uid(p) for p in files]
     assert all(s.source.channel == "stow" for s in calls.stored)
     (summary,) = calls.requests
-    assert summary.http_status == 200 and len(summary.stored) == 3 and summary.failed == []
+    assert summary.http_status == 200
+    assert len(summary.stored) == 3
+    assert summary.failed == []
 
 
 def test_a_non_dicom_part_fails_alone_and_the_good_parts_are_kept(
@@ -159,10 +167,12 @@ def test_instances_of_another_study_fail_with_a900(
     (failure,) = answer[FAILED]["Value"]
     assert failure[REASON]["Value"] == [0xA900]
     assert failure[SOP_INSTANCE]["Value"] == [sop_uid(chest.files[0])]
-    assert len(answer[REFERENCED]["Value"]) == 2 and len(spooled(spool)) == 2
+    assert len(answer[REFERENCED]["Value"]) == 2
+    assert len(spooled(spool)) == 2
 
     status, _, raw = post(server, multipart(*dicom_parts(chest.files)), path=f"/{head.study_uid}")
-    assert status == 409 and REFERENCED not in json.loads(raw)
+    assert status == 409
+    assert REFERENCED not in json.loads(raw)
 
 
 def test_out_of_space_fails_every_part_with_a700(tmp_path: Path, head: SyntheticStudy) -> None:
@@ -198,7 +208,8 @@ def test_malformed_requests_are_refused_before_storing(
 ) -> None:
     status, _, _ = post(server, multipart(*dicom_parts(head.files[:1])), content_type)
     assert status == expected
-    assert spooled(spool) == [] and calls.stored == []
+    assert spooled(spool) == []
+    assert calls.stored == []
     assert calls.requests[0].http_status == expected
 
 
@@ -227,7 +238,8 @@ def test_body_over_the_limit_is_413(tmp_path: Path, head: SyntheticStudy) -> Non
     spool = Spool(tmp_path, min_free_bytes=0)
     with StowServer(spool, host="127.0.0.1", port=0, max_body_bytes=1000) as server:
         status, _, _ = post(server, multipart(*dicom_parts(head.files[:1])))
-    assert status == 413 and spooled(spool) == []
+    assert status == 413
+    assert spooled(spool) == []
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -238,10 +250,11 @@ def test_large_bodies_are_kept_on_disk_and_parsed_the_same(
     body = multipart(*dicom_parts(head.files[:4]))
     with StowServer(spool, host="127.0.0.1", port=0, memory_body_bytes=1024) as server:
         if chunked:  # urllib sends an iterable body with Transfer-Encoding: chunked
-            status, _, raw = post(server, iter([body[:5000], body[5000:]]))  # type: ignore[arg-type]
+            status, _, raw = post(server, iter([body[:5000], body[5000:]]))
         else:
             status, _, raw = post(server, body)
-    assert status == 200 and len(json.loads(raw)[REFERENCED]["Value"]) == 4
+    assert status == 200
+    assert len(json.loads(raw)[REFERENCED]["Value"]) == 4
     stored = {pydicom.dcmread(p).SOPInstanceUID for p in spooled(spool)}
     assert stored == {sop_uid(p) for p in head.files[:4]}
 

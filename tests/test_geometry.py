@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom.dataset import Dataset
 
 from preprocessing import load_series
 from preprocessing.geometry import slice_normal
@@ -20,8 +21,8 @@ from tests.series_factory import (
 )
 
 
-def _ipp(ds: object) -> np.ndarray:
-    return np.array([float(v) for v in ds.ImagePositionPatient])  # type: ignore[attr-defined]
+def _ipp(ds: Dataset) -> np.ndarray:
+    return np.array([float(v) for v in ds.ImagePositionPatient])
 
 
 @pytest.mark.parametrize(
@@ -59,8 +60,10 @@ def test_columns_are_row_and_column_directions_times_spacing() -> None:
 def test_lps_to_ras_for_a_standard_axial_series() -> None:
     volume = load_series(make_series(3))
     # i grows toward patient Left: +x in LPS, so RAS x (Right) decreases; j toward Posterior.
-    assert volume.affine[0, 0] > 0 and volume.affine_ras[0, 0] < 0
-    assert volume.affine[1, 1] > 0 and volume.affine_ras[1, 1] < 0
+    assert volume.affine[0, 0] > 0
+    assert volume.affine_ras[0, 0] < 0
+    assert volume.affine[1, 1] > 0
+    assert volume.affine_ras[1, 1] < 0
     assert volume.affine_ras[2, 2] == pytest.approx(volume.affine[2, 2])
     origin = volume.affine[:3, 3]
     assert np.allclose(volume.affine_ras[:3, 3], [-origin[0], -origin[1], origin[2]])

@@ -10,7 +10,7 @@ import pytest
 from serving.service.heap import YOUNG_THRESHOLD, settle_heap
 
 
-@pytest.fixture()
+@pytest.fixture
 def restored_collector() -> Iterator[None]:
     """Undo the freeze and the thresholds after the test (pytest's process goes on)."""
     thresholds = gc.get_threshold()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from router.vocabulary import PriorityClass
 from router.worklist import WorklistEntry
 from serving.delivery.outbox import Outbox, RetryPolicy
 from serving.gateway.routes import Role, RouteTable
@@ -20,7 +21,6 @@ from serving.gateway.spool import Spool
 from serving.gateway.stow import StowServer
 from serving.jobstore import JobStore
 from serving.metrics import CONTENT_TYPE, Metrics
-from serving.scheduler.records import PriorityClass
 from serving.service.rest import REST_ROUTES, RestApi, http_routes
 from serving.service.worklist import SharedWorklist
 
@@ -140,12 +140,15 @@ def test_rest_routes_answer_from_the_components(port: int) -> None:
     assert (status, headers["Content-Type"]) == (200, "application/json")
     assert json.loads(body) == {"status": "ok", "inference": "unavailable"}
     [study] = json.loads(_call(port, "/studies")[2])
-    assert study["study_instance_uid"] == STUDY and "patient_id_hash" not in study
+    assert study["study_instance_uid"] == STUDY
+    assert "patient_id_hash" not in study
     detail = json.loads(_call(port, f"/studies/{STUDY}/")[2])
-    assert detail["study"]["study_instance_uid"] == STUDY and len(detail["tasks"]) == 1
+    assert detail["study"]["study_instance_uid"] == STUDY
+    assert len(detail["tasks"]) == 1
     assert len(json.loads(_call(port, "/tasks?state=queued")[2])) == 1
     [item] = json.loads(_call(port, "/outbox")[2])
-    assert item["destination"] == "pacs" and "payload" not in item
+    assert item["destination"] == "pacs"
+    assert "payload" not in item
     [event] = json.loads(_call(port, f"/audit?study={STUDY}")[2])
     assert event["event"] == "probe"
     worklist = json.loads(_call(port, "/worklist?mode=shadow")[2])
@@ -157,7 +160,8 @@ def test_rest_routes_answer_from_the_components(port: int) -> None:
 
 def test_rest_errors(port: int) -> None:
     status, _, body = _call(port, "/studies?state=nonsense")
-    assert status == 400 and "nonsense" in json.loads(body)["error"]
+    assert status == 400
+    assert "nonsense" in json.loads(body)["error"]
     assert _call(port, "/worklist?mode=nonsense")[0] == 400
     status, _, body = _call(port, "/studies/9.9.9")
     assert (status, json.loads(body)) == (404, {"error": "unknown study"})

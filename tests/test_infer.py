@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,14 +23,14 @@ def _args(
 
 
 @pytest.fixture(scope="module")
-def ich_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+def ich_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     study = generate_study("ct-head", tmp_path_factory.mktemp("ich"), seed=20_001, finding=True)
     assert study.ground_truth is not None
     return study.study_dir, json.loads(study.ground_truth.read_text())
 
 
 def test_hemorrhage_found_with_its_volume(
-    ich_study: tuple[Path, dict[str, object]], capsys: pytest.CaptureFixture[str]
+    ich_study: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder, truth = ich_study
     assert infer.run(_args(folder, "ich-ct-head")) == 0
@@ -37,20 +38,22 @@ def test_hemorrhage_found_with_its_volume(
     assert report["model"] == "ich-ct-head@2"  # the active version
     assert report["study_instance_uid"] == truth["study_instance_uid"]
     (finding,) = report["findings"]
-    assert finding["present"] and finding["critical"]
+    assert finding["present"]
+    assert finding["critical"]
     assert finding["concept_value"] == "1386000"
-    truth_ml = float(truth["volume_ml"])  # type: ignore[arg-type]
+    truth_ml = float(truth["volume_ml"])
     assert finding["volume_ml"] == pytest.approx(truth_ml, rel=0.30)
     assert finding["key_instance_uid"]  # a source slice to show
 
 
 def test_table_output_and_torchscript(
-    ich_study: tuple[Path, dict[str, object]], capsys: pytest.CaptureFixture[str]
+    ich_study: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder, _ = ich_study
     assert infer.run(_args(folder, "ich-ct-head@1", as_json=False, backend="torchscript")) == 0
     out = capsys.readouterr().out
-    assert "ich-ct-head@1 (torchscript)" in out and "intracranial-hemorrhage" in out
+    assert "ich-ct-head@1 (torchscript)" in out
+    assert "intracranial-hemorrhage" in out
     assert "PatientName" not in out
 
 
@@ -58,7 +61,8 @@ def test_negative_radiograph(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     study = generate_study("cr-chest", tmp_path, seed=20_002, finding=False, matrix=512)
     assert infer.run(_args(study.study_dir, "cxr-pneumothorax")) == 0
     (finding,) = json.loads(capsys.readouterr().out)["findings"]
-    assert finding["name"] == "pneumothorax" and 0.0 <= finding["probability"] <= 1.0
+    assert finding["name"] == "pneumothorax"
+    assert 0.0 <= finding["probability"] <= 1.0
 
 
 def test_failures_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -67,7 +71,8 @@ def test_failures_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
     study = generate_study("cr-chest", tmp_path, seed=20_003, matrix=64)
     assert infer.run(_args(study.study_dir, "ich-ct-head")) == 1
     err = capsys.readouterr().err
-    assert "no CT series" in err and err.count("\n") == 1
+    assert "no CT series" in err
+    assert err.count("\n") == 1
     assert infer.run(_args(study.study_dir, "no-such-model")) == 2
     assert "no such model" in capsys.readouterr().err
     assert infer.run(_args(study.study_dir, "ich-ct-head@9")) == 2

@@ -167,7 +167,8 @@ def test_a_repeated_sop_uid_is_not_new_within_and_across_batches(store: JobStore
     repeat = arrival("1.2", study=STUDY_B, series=SERIES_B1, calling_ae="OTHER")
     assert store.record_instances([repeat, arrival("1.4")]) == [REPEAT, OK]
     study = store.study(STUDY_B)
-    assert study is not None and study.calling_ae == "OTHER"
+    assert study is not None
+    assert study.calling_ae == "OTHER"
     assert [t.to_state for t in store.transitions(STUDY_B)] == ["receiving"]
     assert store.series_of(STUDY_B) == []
 
@@ -296,7 +297,8 @@ def test_a_batch_costs_a_few_statements_however_long(store: JobStore) -> None:
     first = len(statements)
     statements.clear()
     store.record_instances([arrival(f"1.{n}") for n in range(32, 96)])
-    assert first <= 12 and len(statements) <= 12, statements
+    assert first <= 12, statements
+    assert len(statements) <= 12, statements
     assert [i.seq for i in store.instances_of(SERIES_A1)] == list(range(1, 97))
 
 

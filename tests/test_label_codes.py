@@ -96,15 +96,18 @@ def test_normalise_label(raw: str, key: str) -> None:
 
 def test_laterality_variants_map_alike() -> None:
     kidney = code_for_label("Kidney_Left")
-    assert kidney is not None and kidney.keyword == "Kidney"
+    assert kidney is not None
+    assert kidney.keyword == "Kidney"
     for variant in ("kidney_left", "left kidney", "Left Kidney", "left_kidney", "kidney_right"):
         assert code_for_label(variant) == kidney, variant
     assert code_for_label("adrenal_gland_left") == code_for_label("Left adrenal gland")
     assert code_for_label("Left Kideny") == kidney  # the BTCV bundle's published spelling
 
     left, right = laterality_for_label("kidney_left"), laterality_for_label("Right Kidney")
-    assert left is not None and (left.value, left.meaning) == ("7771000", "Left")
-    assert right is not None and (right.value, right.meaning) == ("24028007", "Right")
+    assert left is not None
+    assert (left.value, left.meaning) == ("7771000", "Left")
+    assert right is not None
+    assert (right.value, right.meaning) == ("24028007", "Right")
     assert laterality_for_label("left kidney") == left
     # Unpaired, already lateralised, or uncoded: no modifier.
     assert laterality_for_label("spleen") is None
@@ -124,7 +127,8 @@ def test_lateralised_concepts_when_pydicom_has_them() -> None:
     }
     for label, keyword in expected.items():
         code = code_for_label(label)
-        assert code is not None and code.keyword == keyword, label
+        assert code is not None, label
+        assert code.keyword == keyword, label
 
 
 @pytest.mark.parametrize(
@@ -154,7 +158,8 @@ def test_btcv_organs_all_coded() -> None:
 def test_small_bundles_fully_coded() -> None:
     for bundle in ("spleen_ct_segmentation", "pediatric_abdominal_ct_segmentation"):
         labels = _output_labels(bundle)
-        assert labels and all(code_for_label(label) is not None for label in labels), bundle
+        assert labels, bundle
+        assert all(code_for_label(label) is not None for label in labels), bundle
 
 
 def test_wholebody_coverage_report() -> None:

@@ -14,6 +14,7 @@ import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
+import highdicom
 import pydicom
 import pytest
 from packaging.requirements import Requirement
@@ -68,10 +69,13 @@ def test_the_pin_is_the_range_the_fenced_module_declares(distribution: str) -> N
 
 
 def test_the_version_checks_follow_their_ranges() -> None:
-    assert reactor.pynetdicom_is_tested() and not reactor.pynetdicom_is_tested("3.1.0")
-    assert instance_header.pydicom_is_tested() and not instance_header.pydicom_is_tested("4.0.0")
+    assert reactor.pynetdicom_is_tested()
+    assert not reactor.pynetdicom_is_tested("3.1.0")
+    assert instance_header.pydicom_is_tested()
+    assert not instance_header.pydicom_is_tested("4.0.0")
     assert instance_header.pydicom_is_tested("3.1.2")
-    assert common.highdicom_is_tested() and not common.highdicom_is_tested("0.29.0")
+    assert common.highdicom_is_tested()
+    assert not common.highdicom_is_tested("0.29.0")
 
 
 # -- pydicom: the header walk and dcmread ------------------------------------------------------
@@ -133,11 +137,12 @@ def test_multi_frame_sop_classes_carry_a_frame_number() -> None:
 def test_an_untested_highdicom_guesses_from_the_frame_number_with_one_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(common.hd, "__version__", "0.29.0")
+    monkeypatch.setattr(highdicom, "__version__", "0.29.0")
     with caplog.at_level(logging.WARNING, logger=common.__name__):
         lookup = common.select_iod_lookup()
     assert lookup is None
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert "highdicom 0.29.0" in warning
     monkeypatch.setattr(common, "iod_lookup", lookup)
-    assert common.frame_numbers(ENHANCED_CT, 2) == [2] and common.frame_numbers(CT, 1) is None
+    assert common.frame_numbers(ENHANCED_CT, 2) == [2]
+    assert common.frame_numbers(CT, 1) is None

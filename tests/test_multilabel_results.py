@@ -29,7 +29,15 @@ import router.objects.seg as seg_module
 from models.manifest import Manifest
 from models.postprocess import Finding, label_map, postprocess, voxel_volume_ml
 from router.messages import build_fhir_bundle, build_oru
-from router.objects import ResultObject, build_gsps, build_sc, build_seg, build_sr, write_objects
+from router.objects import (
+    ResultObject,
+    ResultObjectError,
+    build_gsps,
+    build_sc,
+    build_seg,
+    build_sr,
+    write_objects,
+)
 from router.objects.common import finding_tracking_uid
 from router.objects.sc import MAX_BANNER_FINDINGS, banner_lines
 from router.result import AIResult
@@ -73,7 +81,8 @@ def _agree(findings: list[Finding], labels: np.ndarray, affine: np.ndarray) -> N
     boxes = ndimage.find_objects(labels, max_label=len(findings))
     for value, (finding, box) in enumerate(zip(findings, boxes, strict=True), 1):
         if box is None:
-            assert not finding.regions and not finding.present, finding.name
+            assert not finding.regions, finding.name
+            assert not finding.present, finding.name
             continue
         count = int(np.count_nonzero(labels[box] == value))
         assert finding.volume_ml == pytest.approx(count * voxel_ml), finding.name
@@ -98,7 +107,8 @@ def test_argmax_label_map_is_the_argmax_and_agrees_with_the_findings() -> None:
     manifest = organ_manifest(LABELS, GRID)
     logits = organ_logits(GRID, LABELS, seed=1)
     findings, labels = _run(manifest, logits)
-    assert labels.dtype == np.uint8 and labels.shape == GRID
+    assert labels.dtype == np.uint8
+    assert labels.shape == GRID
     assert np.array_equal(labels, np.argmax(logits, axis=0))  # channel i is finding i
     assert [f.name for f in findings] == [s.name for s in manifest.findings]
     assert all(f.present for f in findings)  # every organ blob survives, none overlap
@@ -116,7 +126,9 @@ def test_more_than_255_findings_make_a_uint16_label_map() -> None:
     labels = label_map(
         {ORGAN_OUTPUT: organ_logits((24, 24, 12), 300)}, organ_manifest(300, (24, 24, 12))
     )
-    assert labels is not None and labels.dtype == np.uint16 and int(labels.max()) == 300
+    assert labels is not None
+    assert labels.dtype == np.uint16
+    assert int(labels.max()) == 300
 
 
 def test_every_voxel_is_activated_once_per_output(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,12 +179,14 @@ def test_largest_component_keeps_one_blob_per_label() -> None:
     logits[1, 12:14, 12:14, 6:8] = 5.0  # 8 voxels, not touching
     logits[2, 15:19, 2:6, 2:4] = 5.0  # 32 voxels
     plain, labels = _run(organ_manifest(2, (20, 20, 10)), logits)
-    assert plain[0].volume_ml == pytest.approx(108 * 0.02) and len(plain[0].regions) == 1
+    assert plain[0].volume_ml == pytest.approx(108 * 0.02)
+    assert len(plain[0].regions) == 1
     split, _ = _run(organ_manifest(2, (20, 20, 10), connected_components=True), logits)
     assert [r.volume_ml for r in split[0].regions] == pytest.approx([2.0, 0.16])
     kept = organ_manifest(2, (20, 20, 10), largest_component=True)
     largest, kept_labels = _run(kept, logits)
-    assert largest[0].volume_ml == pytest.approx(2.0) and len(largest[0].regions) == 1
+    assert largest[0].volume_ml == pytest.approx(2.0)
+    assert len(largest[0].regions) == 1
     assert largest[0].bbox_voxel == (1, 1, 1, 5, 5, 4)
     assert (kept_labels[12:14, 12:14, 6:8] == 0).all()  # the small blob became background
     assert np.count_nonzero(labels == 1) - np.count_nonzero(kept_labels == 1) == 8
@@ -188,7 +202,8 @@ def test_size_filters_reach_the_label_map_and_need_the_affine() -> None:
     manifest = organ_manifest(1, (20, 20, 10), connected_components=True, min_volume_ml=0.5)
     findings, labels = _run(manifest, logits)
     assert findings[0].volume_ml == pytest.approx(2.0)
-    assert labels[15, 15, 8] == 0 and np.count_nonzero(labels) == 100
+    assert labels[15, 15, 8] == 0
+    assert np.count_nonzero(labels) == 100
     _agree(findings, labels, AFFINE)
     with pytest.raises(ValueError, match="needs affine_ras"):
         label_map({ORGAN_OUTPUT: logits}, manifest)
@@ -218,7 +233,9 @@ def test_both_resampling_paths_agree_on_an_axis_aligned_map() -> None:
     slow = resample_labels(labels, matrix, (20, 30, 16), fast=False)
     assert fast.dtype == slow.dtype == np.uint8
     assert np.array_equal(fast, slow)
-    assert (fast == 0).any() and len(np.unique(fast)) > 50  # some outside, most labels inside
+    # Some outside, most labels inside.
+    assert (fast == 0).any()
+    assert len(np.unique(fast)) > 50
     rotated = matrix.copy()
     rotated[:2, :2] = [[0.3, 0.4], [-0.4, 0.3]]  # sheared/rotated: affine_transform only
     assert np.array_equal(
@@ -229,7 +246,8 @@ def test_both_resampling_paths_agree_on_an_axis_aligned_map() -> None:
 
 def test_mask_on_source_is_the_label_map_at_each_source_voxel(organs: OrganCase) -> None:
     mask = organs.result.mask
-    assert mask is not None and mask.dtype == np.uint8
+    assert mask is not None
+    assert mask.dtype == np.uint8
     assert mask.shape == (len(organs.result.source_instances), 64, 64)
     assert set(np.unique(mask).tolist()) == set(range(LABELS + 1))
     labels = label_map({ORGAN_OUTPUT: organs.logits}, organs.manifest, organs.model_affine_ras)
@@ -251,7 +269,8 @@ def test_an_empty_label_map_gives_no_seg(organs: OrganCase) -> None:
         np.eye(4),
         (64, 64, len(organs.result.source_instances)),
     )
-    assert mask is not None and not mask.any()
+    assert mask is not None
+    assert not mask.any()
     assert build_seg(dataclasses.replace(organs.result, mask=mask)) is None
 
 
@@ -298,7 +317,8 @@ def test_labels_of_absent_findings_are_left_out(organs: OrganCase) -> None:
     assert seg is not None
     items = seg.SegmentSequence
     assert len(items) == LABELS - 1
-    assert items[4].SegmentNumber == 5 and items[4].TrackingID == findings[5].name
+    assert items[4].SegmentNumber == 5
+    assert items[4].TrackingID == findings[5].name
     read = hd.seg.Segmentation.from_dataset(seg)
     uids = [s.sop_instance_uid for s in organs.result.source_instances]
     pixels = read.get_pixels_by_source_instance(
@@ -312,7 +332,7 @@ def test_labels_of_absent_findings_are_left_out(organs: OrganCase) -> None:
 
 def test_a_label_without_a_finding_is_refused(organs: OrganCase) -> None:
     result = dataclasses.replace(organs.result, findings=organs.result.findings[:50])
-    with pytest.raises(seg_module.ResultObjectError, match="names no finding"):
+    with pytest.raises(ResultObjectError, match="names no finding"):
         build_seg(result)
 
 
@@ -323,7 +343,8 @@ def _both_paths(result: AIResult, monkeypatch: pytest.MonkeyPatch) -> tuple[byte
         fast = build_seg(result)
         patch.setattr(seg_module, "FAST_FRAMES", False)
         slow = build_seg(result)
-    assert fast is not None and slow is not None
+    assert fast is not None
+    assert slow is not None
     assert not isinstance(fast, hd.seg.Segmentation)  # the fast path built it, no fallback
     assert isinstance(slow, hd.seg.Segmentation)
     return _bytes(fast), _bytes(slow)
@@ -360,7 +381,8 @@ def test_fast_frames_pack_frames_of_odd_sizes_like_highdicom(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     case = organ_result(tmp_path, labels=6, matrix=33, model_grid=(12, 12, 8))
-    assert case.result.mask is not None and (33 * 33) % 8 != 0
+    assert case.result.mask is not None
+    assert (33 * 33) % 8 != 0
     fast, slow = _both_paths(case.result, monkeypatch)
     assert fast == slow
 
@@ -388,10 +410,13 @@ def test_sr_has_a_volume_per_label(organs: OrganCase, organ_seg: pydicom.Dataset
     tracking = {str(s.TrackingUID): int(s.SegmentNumber) for s in organ_seg.SegmentSequence}
     for number, (group, finding) in enumerate(zip(groups, organs.result.findings, strict=True), 1):
         kind, category = group.finding_type, group.finding_category
-        assert kind is not None and kind.value == finding.concept_value
-        assert category is not None and category.value == "91723000"
+        assert kind is not None
+        assert kind.value == finding.concept_value
+        assert category is not None
+        assert category.value == "91723000"
         (volume,) = [m for m in group.get_measurements() if m.name.meaning == "Volume"]
-        assert finding.volume_ml is not None and finding.volume_ml > 0
+        assert finding.volume_ml is not None
+        assert finding.volume_ml > 0
         assert volume.value == pytest.approx(finding.volume_ml)
         assert volume.unit.value == "ml"
         assert tracking[str(group.tracking_uid)] == number  # the same finding in SR and SEG
@@ -400,9 +425,11 @@ def test_sr_has_a_volume_per_label(organs: OrganCase, organ_seg: pydicom.Dataset
 def test_gsps_sc_and_messages_take_100_findings(organs: OrganCase) -> None:
     result = organs.result
     gsps = build_gsps(result)
-    assert gsps is not None and len(gsps.GraphicAnnotationSequence) == LABELS
+    assert gsps is not None
+    assert len(gsps.GraphicAnnotationSequence) == LABELS
     sc = build_sc(result)
-    assert sc is not None and sc.BurnedInAnnotation == "YES"
+    assert sc is not None
+    assert sc.BurnedInAnnotation == "YES"
     lines = banner_lines(list(result.findings))
     assert len(lines) == MAX_BANNER_FINDINGS + 2  # the warning, some findings, "+N more"
     now = datetime(2026, 11, 30, 12, 5, tzinfo=UTC)
@@ -422,7 +449,8 @@ def test_seg_and_sr_of_100_labels_on_a_512x512x300_ct_stay_within_budget(
 ) -> None:
     case = organ_result(tmp_path, labels=LABELS, matrix=512, slices=300, model_grid=(64, 64, 40))
     result = case.result
-    assert result.mask is not None and result.mask.shape == (300, 512, 512)
+    assert result.mask is not None
+    assert result.mask.shape == (300, 512, 512)
     assert sum(f.present for f in result.findings) == LABELS
     start = time.process_time()
     seg = build_seg(result)
@@ -433,7 +461,8 @@ def test_seg_and_sr_of_100_labels_on_a_512x512x300_ct_stay_within_budget(
         f"\n100-label SEG+SR on 512x512x300: SEG {seg_s:.2f} s, SR {total_s - seg_s:.2f} s, "
         f"total {total_s:.2f} s CPU ({seg.NumberOfFrames if seg else 0} frames)"
     )
-    assert seg is not None and len(seg.SegmentSequence) == LABELS
+    assert seg is not None
+    assert len(seg.SegmentSequence) == LABELS
     assert int(seg.NumberOfFrames) > LABELS
     assert sr is not None
     assert total_s < CPU_BUDGET_S
@@ -452,13 +481,14 @@ def test_a_source_voxel_inside_the_last_model_voxel_takes_its_label(fast: bool) 
 
 def _sided(result: AIResult) -> AIResult:
     """The first two organs as the left and right kidney: one concept, two sides."""
-    kidney = {"concept_value": "64033007", "concept_scheme": "SCT", "concept_meaning": "Kidney"}
     sides = [("7771000", "Left"), ("24028007", "Right")]
     findings = list(result.findings)
     for i, (value, meaning) in enumerate(sides):
         findings[i] = dataclasses.replace(
             findings[i],
-            **kidney,
+            concept_value="64033007",
+            concept_scheme="SCT",
+            concept_meaning="Kidney",
             laterality_value=value,
             laterality_scheme="SCT",
             laterality_meaning=meaning,

@@ -6,6 +6,7 @@ import argparse
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -72,13 +73,22 @@ def test_backoff_delays_are_exact_and_capped() -> None:
         policy.delay_after(0)
 
 
+class _PolicyFields(TypedDict, total=False):
+    """RetryPolicy fields a test overrides."""
+
+    base_delay_s: float
+    factor: float
+    max_delay_s: float
+    max_attempts: int
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"base_delay_s": 0.0}, {"factor": 0.5}, {"max_delay_s": 1.0}, {"max_attempts": 0}],
 )
-def test_a_nonsensical_policy_is_refused(kwargs: dict[str, float]) -> None:
+def test_a_nonsensical_policy_is_refused(kwargs: _PolicyFields) -> None:
     with pytest.raises(ValueError, match="retry policy needs"):
-        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+        RetryPolicy(**kwargs)
 
 
 def test_enqueue_is_idempotent_and_keeps_the_payload_type(outbox: Outbox) -> None:
@@ -240,7 +250,8 @@ def test_cli_lists_and_retries(
         str(alive), "pacs", "gsps", "pending", "1", "2024-05-01T08:00:02", "timeout",
     ]  # fmt: skip
     assert lines[2].split()[:6] == [str(dead), "pacs", "sr", "dead", "1", "-"]
-    assert lines[2].endswith("...") and len(lines) == 3
+    assert lines[2].endswith("...")
+    assert len(lines) == 3
 
     assert cli("outbox", "list", "--state", "dead", "--db", db_url) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2

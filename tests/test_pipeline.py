@@ -133,7 +133,8 @@ def test_window_alias_equals_scale_intensity_range() -> None:
         a, b = getattr(window, run)(vol), getattr(sir, run)(vol)
         assert torch.equal(a.as_tensor(), b.as_tensor())
     out = window(vol)
-    assert float(out.min()) == 0.0 and float(out.max()) == 1.0
+    assert float(out.min()) == 0.0
+    assert float(out.max()) == 1.0
 
 
 # ---- fast path against the reference (differential) --------------------------------------------
@@ -216,7 +217,9 @@ def test_output_is_channel_first_float32_with_ras_affine() -> None:
     out = Pipeline.from_spec(HEAD_CT)(vol)
     assert tuple(out.shape) == (1, 24, 20, 6)
     assert out.dtype == torch.float32
-    assert np.asarray(out.affine)[0, 0] > 0 and np.asarray(out.affine)[1, 1] > 0  # R and A
+    # R and A.
+    assert np.asarray(out.affine)[0, 0] > 0
+    assert np.asarray(out.affine)[1, 1] > 0
 
 
 @pytest.mark.cuda

@@ -45,7 +45,8 @@ def test_volume_in_ml_and_boxes() -> None:
     out[0, 4:6, 5:7, 3] = LOGIT_IN  # already inside
     rules = Postprocessing(activation="sigmoid", connected_components=True, min_volume_ml=0.1)
     finding = finding_of(out, SPEC, rules, AFFINE)
-    assert finding.present and finding.critical
+    assert finding.present
+    assert finding.critical
     assert finding.volume_ml == pytest.approx(1.2)
     assert finding.bbox_voxel == (4, 5, 2, 7, 9, 4)
     assert finding.key_slice_bbox_voxel == (4, 5, 7, 9)
@@ -76,7 +77,9 @@ def test_small_components_are_dropped() -> None:
     only_small = _logits()
     only_small[0, 15, 15, 8] = LOGIT_IN
     empty = finding_of(only_small, SPEC, rules, AFFINE)
-    assert not empty.present and empty.volume_ml == 0.0 and empty.bbox_voxel is None
+    assert not empty.present
+    assert empty.volume_ml == 0.0
+    assert empty.bbox_voxel is None
     # The dropped blob still ranks the study for ROC analysis.
     assert empty.probability > 0.99
 
@@ -104,7 +107,8 @@ def test_classifier_output() -> None:
     rules = Postprocessing(activation="sigmoid", presence_threshold=0.7)
     assert finding_of(np.array([2.0]), SPEC, rules, AFFINE).present  # p = 0.88
     low = finding_of(np.array([0.5]), SPEC, rules, AFFINE)  # p = 0.62
-    assert not low.present and low.volume_ml is None
+    assert not low.present
+    assert low.volume_ml is None
     two_class = FindingSpec(**{**SPEC.model_dump(), "channel": 1})
     soft = finding_of(np.array([0.0, 3.0]), two_class, Postprocessing(activation="softmax"), AFFINE)
     assert soft.probability == pytest.approx(np.exp(3.0) / (1.0 + np.exp(3.0)))

@@ -102,8 +102,10 @@ def test_profile_an_onnx_package_and_write_it(tmp_path: Path) -> None:
     profile = profile_version(version, runner=run, warmup=1, runs=3, clock=FakeClock([0.01] * 9))
     assert [p.batch_size for p in profile.points] == [1, 2, 4]
     assert all(p.median_s == pytest.approx(0.01) for p in profile.points)
-    assert seen[0] == (1, 1, *SPATIAL) and seen[-1] == (4, 1, *SPATIAL)
-    assert profile.backend is BackendKind.ONNXRUNTIME and profile.device == "cpu"
+    assert seen[0] == (1, 1, *SPATIAL)
+    assert seen[-1] == (4, 1, *SPATIAL)
+    assert profile.backend is BackendKind.ONNXRUNTIME
+    assert profile.device == "cpu"
 
     write_profile(version, profile)
     again = profile_version(version, runner=run, batch_sizes=[2], runs=2, clock=FakeClock([1, 1]))
@@ -151,7 +153,8 @@ def test_cli_profile_with_the_model_runner(
     args = ["models", "--root", str(tmp_path), "profile", "tiny-ct@1", "--batch-sizes", "1,2"]
     assert main([*args, "--warmup", "1", "--runs", "3", "--write"]) == 0
     out = capsys.readouterr().out
-    assert "tiny-ct@1 on onnxruntime/cpu" in out and "written to" in out
+    assert "tiny-ct@1 on onnxruntime/cpu" in out
+    assert "written to" in out
     (stored,) = load_manifest(tmp_path / "tiny-ct" / "1").latency
     assert [p.batch_size for p in stored.points] == [1, 2]
     assert all(p.runs == 3 and p.p95_s >= p.median_s > 0 for p in stored.points)

@@ -54,13 +54,16 @@ def test_sample_target_is_on_the_model_grid() -> None:
     recipe = RECIPES["ich-ct-head"]
     sample = model_sample(recipe, case_for(recipe, 3))  # odd seed: a haemorrhage
     assert sample.image.shape == tuple(recipe.input_shape[1:])
-    assert sample.target is not None and sample.target.shape == sample.image.shape
-    assert sample.label == 1.0 and sample.target.max() > 0.5
+    assert sample.target is not None
+    assert sample.target.shape == sample.image.shape
+    assert sample.label == 1.0
+    assert sample.target.max() > 0.5
 
 
 def test_training_and_evaluation_seeds_are_disjoint() -> None:
     seeds = training_seeds(500, seed=9)
-    assert min(seeds) >= TRAIN_SEEDS[0] and max(seeds) <= TRAIN_SEEDS[1] < EVAL_SEED_START
+    assert min(seeds) >= TRAIN_SEEDS[0]
+    assert max(seeds) <= TRAIN_SEEDS[1] < EVAL_SEED_START
 
 
 @pytest.mark.parametrize("folder", shipped_packages(), ids=lambda p: f"{p.parent.name}@{p.name}")
@@ -89,7 +92,8 @@ def test_shipped_manifest_matches_graph(folder: Path) -> None:
 
 def test_ich_versions_differ() -> None:
     v1, v2 = (load_manifest(p) for p in shipped_packages() if p.parent.name == "ich-ct-head")
-    assert v1.weights.onnx is not None and v2.weights.onnx is not None
+    assert v1.weights.onnx is not None
+    assert v2.weights.onnx is not None
     assert v1.weights.onnx.sha256 != v2.weights.onnx.sha256
     assert v1.description != v2.description
 
@@ -103,7 +107,8 @@ def test_smoke_training_writes_a_valid_package(tmp_path: Path) -> None:
     again = train_model("ich-ct-head", tmp_path, smoke=True, seed=3)
     assert again.name == "2"  # next version
     same = load_manifest(again)
-    assert same.weights.onnx is not None and manifest.weights.onnx is not None
+    assert same.weights.onnx is not None
+    assert manifest.weights.onnx is not None
     runner = ModelRunner(manifest, folder)
     batch = np.zeros((1, *manifest.input.shape[1:]), dtype=np.float32)
     out = runner.run(batch)["logits"]

@@ -196,4 +196,5 @@ def test_bad_states_file_is_reported_by_validate(repo: Registry) -> None:
     _states(repo, "tiny-ct", {1: "active", 2: "active"})
     results = {r.ref: r for r in repo.validate()}
     assert "exactly one active" in str(results["tiny-ct"].problem)
-    assert results["tiny-ct@1"].ok and results["tiny-ct@2"].ok
+    assert results["tiny-ct@1"].ok
+    assert results["tiny-ct@2"].ok

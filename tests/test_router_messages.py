@@ -98,16 +98,17 @@ def entries(bundle: dict[str, Any], kind: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("name", ["ich", "no_ich", "ptx"])
-def test_oru_parses_back_and_validates_at_strict(name: str, request: pytest.FixtureRequest):
+def test_oru_parses_back_and_validates_at_strict(name: str, request: pytest.FixtureRequest) -> None:
     text = oru(request.getfixturevalue(name))
     message = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT)
     assert message.name == "ORU_R01"
     assert message.validate() is True
     validate_oru(text)
-    assert "\n" not in text and text.count("\r") == len(text.split("\r")) - 1
+    assert "\n" not in text
+    assert text.count("\r") == len(text.split("\r")) - 1
 
 
-def test_oru_header_patient_and_order(ich: AIResult):
+def test_oru_header_patient_and_order(ich: AIResult) -> None:
     text = oru(ich, order_for(ich))
     (msh,) = segments(text, "MSH")
     assert (msh[8], msh[9], msh[10], msh[11]) == ("ORU^R01^ORU_R01", "MSG0001", "P", "2.5.1")
@@ -125,14 +126,14 @@ def test_oru_header_patient_and_order(ich: AIResult):
     assert obr[25] == "P"
 
 
-def test_oru_without_order_describes_the_study(ich: AIResult):
+def test_oru_without_order_describes_the_study(ich: AIResult) -> None:
     (obr,) = segments(oru(ich), "OBR")
     assert obr[4] == "^" + ich.study.study_description
     assert obr[2] == obr[3] == ""
     assert obr[18] == ich.study.accession_number
 
 
-def test_one_presence_obx_per_finding_all_preliminary(ich: AIResult, ptx: AIResult):
+def test_one_presence_obx_per_finding_all_preliminary(ich: AIResult, ptx: AIResult) -> None:
     two = dataclasses.replace(
         ich, findings=(ich.findings[0], dataclasses.replace(ptx.findings[0], present=False))
     )
@@ -152,7 +153,7 @@ def test_one_presence_obx_per_finding_all_preliminary(ich: AIResult, ptx: AIResu
     assert {field(o, 18) for o in obx} == {two.algorithm.device_uid}
 
 
-def test_measurements_round_trip_with_units(ich: AIResult):
+def test_measurements_round_trip_with_units(ich: AIResult) -> None:
     finding = ich.findings[0]
     obx = segments(oru(ich), "OBX")
     numeric = {o[3].split("^")[1]: (float(o[5]), o[6]) for o in obx if o[2] == "NM"}
@@ -164,13 +165,13 @@ def test_measurements_round_trip_with_units(ich: AIResult):
     assert {o[4] for o in obx} == {"1"}  # all of one finding: the same sub-ID
 
 
-def test_measurements_are_rounded_not_printed_raw(ich: AIResult):
+def test_measurements_are_rounded_not_printed_raw(ich: AIResult) -> None:
     text = oru(with_finding(ich, probability=0.123456789, volume_ml=1e-7, area_mm2=1234.5678))
     values = {o[3].split("^")[1]: o[5] for o in segments(text, "OBX") if o[2] == "NM"}
     assert values == {"Probability": "0.123457", "Volume": "0", "Area": "1234.57"}
 
 
-def test_absent_finding_says_absent(no_ich: AIResult):
+def test_absent_finding_says_absent(no_ich: AIResult) -> None:
     obx = segments(oru(no_ich), "OBX")
     (presence,) = [o for o in obx if o[2] == "CWE"]
     assert presence[5] == "272519000^Absent^SCT"
@@ -178,7 +179,7 @@ def test_absent_finding_says_absent(no_ich: AIResult):
     assert [o[3].split("^")[1] for o in obx if o[2] == "NM"] == ["Probability", "Volume"]
 
 
-def test_oru_carries_preliminary_notice_and_algorithm(ich: AIResult):
+def test_oru_carries_preliminary_notice_and_algorithm(ich: AIResult) -> None:
     notes = [n[3] for n in segments(oru(ich), "NTE")]
     assert notes[0] == "AI result - preliminary, not verified"
     algorithm = ich.algorithm
@@ -186,7 +187,7 @@ def test_oru_carries_preliminary_notice_and_algorithm(ich: AIResult):
         assert part in notes[1]
 
 
-def test_delimiters_in_free_text_are_escaped(ich: AIResult):
+def test_delimiters_in_free_text_are_escaped(ich: AIResult) -> None:
     nasty = "CT|HEAD^WO & ~ C:\\F\\ \\Z"
     plain = segments(oru(ich), "OBR")[0]
     text = oru(with_study(ich, study_description=nasty + "\rPID|1||EVIL"))
@@ -198,7 +199,7 @@ def test_delimiters_in_free_text_are_escaped(ich: AIResult):
     assert len(segments(text, "PID")) == 1
 
 
-def test_patient_name_components_map_to_xpn(ich: AIResult):
+def test_patient_name_components_map_to_xpn(ich: AIResult) -> None:
     text = oru(with_study(ich, patient_name="O|NEIL^MARY^ANN^DR^JR=ideographic"))
     (pid,) = segments(text, "PID")
     family, given, middle, suffix, prefix = pid[5].split("^")
@@ -219,13 +220,15 @@ def test_patient_name_components_map_to_xpn(ich: AIResult):
         ({"patient_name": "X" * 250}, "longer than 199"),
     ],
 )
-def test_oru_refuses_unusable_identity(ich: AIResult, change: dict[str, str], expected: str):
+def test_oru_refuses_unusable_identity(
+    ich: AIResult, change: dict[str, str], expected: str
+) -> None:
     with pytest.raises(MessageInvalid, match=expected) as caught:
         oru(with_study(ich, **change))
     assert ich.study.study_instance_uid in str(caught.value)
 
 
-def test_oru_refuses_an_order_of_another_study(ich: AIResult):
+def test_oru_refuses_an_order_of_another_study(ich: AIResult) -> None:
     wrong = dataclasses.replace(order_for(ich), accession_number="OTHER-1")
     with pytest.raises(MessageInvalid, match="accession"):
         oru(ich, wrong)
@@ -234,14 +237,14 @@ def test_oru_refuses_an_order_of_another_study(ich: AIResult):
         oru(ich, wrong)
 
 
-def test_oru_refuses_naive_time_and_long_control_id(ich: AIResult):
+def test_oru_refuses_naive_time_and_long_control_id(ich: AIResult) -> None:
     with pytest.raises(MessageInvalid, match="timezone"):
         build_oru(ich, None, message_control_id="M1", now=datetime(2026, 1, 1, 12))
     with pytest.raises(MessageInvalid, match="MSH-10"):
         build_oru(ich, None, message_control_id="M" * 21, now=NOW)
 
 
-def test_validate_oru_rejects_broken_messages(ich: AIResult):
+def test_validate_oru_rejects_broken_messages(ich: AIResult) -> None:
     text = oru(ich)
     (pid,) = [s for s in text.split("\r") if s.startswith("PID|")]
     no_patient_id = text.replace(pid, "PID|1||||" + pid.split("|")[5])
@@ -258,7 +261,9 @@ def test_validate_oru_rejects_broken_messages(ich: AIResult):
 
 
 @pytest.mark.parametrize("name", ["ich", "no_ich", "ptx"])
-def test_bundle_passes_fhir_resources_and_bindings(name: str, request: pytest.FixtureRequest):
+def test_bundle_passes_fhir_resources_and_bindings(
+    name: str, request: pytest.FixtureRequest
+) -> None:
     result = request.getfixturevalue(name)
     bundle = build_fhir_bundle(result, order_for(result), now=NOW)
     parsed = Bundle.model_validate(bundle)
@@ -269,7 +274,7 @@ def test_bundle_passes_fhir_resources_and_bindings(name: str, request: pytest.Fi
     assert all(e["fullUrl"].startswith("urn:uuid:") for e in bundle["entry"])
 
 
-def test_a_placeholder_code_reaches_fhir_as_text_and_hl7_as_a_local_code(ich: AIResult):
+def test_a_placeholder_code_reaches_fhir_as_text_and_hl7_as_a_local_code(ich: AIResult) -> None:
     placeholder = with_finding(
         ich, concept_value="SPLEEN-ACC", concept_scheme="99STATLANE", concept_meaning="accessory"
     )
@@ -280,7 +285,7 @@ def test_a_placeholder_code_reaches_fhir_as_text_and_hl7_as_a_local_code(ich: AI
     assert observation["code"] == {"text": "accessory (not coded: 99STATLANE SPLEEN-ACC)"}
 
 
-def test_report_identifies_study_order_and_patient(ich: AIResult):
+def test_report_identifies_study_order_and_patient(ich: AIResult) -> None:
     bundle = build_fhir_bundle(ich, None, now=NOW)
     (report,) = entries(bundle, "DiagnosticReport")
     assert report["status"] == "preliminary"
@@ -307,7 +312,7 @@ def test_report_identifies_study_order_and_patient(ich: AIResult):
     assert {r["reference"] for r in report["result"]} == observation_urls
 
 
-def test_observation_per_finding_with_values_from_the_oru(ich: AIResult):
+def test_observation_per_finding_with_values_from_the_oru(ich: AIResult) -> None:
     bundle = build_fhir_bundle(ich, None, now=NOW)
     (observation,) = entries(bundle, "Observation")
     (device,) = entries(bundle, "Device")
@@ -335,7 +340,7 @@ def test_observation_per_finding_with_values_from_the_oru(ich: AIResult):
     assert device["manufacturer"] == "statlane"
 
 
-def test_absent_finding_observation_and_no_flag(no_ich: AIResult):
+def test_absent_finding_observation_and_no_flag(no_ich: AIResult) -> None:
     bundle = build_fhir_bundle(no_ich, None, now=NOW)
     (observation,) = entries(bundle, "Observation")
     assert observation["valueCodeableConcept"]["coding"][0]["code"] == "272519000"
@@ -344,7 +349,7 @@ def test_absent_finding_observation_and_no_flag(no_ich: AIResult):
     assert "conclusionCode" not in entries(bundle, "DiagnosticReport")[0]
 
 
-def test_flag_only_for_critical_positive(ich: AIResult):
+def test_flag_only_for_critical_positive(ich: AIResult) -> None:
     (flag,) = entries(build_fhir_bundle(ich, None, now=NOW), "Flag")
     assert flag["status"] == "active"
     assert flag["category"][0]["coding"][0]["code"] == "clinical"
@@ -355,7 +360,7 @@ def test_flag_only_for_critical_positive(ich: AIResult):
     assert observation["interpretation"][0]["coding"][0]["code"] == "A"
 
 
-def test_bundle_is_deterministic(ich: AIResult):
+def test_bundle_is_deterministic(ich: AIResult) -> None:
     first = json.dumps(build_fhir_bundle(ich, order_for(ich), now=NOW), sort_keys=False)
     second = json.dumps(build_fhir_bundle(ich, order_for(ich), now=NOW), sort_keys=False)
     assert first == second
@@ -404,16 +409,17 @@ def _corrupt_logical_reference(bundle: dict[str, Any]) -> None:
         (_corrupt_logical_reference, "logical reference without identifier.value"),
     ],
 )
-def test_check_bindings_reports_corruption(ich: AIResult, corrupt: Any, expected: str):
+def test_check_bindings_reports_corruption(ich: AIResult, corrupt: Any, expected: str) -> None:
     bundle = copy.deepcopy(build_fhir_bundle(ich, None, now=NOW))
     corrupt(bundle)
     violations = check_bindings(bundle)
-    assert len(violations) == 1 and expected in violations[0], violations
+    assert len(violations) == 1, violations
+    assert expected in violations[0], violations
     with pytest.raises(MessageInvalid, match="bindings"):
         validate_bundle(bundle)
 
 
-def test_validate_bundle_reports_schema_errors_without_values(ich: AIResult):
+def test_validate_bundle_reports_schema_errors_without_values(ich: AIResult) -> None:
     bundle = copy.deepcopy(build_fhir_bundle(ich, None, now=NOW))
     del entries(bundle, "Observation")[0]["status"]
     with pytest.raises(MessageInvalid, match=r"entry\.1\.resource\.status"):
@@ -428,14 +434,17 @@ def test_validate_bundle_reports_schema_errors_without_values(ich: AIResult):
 # ---------------------------------------------------------------- PHI
 
 
-def test_no_patient_identity_in_logs_or_errors(ich: AIResult, caplog: pytest.LogCaptureFixture):
+def test_no_patient_identity_in_logs_or_errors(
+    ich: AIResult, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     bundle = build_fhir_bundle(ich, order_for(ich), now=NOW)
     oru(ich, order_for(ich))
     long_name = with_study(ich, patient_name="SECRETNAME" * 30)
     with pytest.raises(MessageInvalid) as caught:
         oru(long_name)
-    assert "built ORU" in caplog.text and "built FHIR bundle" in caplog.text
+    assert "built ORU" in caplog.text
+    assert "built FHIR bundle" in caplog.text
     family = ich.study.patient_name.split("^")[0]
     for secret in (family, ich.study.patient_id, "SECRETNAME"):
         assert secret not in caplog.text

@@ -93,7 +93,9 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
 def test_object_uids_are_deterministic_short_and_distinct() -> None:
     uid = object_uid("1.2.3", "ich-ct-head@2", "sr")
     assert uid == object_uid("1.2.3", "ich-ct-head@2", "sr")
-    assert uid.startswith("2.25.") and uid[5:].isdigit() and len(uid) <= 64
+    assert uid.startswith("2.25.")
+    assert uid[5:].isdigit()
+    assert len(uid) <= 64
     others = {
         object_uid("1.2.3", "ich-ct-head@2", "sr", "series"),
         object_uid("1.2.3", "ich-ct-head@3", "sr"),
@@ -101,7 +103,8 @@ def test_object_uids_are_deterministic_short_and_distinct() -> None:
         tracking_uid("1.2.3", "ich-ct-head@2", "intracranial-hemorrhage"),
         *(object_uid("1.2.3", "ich-ct-head@2", kind) for kind in KINDS if kind != "sr"),
     }
-    assert uid not in others and len(others) == 7
+    assert uid not in others
+    assert len(others) == 7
     with pytest.raises(ValueError, match="unknown result object kind"):
         object_uid("1.2.3", "ich-ct-head@2", "pdf")
 
@@ -130,7 +133,8 @@ def test_which_kinds_are_built(ct: AIResult, absent: AIResult, cxr: AIResult) ->
     assert [o.kind for o in build_objects(absent)] == ["sr"]
     assert [o.kind for o in build_objects(cxr)] == ["sr"]
     for build in (build_gsps, build_sc, build_seg):
-        assert build(absent) is None and build(cxr) is None
+        assert build(absent) is None
+        assert build(cxr) is None
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -231,7 +235,8 @@ def test_gsps_draws_the_box_as_a_closed_polyline_on_the_key_slice(
     c0, r0, c1, r1 = BOX  # inclusive pixel indices -> outline around those pixels
     assert {tuple(p) for p in points} == {(c0, r0), (c1 + 1, r0), (c1 + 1, r1 + 1), (c0, r1 + 1)}
     texts = [t.UnformattedTextValue for t in annotation.TextObjectSequence]
-    assert "Intracranial hemorrhage p=0.97" in texts and "AI result - preliminary" in texts
+    assert "Intracranial hemorrhage p=0.97" in texts
+    assert "AI result - preliminary" in texts
     voi = ds.SoftcopyVOILUTSequence[0]
     assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (40.0, 80.0)
     (series,) = ds.ReferencedSeriesSequence
@@ -251,7 +256,8 @@ def test_gsps_draws_the_box_as_a_closed_polyline_on_the_key_slice(
 )
 def test_gsps_label_band_is_never_empty(box: tuple[float, float, float, float]) -> None:
     x0, y0, x1, y1 = label_box(box, 128, 128)
-    assert 0.0 <= x0 < x1 <= 128.0 and 0.0 <= y0 < y1 <= 128.0
+    assert 0.0 <= x0 < x1 <= 128.0
+    assert 0.0 <= y0 < y1 <= 128.0
 
 
 # --- SC ---------------------------------------------------------------------------------------
@@ -271,7 +277,8 @@ def test_sc_burns_the_box_and_the_warning_into_the_windowed_key_slice(
     assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     pixels = ds.pixel_array
     scale = int(ds.Columns) // int(source.Columns)
-    assert scale >= 2 and pixels.shape == (source.Rows * scale, source.Columns * scale)
+    assert scale >= 2
+    assert pixels.shape == (source.Rows * scale, source.Columns * scale)
     c0, r0, c1, r1 = (int(v) for v in BOX)
     top, bottom = r0 * scale, (r1 + 1) * scale  # the finding spans rows top..bottom-1
     left, right = c0 * scale, (c1 + 1) * scale

@@ -116,11 +116,13 @@ def test_default_rules_route_each_synthetic_kind(
     ]
     task = decision.tasks[0]
     assert task.series_instance_uid == study.series_uid
-    assert task.mode is Mode.ASSISTANT and task.destinations == ("local-folder",)
+    assert task.mode is Mode.ASSISTANT
+    assert task.destinations == ("local-folder",)
     assert {e.rule for e in decision.explanations if e.matched} == matched
     rule, detail = unmatched
     matched_flag, failed = _explained(decision, rule)
-    assert not matched_flag and detail in failed
+    assert not matched_flag
+    assert detail in failed
 
 
 def test_both_ct_head_rules_give_one_task(studies: dict[str, SyntheticStudy]) -> None:
@@ -197,7 +199,8 @@ def test_thinnest_axial_series_is_chosen(studies: dict[str, SyntheticStudy]) -> 
     ]
     (task,) = evaluate(default_rules(), facts).tasks
     assert task.series_instance_uid == thin[0].SeriesInstanceUID
-    assert "#3" in task.series_reason and "thinnest" in task.series_reason
+    assert "#3" in task.series_reason
+    assert "thinnest" in task.series_reason
     # Without an orientation condition the preference order decides: axial before thinnest.
     ruleset = load_rules(
         "version: 1\nrules:\n  - name: any-ct\n    match: {modality: [CT]}\n"
@@ -347,7 +350,8 @@ rules:
         "rules[2].produce[0].model",
         "rules[3].produce[0].model",
     ]
-    assert "ich-ct-head@9" in problems[0] and "no such version" in problems[0]
+    assert "ich-ct-head@9" in problems[0]
+    assert "no such version" in problems[0]
     assert "may send ['MR']" in problems[1]
     assert "no-such-model" in problems[2]
     assert "restricts the modality" in problems[3]
@@ -378,8 +382,10 @@ def test_facts_are_headers_without_patient_identity(studies: dict[str, Synthetic
     assert [str(c) for c in facts.procedure_codes] == ["LN:30799-1"]
     (series,) = facts.series
     assert (series.modality, series.body_part, series.image_count) == ("CT", "HEAD", 32)
-    assert series.slice_thickness_mm == 5.0 and series.contrast is False
-    assert str(header.PatientName) not in repr(facts) and header.PatientID not in repr(facts)
+    assert series.slice_thickness_mm == 5.0
+    assert series.contrast is False
+    assert str(header.PatientName) not in repr(facts)
+    assert header.PatientID not in repr(facts)
 
 
 def _cli(*argv: str) -> int:

@@ -130,7 +130,8 @@ def test_batch_shrinks_so_another_models_urgent_task_still_fits() -> None:
     # The stat's deadline is later than the chest head's, so chest runs first, but only a
     # batch that leaves the stat enough time: finish + 1 s <= 40 s holds for any size here.
     plan = dispatch(s, 0.0)
-    assert plan.model == "chest@1" and plan.size == 8
+    assert plan.model == "chest@1"
+    assert plan.size == 8
     s2 = Scheduler(latency(chest={1: 1.0, 8: 5.0}, ich={1: 1.0}), "edf")
     for k in range(8):
         s2.submit(task(f"c{k}", URGENT, model="chest", deadline=3.0), 0.0)
@@ -144,13 +145,15 @@ def test_chunks_interleave_so_a_stat_waits_at_most_one_chunk_batch() -> None:
     s = Scheduler(latency(chest={1: 1.0, 2: 1.8}, ich={1: 0.5}), "edf")
     s.submit(task("big", ROUTINE, model="chest", chunks=8), 0.0)
     first = dispatch(s, 0.0)
-    assert first.size == 2 and {i.index for i in first.items} == {0, 1}
+    assert first.size == 2
+    assert {i.index for i in first.items} == {0, 1}
     s.submit(task("stat", STAT, model="ich", arrival=0.1), 0.1)
     assert s.complete(first.batch_id, 1.8) == []
     second = dispatch(s, 1.8)
     assert ids(second) == ["stat"]  # waited one chunk batch (1.7 s), not the whole volume
     done = s.complete(second.batch_id, 2.3)
-    assert [c.task_id for c in done] == ["stat"] and not done[0].deadline_missed
+    assert [c.task_id for c in done] == ["stat"]
+    assert not done[0].deadline_missed
     indices = []
     now = 2.3
     while True:
@@ -168,7 +171,8 @@ def test_strict_priority_runs_a_chunked_volume_as_one_unit() -> None:
     s = Scheduler(latency(chest={1: 1.0, 2: 1.8, 8: 6.0}, ich={1: 0.5}), "strict-priority")
     s.submit(task("big", ROUTINE, model="chest", chunks=8), 0.0)
     plan = dispatch(s, 1.0)
-    assert plan.size == 1 and plan.items[0].cost_chunks == 8
+    assert plan.size == 1
+    assert plan.items[0].cost_chunks == 8
     assert plan.predicted_s == pytest.approx(6.0)
 
 
@@ -177,7 +181,8 @@ def test_max_blocking_limits_non_stat_batches() -> None:
     s = Scheduler(latency(chest={1: 0.6, 2: 1.0, 4: 1.8}), policy)
     s.submit(task("big", ROUTINE, model="chest", chunks=4), 0.0)
     plan = dispatch(s, 0.0)
-    assert plan.size == 2 and plan.predicted_s <= 1.0
+    assert plan.size == 2
+    assert plan.predicted_s <= 1.0
 
 
 def test_partial_routine_batch_waits_for_company_but_stat_never_waits() -> None:
@@ -185,7 +190,8 @@ def test_partial_routine_batch_waits_for_company_but_stat_never_waits() -> None:
     s = Scheduler(latency(ich={1: 1.0, 4: 2.0}), "edf", config)
     s.submit(task("r", ROUTINE), 0.0)
     answer = s.next_batch(0.0)
-    assert isinstance(answer, Wait) and answer.until_s == pytest.approx(0.05)
+    assert isinstance(answer, Wait)
+    assert answer.until_s == pytest.approx(0.05)
     s.submit(task("r2", ROUTINE, arrival=0.01), 0.01)
     assert isinstance(s.next_batch(0.01), Wait)
     plan = dispatch(s, 0.05)
@@ -225,7 +231,8 @@ def test_a_failed_batch_fails_its_tasks_and_drops_their_other_chunks() -> None:
     plan = dispatch(s, 0.0)
     done = s.complete(plan.batch_id, 1.0, failed=True)
     assert [(c.task_id, c.failed) for c in done] == [("big", True)]
-    assert isinstance(s.next_batch(1.0), Wait) and s.queued_tasks == 0
+    assert isinstance(s.next_batch(1.0), Wait)
+    assert s.queued_tasks == 0
 
 
 def test_protocol_errors_are_typed() -> None:
@@ -262,7 +269,9 @@ def test_a_stat_starts_on_the_lane_while_the_device_runs_a_routine_batch() -> No
     s.submit(task("head", STAT, deadline=10.0), 0.1)
     assert s.next_batch(0.1) == Wait(None)  # the device is busy
     lane = s.next_batch(0.1, stat_lane=True)
-    assert isinstance(lane, BatchPlan) and lane.stat_lane and ids(lane) == ["head"]
+    assert isinstance(lane, BatchPlan)
+    assert lane.stat_lane
+    assert ids(lane) == ["head"]
     s.complete(lane.batch_id, 0.3)
     s.complete(routine.batch_id, 0.6)
     assert ids(dispatch(s, 0.6)) == ["chest"]  # the routine task goes on where it stopped
@@ -276,7 +285,8 @@ def test_the_lane_takes_stat_items_only_and_one_batch_per_lane() -> None:
     s.submit(task("s2", STAT, deadline=6.0), 0.0)
     s.submit(task("r2", ROUTINE, deadline=7.0), 0.0)  # same model: would fill a device batch
     lane = s.next_batch(0.0, stat_lane=True)
-    assert isinstance(lane, BatchPlan) and ids(lane) == ["s1", "s2"]
+    assert isinstance(lane, BatchPlan)
+    assert ids(lane) == ["s1", "s2"]
     s.submit(task("s3", STAT, deadline=8.0), 0.0)
     assert s.next_batch(0.0, stat_lane=True) == Wait(None)  # the only lane is taken
     s.complete(busy.batch_id, 0.2)
@@ -311,6 +321,8 @@ def test_the_lane_serves_a_stat_behind_routine_work_that_aged_ahead_of_it() -> N
     s.submit(task("head", STAT, arrival=0.5, deadline=60.5), 0.5)  # ordered by 60.5
     assert s.queue_order == ("aged", "head")
     lane = s.next_batch(0.5, stat_lane=True)
-    assert isinstance(lane, BatchPlan) and lane.stat_lane and ids(lane) == ["head"]
+    assert isinstance(lane, BatchPlan)
+    assert lane.stat_lane
+    assert ids(lane) == ["head"]
     s.complete(busy.batch_id, 0.6)
     assert ids(dispatch(s, 0.6)) == ["aged"]  # the aged routine task keeps the device

@@ -70,7 +70,8 @@ def test_every_task_is_scheduled_exactly_once(
     expected = {(t.task_id, i) for t in tasks for i in range(t.chunks if chunked else 1)}
     assert set(handed_out) == expected
     assert sorted(c.task_id for c in result.completions) == sorted(t.task_id for t in tasks)
-    assert scheduler.queued_tasks == 0 and not scheduler.in_flight
+    assert scheduler.queued_tasks == 0
+    assert not scheduler.in_flight
     for batch in result.batches:
         assert (
             len(
@@ -91,7 +92,9 @@ def test_edf_meets_every_stat_deadline_when_the_work_is_feasible(
     stat_arrivals: list[float],
 ) -> None:
     # Background work is urgent/routine; stat CT heads arrive on top of it.
-    specs = [(m, p, a, c) for m, p, a, c in background if p is not PriorityClass.STAT]
+    specs: list[tuple[str, PriorityClass, float, int]] = [
+        (m, p, a, c) for m, p, a, c in background if p is not PriorityClass.STAT
+    ]
     tasks = _tasks(specs)
     longest_batch_s = max(m.seconds(m.max_batch) for m in MODELS.values())
     stat_work_s = len(stat_arrivals) * MODELS["ich@1"].seconds(1)

@@ -40,8 +40,10 @@ def test_a_bleed_goes_from_storescu_to_objects_worklist_and_audit(tmp_path: Path
         assert sent.returncode == 0, sent.stderr
         [task] = wait_for(lambda: _tasks_finished(service, study.study_uid), what="the ICH task")
         assert task.state is TaskState.DONE, task.error
-        assert task.model == "ich-ct-head@2" and task.priority.value == "stat"
-        assert task.result is not None and task.result["critical_positive"] is True
+        assert task.model == "ich-ct-head@2"
+        assert task.priority.value == "stat"
+        assert task.result is not None
+        assert task.result["critical_positive"] is True
         delivered = wait_for(
             lambda: (
                 sorted((tmp_path / "delivered").glob("*.dcm"))
@@ -101,7 +103,8 @@ def test_orders_before_and_after_their_studies(tmp_path: Path) -> None:
         ack = send_message("127.0.0.1", service.ports.hl7, _orm(after, "S"))
         assert ack_code(ack) == "AA"
         order = service.store.order(after.accession_number)
-        assert order is not None and order.priority is OrderPriority.STAT
+        assert order is not None
+        assert order.priority is OrderPriority.STAT
         nak = send_message(
             "127.0.0.1", service.ports.hl7, "MSH|^~\\&|RIS|H|X|Y|2026||ADT^A01|1|P|2.5\r"
         )
@@ -144,7 +147,8 @@ def test_identity_conflict_is_quarantined_and_not_inferred(tmp_path: Path) -> No
             ),
             what="quarantine",
         )
-        assert "PatientID" in row.quarantine_reason and "SOMEONE" not in row.quarantine_reason
+        assert "PatientID" in row.quarantine_reason
+        assert "SOMEONE" not in row.quarantine_reason
         assert service.store.tasks(study_uid=study.study_uid) == []
 
 
@@ -171,7 +175,8 @@ def test_orthanc_forwards_a_study_by_c_store(tmp_path: Path) -> None:
                 {"Resources": [uploaded["ParentStudy"]], "Synchronous": True},
             )
             [task] = wait_for(lambda: _tasks_finished(service, study.study_uid), what="task")
-            assert task.state is TaskState.DONE and task.model == "cxr-pneumothorax@1"
+            assert task.state is TaskState.DONE
+            assert task.model == "cxr-pneumothorax@1"
 
 
 def test_ai_unavailable_keeps_ingest_and_says_so(tmp_path: Path) -> None:
@@ -182,7 +187,8 @@ def test_ai_unavailable_keeps_ingest_and_says_so(tmp_path: Path) -> None:
     with running_service(service_config(tmp_path), runtime_factory=broken) as service:
         assert storescu(service.ports.dicom, study.files).returncode == 0
         [task] = wait_for(lambda: _tasks_finished(service, study.study_uid), what="task")
-        assert task.state is TaskState.FAILED and "AI unavailable" in (task.error or "")
+        assert task.state is TaskState.FAILED
+        assert "AI unavailable" in (task.error or "")
         wait_for(  # its only task ended (failed): the study is done, not left routed
             lambda: (s := service.store.study(study.study_uid)) and s.state is StudyState.DONE,
             what="the study done",

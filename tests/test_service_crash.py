@@ -145,11 +145,13 @@ def test_sigkill_mid_study_during_inference_and_before_delivery(tmp_path: Path) 
             assert _completions(store, task.task_id) == 1
         head_tasks = sorted(store.tasks(study_uid=head.study_uid), key=lambda t: t.generation)
         assert [t.generation for t in head_tasks] in ([0], [0, 1])
-        assert head_tasks[-1].result is not None and head_tasks[-1].result["critical_positive"]
+        assert head_tasks[-1].result is not None
+        assert head_tasks[-1].result["critical_positive"]
         assert len(store.tasks(study_uid=radiograph.study_uid)) == 1
         for uid in (head.study_uid, radiograph.study_uid):
             row = store.study(uid)
-            assert row is not None and row.state.value == "done"
+            assert row is not None
+            assert row.state.value == "done"
         store.close()
 
 
@@ -167,14 +169,15 @@ def test_restart_between_routing_decision_and_tasks_routes_again(tmp_path: Path)
         def crash(*args: object, **kwargs: object) -> None:
             raise RuntimeError("killed here")
 
-        service.store.create_task = crash  # type: ignore[method-assign]
+        # A stand-in that only raises, so its signature is not create_task's.
+        service.store.create_task = crash  # type: ignore[method-assign,assignment]
         assert storescu(service.ports.dicom, study.files).returncode == 0
         wait_for(
             lambda: (s := service.store.study(study.study_uid)) and s.state is StudyState.ROUTED,
             what="the routing decision",
         )
         assert service.store.tasks(study_uid=study.study_uid) == []
-        service.store.create_task = original  # type: ignore[method-assign]
+        service.store.create_task = original  # type: ignore[method-assign]  # put back
     with running_service(config) as service:
         [task] = wait_for(
             lambda: [
@@ -200,6 +203,7 @@ def test_restart_finishes_a_queued_task_of_a_study_reopened_by_late_instances(
     study = generate_study("cr-chest", tmp_path / "in", seed=34, matrix=128)
     config = service_config(tmp_path)
     with running_service(config) as service:
+        # A launch that never starts the work, in place of the method.
         service.coordinator.launch = lambda *args, **kwargs: None  # type: ignore[method-assign]
         assert storescu(service.ports.dicom, study.files).returncode == 0
         [queued] = wait_for(

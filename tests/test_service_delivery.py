@@ -288,7 +288,8 @@ def test_every_result_object_reaches_orthanc_with_the_source_identity(
             assert storescu(service.ports.dicom, study.files).returncode == 0
             [task] = wait_for(lambda: _finished_tasks(service, study.study_uid), what="task")
             assert task.state is TaskState.DONE, task.error
-            assert task.result is not None and task.result["critical_positive"] is True
+            assert task.result is not None
+            assert task.result["critical_positive"] is True
             delivered = wait_for(lambda: _all_delivered(service, 4), what="4 deliveries")
             assert sorted(i.kind.value for i in delivered) == ["gsps", "sc", "seg", "sr"]
             assert {i.destination for i in delivered} == {"pacs"}
@@ -352,7 +353,8 @@ def test_a_rerun_after_a_late_instance_replaces_and_never_duplicates(tmp_path: P
             assert _payload_uids(rerun_items) == first  # the same objects, sent again
 
         after = _sop_uids(_pacs_objects(pacs, study.study_uid))
-        assert after == first and len(after) == 4
+        assert after == first
+        assert len(after) == 4
         assert len(pacs.get(f"/studies/{_orthanc_study(pacs, study.study_uid)}/instances")) == 4
 
 
@@ -382,6 +384,7 @@ def test_a_late_instance_during_result_handling_reruns_the_whole_study(tmp_path:
                     what="the late instance reopening the study",
                 )
 
+        # A recording wrapper in place of the method.
         service.worklist.update_ai = recording_update_ai  # type: ignore[method-assign]
         service.results.enqueue_results = deliver_then_late  # type: ignore[method-assign,assignment]
         assert storescu(service.ports.dicom, first_files).returncode == 0
@@ -484,8 +487,10 @@ def test_stow_rs_studies_are_processed_like_c_store_ones(tmp_path: Path) -> None
         )
         assert status == 200, answer
         [task] = wait_for(lambda: _finished_tasks(service, whole.study_uid), what="STOW task")
-        assert task.state is TaskState.DONE and task.model == "ich-ct-head@2"
-        assert task.result is not None and task.result["critical_positive"] is True
+        assert task.state is TaskState.DONE
+        assert task.model == "ich-ct-head@2"
+        assert task.result is not None
+        assert task.result["critical_positive"] is True
 
         parts = [("application/dicom", p.read_bytes()) for p in with_bad_part.files]
         parts.insert(3, ("application/dicom", b"this part is not a DICOM instance"))
@@ -496,7 +501,8 @@ def test_stow_rs_studies_are_processed_like_c_store_ones(tmp_path: Path) -> None
         assert len(answer["00081199"]["Value"]) == len(with_bad_part.files)
         [task] = wait_for(lambda: _finished_tasks(service, with_bad_part.study_uid), what="task")
         assert task.state is TaskState.DONE, task.error
-        assert task.result is not None and task.result["critical_positive"] is False
+        assert task.result is not None
+        assert task.result["critical_positive"] is False
         counts = [s.instance_count for s in service.store.series_of(with_bad_part.study_uid)]
         assert counts == [len(with_bad_part.files)]
 
@@ -555,10 +561,13 @@ def test_shadow_mode_keeps_the_result_and_publishes_the_native_order(tmp_path: P
         assert storescu(service.ports.dicom, bleed.files).returncode == 0
         for uid in (normal.study_uid, bleed.study_uid):
             [task] = wait_for(partial(_finished_tasks, service, uid), what="task")
-            assert task.state is TaskState.DONE and task.mode == "shadow"
-            assert task.result is not None and task.result["findings"]
+            assert task.state is TaskState.DONE
+            assert task.mode == "shadow"
+            assert task.result is not None
+            assert task.result["findings"]
         [task] = service.store.tasks(study_uid=bleed.study_uid)
-        assert task.result is not None and task.result["critical_positive"] is True
+        assert task.result is not None
+        assert task.result["critical_positive"] is True
         events = [e.event for e in service.store.audit_events(study_uid=bleed.study_uid)]
         assert "shadow-result-kept" in events
         assert _items(service) == []
@@ -589,7 +598,8 @@ def test_triage_mode_signals_the_worklist_and_sends_no_dicom_object(tmp_path: Pa
             wait_for(lambda: _finished_tasks(service, normal.study_uid), what="first task")
             assert storescu(service.ports.dicom, bleed.files).returncode == 0
             [task] = wait_for(lambda: _finished_tasks(service, bleed.study_uid), what="task")
-            assert task.state is TaskState.DONE and task.mode == "triage"
+            assert task.state is TaskState.DONE
+            assert task.mode == "triage"
 
             def flagged() -> list[dict[str, Any]]:
                 return [
@@ -680,7 +690,9 @@ def test_rank_changes_reach_the_ris_as_hl7_and_a_fhir_server_as_a_task(tmp_path:
             validate_rank_change_hl7(orm)
             validate_rank_change_fhir(task)
             accession = str(_source(bleed).AccessionNumber)
-            assert f"|{accession}|" in orm and "worklist rank" in orm and "-> 1" in orm
+            assert f"|{accession}|" in orm
+            assert "worklist rank" in orm
+            assert "-> 1" in orm
             [orc] = [seg.split("|") for seg in orm.split("\r") if seg.startswith("ORC|")]
             assert orc[2:4] == [f"P{accession}", f"F{accession}"]  # the RIS's own numbers
             assert task["basedOn"][0]["identifier"]["value"] == accession
@@ -718,10 +730,12 @@ def test_rest_shows_state_routing_tasks_and_audit_without_patient_names(tmp_path
     assert [t["rule"] for t in routing["decision"]["tasks"]] == ["ct-head-noncontrast"]
     assert "ct-head-noncontrast: matched" in routing["decision"]["rules"]  # and why not others
     [task] = detail["tasks"]
-    assert task["state"] == "done" and task["model_name"] == "ich-ct-head"
+    assert task["state"] == "done"
+    assert task["model_name"] == "ich-ct-head"
     assert detail["series"][0]["instance_count"] == len(study.files)
     [done] = [e for e in audit if e["event"] == "task-done"]
-    assert done["task_id"] == task["task_id"] and done["detail"]["model"] == "ich-ct-head@2"
+    assert done["task_id"] == task["task_id"]
+    assert done["detail"]["model"] == "ich-ct-head@2"
     assert all(e["study_instance_uid"] == study.study_uid for e in audit)
     name = str(source.PatientName)
     for raw in (detail_raw, audit_raw, *others):

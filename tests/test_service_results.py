@@ -35,7 +35,8 @@ def test_mask_lands_on_the_same_source_voxels(head: tuple[Volume, list]) -> None
     mask = mask_on_source(
         {"logits": logits}, manifest, volume.affine_ras, volume.affine, volume.shape
     )
-    assert mask is not None and mask.shape == (slices, rows, cols)
+    assert mask is not None
+    assert mask.shape == (slices, rows, cols)
     assert mask.dtype == np.uint8  # a label map: 1 is manifest.findings[0]
     expected = np.zeros_like(mask)
     expected[5:8, 20:30, 10:20] = 1

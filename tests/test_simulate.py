@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -18,7 +19,15 @@ from serving.scheduler.workload import (
     rate_for_load,
 )
 
-PROFILES = {
+
+class _Profile(TypedDict):
+    """One model's entry in a profiles file: seconds per batch size (as JSON keys)."""
+
+    max_batch: int
+    seconds: dict[str, float]
+
+
+PROFILES: dict[str, _Profile] = {
     "ich-ct-head@2": {"max_batch": 4, "seconds": {"1": 2.0, "4": 5.0}},
     "ct-chest-nodule@1": {"max_batch": 4, "seconds": {"1": 6.0, "4": 16.0}},
 }
@@ -72,7 +81,8 @@ def test_bad_arguments_give_one_clear_line(
 ) -> None:
     assert main(["simulate", "--profiles", str(profiles), *bad]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("statlane simulate:")
+    assert len(err) == 1
+    assert err[0].startswith("statlane simulate:")
 
 
 def test_load_is_a_fraction_of_capacity() -> None:

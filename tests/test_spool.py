@@ -7,10 +7,12 @@ import hashlib
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -30,6 +32,9 @@ from pydicom.uid import (
 from serving.gateway import header_walk, instance_header
 from serving.gateway.errors import InvalidInstance, OutOfResources, StudyMismatch
 from serving.gateway.spool import InstanceSource, Spool, read_header, read_identity
+
+if TYPE_CHECKING:
+    from _typeshed import StrOrBytesPath
 
 STUDY = "1.2.826.0.1.3680043.10.1.1"
 SERIES = "1.2.826.0.1.3680043.10.1.1.2"
@@ -68,9 +73,18 @@ def make_dataset(
     return ds
 
 
-def make_instance(sop_uid: str = f"{SERIES}.1", **kwargs: object) -> bytes:
+class _DatasetFields(TypedDict, total=False):
+    """The keywords of ``make_dataset`` after the SOP Instance UID."""
+
+    study_uid: str
+    series_uid: str
+    pixels: bytes | None
+    omit: tuple[str, ...]
+
+
+def make_instance(sop_uid: str = f"{SERIES}.1", **kwargs: Unpack[_DatasetFields]) -> bytes:
     """``make_dataset`` encoded as a Part-10 file."""
-    return encode(make_dataset(sop_uid, **kwargs))  # type: ignore[arg-type]
+    return encode(make_dataset(sop_uid, **kwargs))
 
 
 def encode(ds: Dataset) -> bytes:
@@ -117,7 +131,8 @@ def test_store_writes_the_exact_bytes_at_the_hashed_path(tmp_path: Path) -> None
     assert stored.size_bytes == len(data)
     assert stored.received_at == NOW
     assert stored.source == SOURCE
-    assert not stored.duplicate and not stored.replaced
+    assert not stored.duplicate
+    assert not stored.replaced
 
 
 def test_the_stored_instance_carries_its_header_without_pixel_data(tmp_path: Path) -> None:
@@ -144,7 +159,8 @@ def test_the_same_bytes_twice_is_a_duplicate_and_not_rewritten(tmp_path: Path) -
 
     again = spool.store(make_instance(), SOURCE)
 
-    assert again.duplicate and not again.replaced
+    assert again.duplicate
+    assert not again.replaced
     assert again.path == first.path
     assert (first.path.stat().st_ino, first.path.stat().st_mtime_ns) == (inode, mtime)
 
@@ -156,7 +172,8 @@ def test_different_bytes_under_the_same_uid_replace_the_stored_copy(tmp_path: Pa
 
     stored = spool.store(corrected, SOURCE)
 
-    assert stored.replaced and not stored.duplicate
+    assert stored.replaced
+    assert not stored.duplicate
     assert stored.path.read_bytes() == corrected
     assert len(all_files(tmp_path)) == 1
 
@@ -220,9 +237,12 @@ def test_uids_that_could_escape_the_spool_are_refused(
 ) -> None:
     root = tmp_path / "deep" / "spool"
     spool = make_spool(root)
-    kwargs: dict[str, object] = {"sop_uid": f"{SERIES}.1", field: value}
+    uids = {"sop_uid": f"{SERIES}.1", "study_uid": STUDY, "series_uid": SERIES, field: value}
+    instance = make_instance(
+        uids["sop_uid"], study_uid=uids["study_uid"], series_uid=uids["series_uid"]
+    )
     with pytest.raises(InvalidInstance, match="is not a valid UID"):
-        spool.store(make_instance(**kwargs), SOURCE)  # type: ignore[arg-type]
+        spool.store(instance, SOURCE)
     assert all_files(tmp_path) == []
 
 
@@ -243,10 +263,12 @@ def test_study_mismatch_is_refused_without_writing(tmp_path: Path) -> None:
     ],
     ids=["cut-in-pixel-data", "last-byte-missing", "garbage", "no-preamble"],
 )
-def test_damaged_streams_are_invalid(tmp_path: Path, damage: object, reason: str) -> None:
+def test_damaged_streams_are_invalid(
+    tmp_path: Path, damage: Callable[[bytes], bytes], reason: str
+) -> None:
     spool = make_spool(tmp_path)
     with pytest.raises(InvalidInstance, match=reason):
-        spool.store(damage(make_instance()), SOURCE)  # type: ignore[operator]
+        spool.store(damage(make_instance()), SOURCE)
     assert all_files(tmp_path) == []
 
 
@@ -296,7 +318,8 @@ def test_rescan_finds_every_instance_and_skips_debris(tmp_path: Path) -> None:
     assert all(f.source.channel == "rescan" for f in found)
     assert all(f.size_bytes == f.path.stat().st_size for f in found)
     assert spool.discard_partial_writes() == 2
-    assert not list(leaf.glob("*.tmp")) and not list(spool.staging_dir.iterdir())
+    assert not list(leaf.glob("*.tmp"))
+    assert not list(spool.staging_dir.iterdir())
 
 
 # --- read_header: the fast reader and pydicom's reader must agree ------------------------------
@@ -342,16 +365,17 @@ VARIANTS = [
 ]
 
 
-def outcome(read: object, data: bytes) -> tuple[object, ...]:
+def outcome(read: Callable[[bytes], tuple[object, Dataset]], data: bytes) -> tuple[object, ...]:
     """What a read_header-like function makes of ``data``: an error, or identity and header.
 
     Any other exception fails the test: every failure must be an InvalidInstance.
     """
     try:
-        identity, header = read(data)  # type: ignore[operator]
+        identity, header = read(data)
     except (InvalidInstance, StudyMismatch) as exc:
         return type(exc).__name__, str(exc), exc.sop_instance_uid
-    assert type(header) is Dataset and "PixelData" not in header
+    assert type(header) is Dataset
+    assert "PixelData" not in header
     return identity, decoded(header), decoded(header.file_meta)
 
 
@@ -361,12 +385,12 @@ def decoded(ds: Dataset) -> dict[int, object]:
     for tag in sorted(ds.keys()):
         try:
             elements[tag] = (ds[tag].VR, ds[tag].value)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - how a damaged element fails is the result
             elements[tag] = (type(exc).__name__, str(exc))
     return elements
 
 
-def by_pydicom(data: bytes) -> object:
+def by_pydicom(data: bytes) -> tuple[object, Dataset]:
     return instance_header.read_header_with_pydicom(data)
 
 
@@ -476,7 +500,8 @@ def test_the_header_keeps_no_view_of_the_received_bytes() -> None:
     identity, header = read_header(make_instance())
     assert identity.transfer_syntax_uid == ExplicitVRLittleEndian
     assert all(not isinstance(elem.value, memoryview) for elem in header.values() if elem.value)
-    assert "PixelData" not in header and header.Rows == ROWS
+    assert "PixelData" not in header
+    assert header.Rows == ROWS
 
 
 # --- damaged element headers: one typed error from every entry point ---------------------------
@@ -624,10 +649,10 @@ def test_the_data_is_on_disk_before_the_rename_and_the_directory_synced_after(
     events: list[str] = []
     fsync, open_, write, replace, unlink = os.fsync, os.open, os.write, os.replace, os.unlink
 
-    def record_open(path: object, flags: int, mode: int = 0o777) -> int:
+    def record_open(path: StrOrBytesPath, flags: int, mode: int = 0o777) -> int:
         if Path(str(path)).parent == spool.staging_dir:
             events.append("open O_DSYNC" if flags & os.O_DSYNC else "open")
-        return open_(path, flags, mode)  # type: ignore[arg-type]
+        return open_(path, flags, mode)
 
     def record_write(fd: int, data: bytes) -> int:
         events.append("write")
@@ -637,13 +662,13 @@ def test_the_data_is_on_disk_before_the_rename_and_the_directory_synced_after(
         events.append("dir-sync" if os.path.isdir(f"/proc/self/fd/{fd}") else "file-fsync")
         fsync(fd)
 
-    def record_replace(src: object, dst: object) -> None:
+    def record_replace(src: StrOrBytesPath, dst: StrOrBytesPath) -> None:
         events.append("rename")
-        replace(src, dst)  # type: ignore[arg-type]
+        replace(src, dst)
 
-    def record_unlink(path: object, *args: object, **kwargs: object) -> None:
+    def record_unlink(path: StrOrBytesPath, *, dir_fd: int | None = None) -> None:
         events.append("unlink")  # none for a stored instance: its staged file was renamed
-        unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+        unlink(path, dir_fd=dir_fd)
 
     monkeypatch.setattr(os, "open", record_open)
     monkeypatch.setattr(os, "write", record_write)
@@ -665,6 +690,7 @@ def test_a_refused_instance_and_a_duplicate_leave_nothing_in_staging(tmp_path: P
         spool.store(make_instance(), SOURCE, expected_study_uid="1.2.999")
     first = spool.store(make_instance(), SOURCE)
     again = spool.store(make_instance(), SOURCE)
-    assert again.duplicate and first.path.exists()
+    assert again.duplicate
+    assert first.path.exists()
     assert not list(spool.staging_dir.iterdir())
     assert all_files(tmp_path) == [first.path]

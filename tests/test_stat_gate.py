@@ -41,7 +41,8 @@ def test_background_waits_until_the_stat_stage_ends_and_the_linger_passed() -> N
     assert 0.2 <= waited < 2.0
     assert resumed >= ended_at[0] + 0.05 - 0.005  # the linger after the stage's end
     assert resumed - started == pytest.approx(waited, abs=0.2)
-    assert gate.waits == 1 and gate.waited_s == pytest.approx(waited)
+    assert gate.waits == 1
+    assert gate.waited_s == pytest.approx(waited)
     assert gate.totals() == (1, gate.waited_s)
     assert not gate.busy()
 
@@ -111,8 +112,10 @@ def test_a_background_series_is_read_stepping_aside_before_each_file(tmp_path: P
     paths = [str(p) for p in study.files]
     gate = _CountingGate()
     owner = SimpleNamespace(streaming=None, gate=gate, metrics=Metrics())
+    # The owner is a stand-in for the coordinator with only what the loader reads.
     background = Coordinator.loader(owner, "series", stat=False)(paths)  # type: ignore[arg-type]
     assert gate.calls == len(paths)
     stat = Coordinator.loader(owner, "series", stat=True)(paths)  # type: ignore[arg-type]
     assert gate.calls == len(paths)  # the stat read did not wait
-    assert background.array.shape == stat.array.shape and (background.array == stat.array).all()
+    assert background.array.shape == stat.array.shape
+    assert (background.array == stat.array).all()

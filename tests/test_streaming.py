@@ -45,7 +45,8 @@ def test_random_order_equals_batch(seed: int, form: str, tmp_path: Path) -> None
         )
         assert not assembler.is_complete
         assembler.add(source)
-    assert assembler.is_complete and assembler.count == len(series)
+    assert assembler.is_complete
+    assert assembler.count == len(series)
     _assert_same(assembler.volume(), batch)
 
 

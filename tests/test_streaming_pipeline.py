@@ -130,7 +130,8 @@ def test_gantry_tilt_takes_the_fallback(name: str, tilted_files: list[Path]) -> 
     assert volume.is_sheared
     sp = stream(pipe, tilted_files, seed=3)
     out = sp.tensor()
-    assert sp.fallback_reason is not None and "not separable" in sp.fallback_reason
+    assert sp.fallback_reason is not None
+    assert "not separable" in sp.fallback_reason
     assert_same(out, pipe(volume))
 
 
@@ -168,7 +169,8 @@ def test_tensor_before_the_last_slice_is_refused(head_files: list[Path]) -> None
     sp = StreamingPreprocessor(Pipeline.from_spec(PIPELINES["head-ct"]), expected_count=32)
     for path in head_files[:-1]:
         sp.add(path)
-    assert sp.count == 31 and not sp.is_complete
+    assert sp.count == 31
+    assert not sp.is_complete
     with pytest.raises(IncompleteSeriesError):
         sp.tensor()
     sp.add(head_files[-1])
@@ -179,7 +181,14 @@ def test_repeated_instance_is_idempotent() -> None:
     series = make_series(8, 20, 16, slope=4.0)
     pipe = Pipeline.from_spec(PIPELINES["head-ct"])
     sp = StreamingPreprocessor(pipe, expected_count=8)
-    for ds in [series[3], *series[:5], to_bytes(series[3]), *series[5:], series[0]]:
+    arrivals: list[Dataset | bytes] = [
+        series[3],
+        *series[:5],
+        to_bytes(series[3]),
+        *series[5:],
+        series[0],
+    ]
+    for ds in arrivals:
         sp.add(ds)
     assert sp.count == 8
     out = sp.tensor()
@@ -225,7 +234,9 @@ def test_geometry_defects_raise_as_in_batch() -> None:
 @pytest.mark.parametrize(
     ("shape", "size"), [((13, 11, 7), (5, 11, 3)), ((6, 9, 4), (13, 4, 10)), ((8, 8, 8), (8, 8, 8))]
 )
-def test_area_resize_equals_adaptive_pooling(shape: tuple[int, ...], size: tuple[int, ...]) -> None:
+def test_area_resize_equals_adaptive_pooling(
+    shape: tuple[int, int, int], size: tuple[int, int, int]
+) -> None:
     img = torch.from_numpy(np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32))
     pooled = torch.nn.functional.adaptive_avg_pool3d(img[None], size)[0]
     out = area_resize(img, size)
@@ -239,5 +250,6 @@ def test_cuda_streaming_equals_cpu_batch(head_files: list[Path]) -> None:
     pipe = Pipeline.from_spec(PIPELINES["head-ct"])
     sp = stream(pipe, head_files, seed=4, device="cuda")
     out = sp.tensor()
-    assert out.device.type == "cuda" and sp.fallback_reason is None
+    assert out.device.type == "cuda"
+    assert sp.fallback_reason is None
     assert_same(out, pipe(load_series(head_files)))

@@ -81,9 +81,11 @@ def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
     assert [p.name for p in a.files] == [p.name for p in b.files]
     for pa, pb in zip(a.files, b.files, strict=True):
         assert pa.read_bytes() == pb.read_bytes()
-    assert a.ground_truth is not None and b.ground_truth is not None
+    assert a.ground_truth is not None
+    assert b.ground_truth is not None
     assert a.ground_truth.read_bytes() == b.ground_truth.read_bytes()
-    assert a.mask is not None and b.mask is not None
+    assert a.mask is not None
+    assert b.mask is not None
     assert a.mask.read_bytes() == b.mask.read_bytes()
 
 
@@ -106,13 +108,15 @@ def test_layout_and_identity_attributes(head_ich: SyntheticStudy) -> None:
     assert ds.SeriesInstanceUID == head_ich.series_uid
     assert ds.AccessionNumber == head_ich.accession_number
     assert re.fullmatch(r"[A-Z]+\^[A-Z]+", str(ds.PatientName))
-    assert ds.PatientSex in ("F", "M") and len(ds.PatientBirthDate) == 8
+    assert ds.PatientSex in ("F", "M")
+    assert len(ds.PatientBirthDate) == 8
     assert ds.BodyPartExamined == "HEAD"
     assert ds.StudyDescription == "CT HEAD WO CONTRAST"
     code = ds.ProcedureCodeSequence[0]
     assert (code.CodeValue, code.CodingSchemeDesignator) == ("30799-1", "LN")
     request = ds.RequestAttributesSequence[0]
-    assert request.RequestedProcedureID and request.ScheduledProcedureStepID
+    assert request.RequestedProcedureID
+    assert request.ScheduledProcedureStepID
     for p in head_ich.files:
         assert str(ds.PatientName).split("^")[0] not in p.name
 
@@ -131,13 +135,16 @@ def test_ct_head_geometry(head_ich: SyntheticStudy) -> None:
     assert np.allclose(np.diff(z), 5.0)
     assert float(slices[0].SliceThickness) == 5.0
     assert (slices[0].RescaleSlope, slices[0].RescaleIntercept) == (1, -1024)
-    assert slices[0].PixelRepresentation == 0 and slices[0].BitsStored == 12
+    assert slices[0].PixelRepresentation == 0
+    assert slices[0].BitsStored == 12
 
 
 def test_ct_head_tissue_hu(out: Path) -> None:
     study = generate_study("ct-head", out, seed=11, matrix=64)
     mid = hu(pydicom.dcmread(study.files[16]))  # z = +12.5 mm
-    assert mid[0, 0] < -900 and mid[-1, -1] < -900  # air
+    # Air.
+    assert mid[0, 0] < -900
+    assert mid[-1, -1] < -900
     assert mid[32, :].max() > 700  # skull on the central row
     brain = mid[40:43, 41:44]  # x = +37 mm, y = +30 mm: clear of the ventricles
     assert 20.0 < brain.mean() < 50.0
@@ -177,24 +184,31 @@ def test_ct_abdomen_is_deterministic(tmp_path: Path) -> None:
     b = generate_study("ct-abdomen", tmp_path / "b", seed=3, slices=40, matrix=64)
     for pa, pb in zip(a.files, b.files, strict=True):
         assert pa.read_bytes() == pb.read_bytes()
-    assert a.ground_truth is not None and b.ground_truth is not None
+    assert a.ground_truth is not None
+    assert b.ground_truth is not None
     assert a.ground_truth.read_bytes() == b.ground_truth.read_bytes()
-    assert a.labels is not None and b.labels is not None
+    assert a.labels is not None
+    assert b.labels is not None
     assert a.labels.read_bytes() == b.labels.read_bytes()
     c = generate_study("ct-abdomen", tmp_path / "c", seed=4, slices=40, matrix=64)
-    assert c.labels is not None and c.labels.read_bytes() != a.labels.read_bytes()
+    assert c.labels is not None
+    assert c.labels.read_bytes() != a.labels.read_bytes()
 
 
 def test_ct_abdomen_geometry_and_identity(abdomen: SyntheticStudy) -> None:
     slices = read_all(abdomen)
-    assert len(slices) == 100 and abdomen.mask is None
+    assert len(slices) == 100
+    assert abdomen.mask is None
     ds = slices[50]
-    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2" and ds.Modality == "CT"
-    assert ds.BodyPartExamined == "ABDOMEN" and ds.StudyDescription == "CT ABDOMEN WO CONTRAST"
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+    assert ds.Modality == "CT"
+    assert ds.BodyPartExamined == "ABDOMEN"
+    assert ds.StudyDescription == "CT ABDOMEN WO CONTRAST"
     assert ds.ProcedureCodeSequence[0].CodeValue == "36424-0"
     assert math.isclose(float(ds.PixelSpacing[0]), 380.0 / 96)
     z = np.array([float(d.ImagePositionPatient[2]) for d in slices])
-    assert np.allclose(np.diff(z), 2.5) and z[-1] == 115.0  # top slice in the lung bases
+    assert np.allclose(np.diff(z), 2.5)
+    assert z[-1] == 115.0  # top slice in the lung bases
     assert float(ds.SliceThickness) == 2.5
 
 
@@ -202,7 +216,8 @@ def test_ct_abdomen_label_map_matches_loaded_volume(
     abdomen: SyntheticStudy, abdomen_volume: Volume
 ) -> None:
     labels, affine = load_label_map(abdomen.study_dir)
-    assert labels.dtype == np.uint8 and labels.shape == abdomen_volume.shape == (96, 96, 100)
+    assert labels.dtype == np.uint8
+    assert labels.shape == abdomen_volume.shape == (96, 96, 100)
     assert np.allclose(affine, abdomen_volume.affine, atol=1e-6)
     assert set(np.unique(labels).tolist()) == {0, *ORGAN_LABELS.values()}
     assert ORGAN_LABELS == {"spleen": 1, "liver": 2}
@@ -222,21 +237,27 @@ def test_ct_abdomen_organ_hu(
     inside = abdomen_volume.array[labels == ORGAN_LABELS[organ]]
     assert low < float(inside.mean()) < high  # aligned: the label sits on the organ's tissue
     lo, hi = np.percentile(inside, [0.5, 99.5])
-    assert low - 30.0 < lo and hi < high + 30.0  # noise only, no other tissue inside the label
+    # Noise only, no other tissue inside the label.
+    assert low - 30.0 < lo
+    assert hi < high + 30.0
     assert truth(abdomen)["organs"][organ]["nominal_hu"] == pytest.approx(inside.mean(), abs=2)
 
 
 def test_ct_abdomen_organ_volumes_and_sides(abdomen: SyntheticStudy) -> None:
     gt = truth(abdomen)
-    assert gt["finding_present"] is False and gt["finding_type"] is None
+    assert gt["finding_present"] is False
+    assert gt["finding_type"] is None
     voxel_ml = gt["geometry"]["voxel_volume_ml"]
     spleen, liver = gt["organs"]["spleen"], gt["organs"]["liver"]
-    assert spleen["complete"] and liver["complete"]
+    assert spleen["complete"]
+    assert liver["complete"]
     assert 100.0 <= spleen["volume_ml"] <= 300.0
     assert 1000.0 <= liver["volume_ml"] <= 2000.0
     for organ in (spleen, liver):
         assert organ["volume_ml"] == pytest.approx(organ["voxel_count"] * voxel_ml, rel=1e-12)
-    assert spleen["centre_mm"][0] > 40.0 and spleen["centre_mm"][1] > 20.0  # left, posterior
+    # Left, posterior.
+    assert spleen["centre_mm"][0] > 40.0
+    assert spleen["centre_mm"][1] > 20.0
     assert liver["centre_mm"][0] < -20.0  # patient's right: the left of the displayed image
     labels, _ = load_label_map(abdomen.study_dir)
     spleen_column, liver_column = (np.nonzero(labels == v)[0].mean() for v in (1, 2))
@@ -263,7 +284,8 @@ def test_ct_abdomen_partial_coverage(tmp_path: Path) -> None:
     labels, _ = load_label_map(study.study_dir)
     assert labels.shape == volume.shape == (64, 64, 40)
     liver = truth(study)["organs"]["liver"]
-    assert liver["voxel_count"] > 0 and not liver["complete"]  # 100 mm: the liver runs on
+    assert liver["voxel_count"] > 0
+    assert not liver["complete"]  # 100 mm: the liver runs on
 
 
 def test_ct_abdomen_with_series_fault(tmp_path: Path) -> None:
@@ -287,7 +309,8 @@ def test_default_ct_abdomen_is_512_and_fast(tmp_path: Path) -> None:
     elapsed = time.perf_counter() - start
     ds = pydicom.dcmread(study.files[0])
     assert (ds.Rows, ds.Columns, len(study.files)) == (512, 512, 100)
-    assert float(ds.PixelSpacing[0]) == 0.7421875 and float(ds.SliceThickness) == 2.5
+    assert float(ds.PixelSpacing[0]) == 0.7421875
+    assert float(ds.SliceThickness) == 2.5
     assert elapsed < 15.0, f"512x512x100 CT abdomen took {elapsed:.1f} s"
 
 
@@ -296,10 +319,12 @@ def test_default_ct_abdomen_is_512_and_fast(tmp_path: Path) -> None:
 
 def test_ich_volume_matches_mask(head_ich: SyntheticStudy) -> None:
     gt = truth(head_ich)
-    assert gt["finding_present"] and gt["finding_type"] == "intracranial-hemorrhage"
+    assert gt["finding_present"]
+    assert gt["finding_type"] == "intracranial-hemorrhage"
     assert head_ich.mask is not None
     mask = np.load(head_ich.mask)
-    assert mask.dtype == np.uint8 and mask.shape == (64, 64, 32)  # [column, row, slice]
+    assert mask.dtype == np.uint8
+    assert mask.shape == (64, 64, 32)  # [column, row, slice]
     ds = pydicom.dcmread(head_ich.files[0])
     dx, dy = (float(v) for v in ds.PixelSpacing)
     voxel_ml = dx * dy * 5.0 / 1000.0
@@ -311,14 +336,16 @@ def test_ich_volume_matches_mask(head_ich: SyntheticStudy) -> None:
     key = gt["key_slice"]
     c0, r0, c1, r1 = key["bbox_px"]
     assert mask[c0 : c1 + 1, r0 : r1 + 1, key["slice_index"]].sum() == key["voxels"]
-    assert len(gt["centre_mm"]) == 3 and gt["seed"] == 7
+    assert len(gt["centre_mm"]) == 3
+    assert gt["seed"] == 7
 
 
 def test_no_finding_means_no_mask(out: Path) -> None:
     study = generate_study("ct-head", out, seed=8, matrix=64)
     assert study.mask is None
     gt = truth(study)
-    assert gt["finding_present"] is False and gt["finding_type"] is None
+    assert gt["finding_present"] is False
+    assert gt["finding_type"] is None
 
 
 def test_nodule_in_lung(chest_nodule: SyntheticStudy) -> None:
@@ -327,7 +354,8 @@ def test_nodule_in_lung(chest_nodule: SyntheticStudy) -> None:
     assert 6.0 <= gt["diameter_mm"] <= 20.0
     assert chest_nodule.mask is not None
     mask = np.load(chest_nodule.mask)
-    assert mask.shape == (64, 64, 100) and mask.any()
+    assert mask.shape == (64, 64, 100)
+    assert mask.any()
     volume = np.stack([hu(d) for d in read_all(chest_nodule)], axis=-1).transpose(1, 0, 2)
     assert volume[mask == 1].mean() > -100.0
 
@@ -338,9 +366,11 @@ def test_radiograph_with_pneumothorax(out: Path, kind: str) -> None:
     ds = pydicom.dcmread(study.files[0])
     assert ds.Modality == kind[:2].upper()
     assert (ds.Rows, ds.Columns) == (256, 256)
-    assert ds.BodyPartExamined == "CHEST" and ds.StudyDescription == "XR CHEST 1 VIEW"
+    assert ds.BodyPartExamined == "CHEST"
+    assert ds.StudyDescription == "XR CHEST 1 VIEW"
     gt = truth(study)
-    assert gt["finding_type"] == "pneumothorax" and gt["priority"] == "STAT"
+    assert gt["finding_type"] == "pneumothorax"
+    assert gt["priority"] == "STAT"
     assert study.mask is not None
     mask = np.load(study.mask).T.astype(bool)  # back to [row, column]
     pixels = ds.pixel_array.astype(np.float64)
@@ -428,17 +458,20 @@ def test_truncated_file(out: Path, compression: str) -> None:
         "ct-head", out, seed=9, fault="truncated-file", compression=compression, matrix=64
     )
     bad = study.study_dir / truth(study)["fault"]["file"]
-    assert bad in study.files and len(study.files) == 32
-    with warnings.catch_warnings(), pytest.raises((ValueError, AttributeError)):
+    assert bad in study.files
+    assert len(study.files) == 32
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about the missing delimiter first
-        pydicom.dcmread(bad).pixel_array  # noqa: B018
+        with pytest.raises((ValueError, AttributeError)):
+            pydicom.dcmread(bad).pixel_array  # noqa: B018
     good = next(p for p in study.files if p != bad)
     assert pydicom.dcmread(good).pixel_array.shape == (64, 64)
 
 
 def test_non_dicom_file(out: Path) -> None:
     study = _fault(out, "non-dicom-file")
-    assert study.files[-1].name == "IM_9999.dcm" and len(study.files) == 33
+    assert study.files[-1].name == "IM_9999.dcm"
+    assert len(study.files) == 33
     with pytest.raises(InvalidDicomError):
         pydicom.dcmread(study.files[-1])
 
@@ -486,7 +519,8 @@ def test_lossless_compression_round_trips(out: Path, compression: Compression, k
         assert b.file_meta.TransferSyntaxUID.is_compressed
         assert np.array_equal(a.pixel_array, b.pixel_array)
         assert a.SOPInstanceUID != b.SOPInstanceUID  # a different (synthetic) study
-    assert packed.mask is not None and plain.mask is not None
+    assert packed.mask is not None
+    assert plain.mask is not None
     assert np.array_equal(np.load(packed.mask), np.load(plain.mask))
 
 
@@ -524,7 +558,8 @@ def test_cli_abdomen_only_when_named(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert len(folders) == 2
     for folder in folders:
         gt = json.loads((folder / "ground_truth.json").read_text())
-        assert gt["kind"] == "ct-abdomen" and gt["finding_present"] is False
+        assert gt["kind"] == "ct-abdomen"
+        assert gt["finding_present"] is False
         assert (folder / "labels.npy").is_file()
     args = parser.parse_args(["synth", "--out", str(tmp_path / "all"), "--matrix", "64"])
     assert args.func(args) == 0

@@ -87,7 +87,8 @@ def test_triage_puts_the_bleed_first_with_a_red_flag() -> None:
     rows = worklist.published_order(Mode.TRIAGE)
     top = rows[0]
     assert (top.rank, top.study_uid, top.accession) == (1, uid(BLEED), "ACC0015")
-    assert top.red_flag and top.label is Label.CRITICAL
+    assert top.red_flag
+    assert top.label is Label.CRITICAL
     assert top.reason == "AI critical finding"
     assert [r.red_flag for r in rows[1:]] == [False] * 19
     assert {r.label for r in rows[1:]} == {Label.NO_CRITICAL}
@@ -215,7 +216,8 @@ class RecordingDestination:
         self.fail_for = fail_for
 
     def deliver(self, payload: Payload) -> None:
-        assert payload.kind is DeliveryKind.WORKLIST and isinstance(payload.body, dict)
+        assert payload.kind is DeliveryKind.WORKLIST
+        assert isinstance(payload.body, dict)
         if payload.body["study_instance_uid"] == self.fail_for:
             raise DeliveryError(True, "webhook down")
         self.bodies.append(payload.body)
@@ -268,5 +270,5 @@ def test_errors_name_the_study() -> None:
         worklist.update_ai(uid(1), AIStatus.PENDING, critical_positive=True)
     with pytest.raises(WorklistError, match="timezone-aware"):
         WorklistEntry(uid(99), "A", datetime(2026, 1, 1))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'finished' is not a valid AIStatus"):
         worklist.update_ai(uid(1), "finished")

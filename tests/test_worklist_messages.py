@@ -87,7 +87,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_orm_parses_back_and_validates_at_strict(name: str):
+def test_orm_parses_back_and_validates_at_strict(name: str) -> None:
     text = hl7(CASES[name])
     validate_rank_change_hl7(text)
     message = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT)
@@ -96,7 +96,7 @@ def test_orm_parses_back_and_validates_at_strict(name: str):
     assert [s.split("|")[0] for s in text.split("\r")] == ["MSH", "ORC", "OBR", "NTE", "OBX"]
 
 
-def test_orm_header():
+def test_orm_header() -> None:
     text = hl7(change(), receiving_facility="GENERAL HOSPITAL")
     msh = one(text, "MSH")
     assert msh[1] == "^~\\&"
@@ -110,14 +110,14 @@ def test_orm_header():
     assert default[5] == ""  # MSH-6 empty unless given
 
 
-def test_orm_time_keeps_the_offset():
+def test_orm_time_keeps_the_offset() -> None:
     local = AT.astimezone(timezone(timedelta(hours=-5)))
     text = build_rank_change_hl7(change(), local, message_control_id="X1")
     assert one(text, "MSH")[6] == "20261130070507-0500"
     assert field(one(text, "ORC"), 9) == "20261130070507-0500"
 
 
-def test_orm_change_order_by_accession():
+def test_orm_change_order_by_accession() -> None:
     text = hl7(change())
     orc, obr = one(text, "ORC"), one(text, "OBR")
     assert field(orc, 1) == "XO"
@@ -125,12 +125,13 @@ def test_orm_change_order_by_accession():
     assert field(orc, 3) == ACCESSION  # filler order number
     assert field(orc, 9) == "20261130120507+0000"
     assert field(obr, 1) == "1"
-    assert field(obr, 2) == ACCESSION and field(obr, 3) == ACCESSION
+    assert field(obr, 2) == ACCESSION
+    assert field(obr, 3) == ACCESSION
     assert field(obr, 4) == "^AI worklist priority"
     assert field(obr, 18) == ACCESSION  # the project's accession field
 
 
-def test_orm_names_the_ris_order_numbers_of_a_received_order():
+def test_orm_names_the_ris_order_numbers_of_a_received_order() -> None:
     from router.vocabulary import OrderContext
 
     order = OrderContext(ACCESSION, placer_order_number="PO-7781", filler_order_number="FO-1290")
@@ -148,7 +149,7 @@ def test_orm_names_the_ris_order_numbers_of_a_received_order():
     assert (field(orc, 2), field(orc, 3)) == (ACCESSION, ACCESSION)
 
 
-def test_orm_refuses_an_order_of_another_accession():
+def test_orm_refuses_an_order_of_another_accession() -> None:
     from router.vocabulary import OrderContext
 
     other = OrderContext("ACC-OTHER", placer_order_number="PO-1")
@@ -157,7 +158,7 @@ def test_orm_refuses_an_order_of_another_accession():
 
 
 @pytest.mark.parametrize(("red_flag", "priority"), [(True, "S"), (False, "")])
-def test_orm_priority_in_orc7_and_obr27(red_flag: bool, priority: str):
+def test_orm_priority_in_orc7_and_obr27(red_flag: bool, priority: str) -> None:
     """S with a red flag; otherwise empty, so a stat order is never downgraded to routine."""
     label = Label.CRITICAL if red_flag else Label.NO_CRITICAL
     text = hl7(change(red_flag=red_flag, label=label))
@@ -167,7 +168,7 @@ def test_orm_priority_in_orc7_and_obr27(red_flag: bool, priority: str):
     assert message.ORM_O01_ORDER.ORC.orc_7.tq_6.to_er7() == priority
 
 
-def test_orm_carries_the_study_instance_uid_in_a_coded_obx():
+def test_orm_carries_the_study_instance_uid_in_a_coded_obx() -> None:
     obx = one(hl7(change()), "OBX")
     assert field(obx, 1) == "1"
     assert field(obx, 2) == "ST"
@@ -191,10 +192,11 @@ def test_orm_carries_the_study_instance_uid_in_a_coded_obx():
         ),
     ],
 )
-def test_nte_says_what_changed_in_words(c: RankChange, sentence: str):
+def test_nte_says_what_changed_in_words(c: RankChange, sentence: str) -> None:
     assert describe_rank_change(c) == sentence
     nte = one(hl7(c), "NTE")
-    assert field(nte, 1) == "1" and field(nte, 2) == "L"
+    assert field(nte, 1) == "1"
+    assert field(nte, 2) == "L"
     assert unescape(field(nte, 3)) == sentence
     assert build_rank_change_fhir(c, AT)["businessStatus"]["text"] == sentence
 
@@ -207,11 +209,13 @@ def test_nte_says_what_changed_in_words(c: RankChange, sentence: str):
         "ACC-" + "|^~\\&" * 12 + "-END",  # long and odd: 68 characters, 60 of them delimiters
     ],
 )
-def test_accession_with_delimiters_is_escaped(accession: str):
+def test_accession_with_delimiters_is_escaped(accession: str) -> None:
     text = hl7(change(accession=accession))
     validate_rank_change_hl7(text)
     orc, obr = one(text, "ORC"), one(text, "OBR")
-    assert len(orc) == 10 and len(obr) == 28  # no stray field separators
+    # No stray field separators.
+    assert len(orc) == 10
+    assert len(obr) == 28
     for value in (field(orc, 2), field(orc, 3), field(obr, 2), field(obr, 3), field(obr, 18)):
         assert not set(value) & set("|^~&")
         assert unescape(value) == accession
@@ -222,12 +226,12 @@ def test_accession_with_delimiters_is_escaped(accession: str):
     assert task["basedOn"][0]["identifier"]["value"] == accession  # JSON needs no escaping
 
 
-def test_escaped_accession_exact_bytes():
+def test_escaped_accession_exact_bytes() -> None:
     obr = one(hl7(change(accession="A|B^C~D\\E&F")), "OBR")
     assert field(obr, 18) == "A\\F\\B\\S\\C\\R\\D\\E\\E\\T\\F"
 
 
-def test_no_patient_data_in_the_orm():
+def test_no_patient_data_in_the_orm() -> None:
     text = hl7(change())
     names = {s.split("|")[0] for s in text.split("\r")}
     assert names.isdisjoint({"PID", "PD1", "PV1", "PV2", "IN1", "GT1", "AL1"})
@@ -235,7 +239,7 @@ def test_no_patient_data_in_the_orm():
         assert value not in text
 
 
-def test_orm_refuses_what_the_ris_could_not_use():
+def test_orm_refuses_what_the_ris_could_not_use() -> None:
     with pytest.raises(MessageInvalid, match="no accession number"):
         hl7(change(accession=""))
     with pytest.raises(MessageInvalid, match="timezone-aware"):
@@ -293,7 +297,7 @@ BROKEN_ORM: dict[str, tuple[Callable[[str], str], str]] = {
 
 
 @pytest.mark.parametrize("name", list(BROKEN_ORM))
-def test_validate_rejects_broken_orm(name: str):
+def test_validate_rejects_broken_orm(name: str) -> None:
     corrupt, reason = BROKEN_ORM[name]
     text = hl7(change())
     broken = corrupt(text)
@@ -301,7 +305,8 @@ def test_validate_rejects_broken_orm(name: str):
     with pytest.raises(ValueError, match=re.escape(reason)) as info:
         validate_rank_change_hl7(broken)
     assert isinstance(info.value, MessageInvalid)
-    assert "\n" not in str(info.value) and "\r" not in str(info.value)
+    assert "\n" not in str(info.value)
+    assert "\r" not in str(info.value)
     assert "DOE" not in str(info.value)
 
 
@@ -309,15 +314,16 @@ def test_validate_rejects_broken_orm(name: str):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_task_validates_with_fhir_resources(name: str):
+def test_task_validates_with_fhir_resources(name: str) -> None:
     task = build_rank_change_fhir(CASES[name], AT)
     validate_rank_change_fhir(task)
     model = Task.model_validate(task)
-    assert model.status == "requested" and model.intent == "order"
+    assert model.status == "requested"
+    assert model.intent == "order"
     assert json.loads(json.dumps(task)) == task  # plain JSON data
 
 
-def test_task_fields():
+def test_task_fields() -> None:
     task = build_rank_change_fhir(change(), AT)
     assert task["resourceType"] == "Task"
     assert task["status"] == "requested"
@@ -341,7 +347,7 @@ def test_task_fields():
 
 
 @pytest.mark.parametrize(("red_flag", "priority"), [(True, "stat"), (False, None)])
-def test_task_priority(red_flag: bool, priority: str | None):
+def test_task_priority(red_flag: bool, priority: str | None) -> None:
     """stat with a red flag; otherwise none, so a stat order is never downgraded."""
     label = Label.CRITICAL if red_flag else Label.PENDING
     task = build_rank_change_fhir(change(red_flag=red_flag, label=label), AT)
@@ -356,7 +362,7 @@ def inputs(task: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def test_task_inputs_carry_ranks_flag_and_label():
+def test_task_inputs_carry_ranks_flag_and_label() -> None:
     assert inputs(build_rank_change_fhir(change(), AT)) == {
         "old worklist rank": ("valueInteger", 15),
         "new worklist rank": ("valueInteger", 1),
@@ -365,7 +371,7 @@ def test_task_inputs_carry_ranks_flag_and_label():
     }
 
 
-def test_task_inputs_omit_missing_ranks_and_empty_label():
+def test_task_inputs_omit_missing_ranks_and_empty_label() -> None:
     added = inputs(build_rank_change_fhir(change(None, 4, False, Label.PENDING), AT))
     assert added == {
         "new worklist rank": ("valueInteger", 4),
@@ -376,24 +382,25 @@ def test_task_inputs_omit_missing_ranks_and_empty_label():
     assert left == {"old worklist rank": ("valueInteger", 7), "red flag": ("valueBoolean", False)}
 
 
-def test_task_without_accession_has_no_based_on():
+def test_task_without_accession_has_no_based_on() -> None:
     task = build_rank_change_fhir(change(accession=""), AT)
     assert "basedOn" not in task
     assert task["focus"]["identifier"]["value"] == f"urn:oid:{STUDY_UID}"
 
 
-def test_task_refuses_naive_time_and_bad_uid():
+def test_task_refuses_naive_time_and_bad_uid() -> None:
     with pytest.raises(MessageInvalid, match="timezone-aware"):
         build_rank_change_fhir(change(), AT.replace(tzinfo=None))
     with pytest.raises(MessageInvalid, match="Study Instance UID"):
         build_rank_change_fhir(change(study_uid=""), AT)
 
 
-def test_no_patient_data_in_the_task():
+def test_no_patient_data_in_the_task() -> None:
     task = build_rank_change_fhir(change(), AT)
     text = json.dumps(task)
     assert not {"for", "subject", "patient", "contained"} & set(task)
-    assert "Patient" not in text and '"MR"' not in text
+    assert "Patient" not in text
+    assert '"MR"' not in text
     for value in (PATIENT_ID, PATIENT_NAME, "DOE", "JANE"):
         assert value not in text
 
@@ -444,7 +451,7 @@ BROKEN_TASKS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
 
 
 @pytest.mark.parametrize("name", list(BROKEN_TASKS))
-def test_validate_rejects_broken_task(name: str):
+def test_validate_rejects_broken_task(name: str) -> None:
     corrupt, reason = BROKEN_TASKS[name]
     task = build_rank_change_fhir(change(), AT)
     broken = copy.deepcopy(task)
@@ -454,14 +461,15 @@ def test_validate_rejects_broken_task(name: str):
         validate_rank_change_fhir(broken)
     assert isinstance(info.value, MessageInvalid)
     message = str(info.value)
-    assert "\n" not in message and "\r" not in message
+    assert "\n" not in message
+    assert "\r" not in message
     assert PATIENT_ID not in message
 
 
 # --- end to end from the worklist -------------------------------------------------------------
 
 
-def test_signals_of_a_red_flag_reorder():
+def test_signals_of_a_red_flag_reorder() -> None:
     """A worklist whose third study turns critical: each change makes a valid ORM and Task."""
     t0 = AT - timedelta(minutes=30)
     worklist = Worklist(clock=lambda: AT)
