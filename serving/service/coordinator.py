@@ -424,6 +424,9 @@ class Coordinator:
                 log.exception("routing failed for a study; it stays complete and is retried")
                 self.store.audit("routing-failed", study_uid=study.study_uid)
                 self.forget(study.study_uid)
+        if due:  # wake the general loop: it publishes the worklist with the studies just routed
+            with self.lock:
+                self.lock.notify_all()
         if not stat_only:
             self._submit_waiting()
 
@@ -572,6 +575,8 @@ class Coordinator:
 
         def done(f: Future[JobResult], launched: Launched = launched) -> None:
             finished.push(launched, f, deadline_mono)
+            with self.lock:  # the loop resubmits tasks a busy engine refused
+                self.lock.notify_all()
 
         future.add_done_callback(done)
 
