@@ -20,8 +20,10 @@ Restart recovery (:meth:`Coordinator.recover`) lives in :mod:`serving.service.re
 reaches the coordinator only through the narrow :class:`~serving.service.recovery.Resumable`
 interface.
 
-The rules are evaluated once per decision point, on facts built as the instances arrive: once
-when a study's first instances are recorded (is it stat? then it is decoded while it arrives and
+The rules are evaluated once per decision point, on facts built incrementally (each header is
+folded in once, at the first decision point after it arrived; never on the ingest thread, which
+shares the interpreter with the receiving association): once when a study's first instances
+are recorded (is it stat? then it is decoded while it arrives and
 routed by the stat loop), and once for the instances and order known when its quiet period is
 checked; routing reuses that decision when nothing changed since.
 """
@@ -307,7 +309,7 @@ class Coordinator:
         per change of either; model references resolved through the registry)."""
 
         def run(order: OrderContext | None) -> Decision:
-            facts = flight.facts.facts(flight.calling_ae, order)
+            facts = flight.study_facts(order)
             return evaluate(self.rules, facts, order, resolve_model=self._resolve)
 
         return flight.decide(order, run)
@@ -315,7 +317,7 @@ class Coordinator:
     def _unresolved(self, flight: StudyInFlight, order: OrderContext | None) -> Decision:
         """The decision without resolving model references (a rule names a model the
         registry lacks: routing will fail, but the study still gets its class's timing)."""
-        facts = flight.facts.facts(flight.calling_ae, order)
+        facts = flight.study_facts(order)
         return evaluate(self.rules, facts, order)
 
     def _quiet_for(self, study: Tracked) -> float:
@@ -324,7 +326,7 @@ class Coordinator:
         flight = self.in_flight.get(study.study_uid)
         if flight is None or not flight.headers:
             return quiet
-        if flight.quiet is not None and flight.quiet[0] == flight.facts.count:
+        if flight.quiet is not None and flight.quiet[0] == flight.count:
             return flight.quiet[1]
         try:
             order = self._order_for(flight)
@@ -339,7 +341,7 @@ class Coordinator:
         # study waits the routine period and routing reports the error.
         except Exception:
             log.debug("quiet period: rules could not evaluate study", exc_info=True)
-        flight.quiet = (flight.facts.count, quiet)
+        flight.quiet = (flight.count, quiet)
         return quiet
 
     def _stat_eligible(self, uid: str) -> bool:

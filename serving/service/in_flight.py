@@ -8,12 +8,13 @@ coordinator's memory; everything durable is in the job store.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pydicom
 
-from router.rules import Decision, StudyFactsBuilder
+from router.rules import Decision, StudyFacts, StudyFactsBuilder
 from router.vocabulary import OrderContext
 
 
@@ -26,7 +27,10 @@ class StudyInFlight:
         calling_ae: AE title of the peer that sent its first recorded instance ("" unknown).
         headers: SOP Instance UID → header (pixel data not read), in arrival order: identity
             checks, rules and the results thread read them instead of the files.
-        facts: The rule facts, built as the headers arrive (each header read once).
+        facts: The rule facts, built incrementally: each header is folded in once, at the
+            first decision point after it arrived (:meth:`study_facts`), never by the ingest
+            thread (reading a fresh header's elements costs ~0.4 ms of interpreter time that
+            the receiving association needs).
         stat: Whether the rules make the study stat, judged once from its first instances;
             None until judged.
         quiet: ``(instances, seconds)``: the quiet period judged for that many instances (the
@@ -39,13 +43,29 @@ class StudyInFlight:
     facts: StudyFactsBuilder = field(default_factory=StudyFactsBuilder)
     stat: bool | None = None
     quiet: tuple[int, float] | None = None
+    _folded: int = 0
     _decision: tuple[tuple[int, OrderContext | None], Decision] | None = None
 
     def add(self, sop_uid: str, header: pydicom.Dataset) -> None:
-        """Keep one more instance's header (a SOP Instance UID seen before is kept once)."""
-        if sop_uid not in self.headers:
-            self.facts.add(header)
+        """Keep one more instance's header (a SOP Instance UID seen before keeps its place)."""
         self.headers[sop_uid] = header
+
+    @property
+    def count(self) -> int:
+        """Instances kept."""
+        return len(self.headers)
+
+    def study_facts(self, order: OrderContext | None) -> StudyFacts:
+        """The rule facts of every instance kept so far (headers not folded in yet are now).
+
+        Raises:
+            FactsError: The headers do not describe one readable study.
+        """
+        if self._folded < len(self.headers):
+            for header in itertools.islice(self.headers.values(), self._folded, None):
+                self.facts.add(header)
+            self._folded = len(self.headers)
+        return self.facts.facts(self.calling_ae, order)
 
     def decide(
         self, order: OrderContext | None, evaluate: Callable[[OrderContext | None], Decision]
@@ -57,7 +77,7 @@ class StudyInFlight:
         moments later share one evaluation. An error from ``evaluate`` propagates and nothing
         is remembered.
         """
-        key = (self.facts.count, order)
+        key = (self.count, order)
         if self._decision is not None and self._decision[0] == key:
             return self._decision[1]
         decision = evaluate(order)
