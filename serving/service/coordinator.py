@@ -315,8 +315,9 @@ class Coordinator:
         return flight.decide(order, run)
 
     def _unresolved(self, flight: StudyInFlight, order: OrderContext | None) -> Decision:
-        """The decision without resolving model references (a rule names a model the
-        registry lacks: routing will fail, but the study still gets its class's timing)."""
+        """The decision without resolving model references: for the stat judgement (which
+        needs only the matching rules), and for the quiet period when a rule names a model the
+        registry lacks (routing will fail, but the study still gets its class's timing)."""
         facts = flight.study_facts(order)
         return evaluate(self.rules, facts, order)
 
@@ -355,10 +356,9 @@ class Coordinator:
                 return flight.stat
         try:
             order = self._order_for(flight)
-            try:
-                decision = self._decide(flight, order)
-            except LookupError:  # an unknown model: the priority does not depend on it
-                decision = self._unresolved(flight, order)
+            # Model references are not resolved here: this runs on the ingest thread, and the
+            # registry reads the models folder (milliseconds) for what matching rules alone say.
+            decision = self._unresolved(flight, order)
             matched = {e.rule for e in decision.explanations if e.matched}
             # a matching rule whose task is stat (series size is not known yet: ignore it)
             stat = any(
