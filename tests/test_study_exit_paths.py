@@ -10,6 +10,8 @@ nothing of the study is left in flight, and nothing waits for the engine or the 
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +36,7 @@ from serving.gateway.spool import InstanceSource, StoredInstance
 from serving.jobstore import JobStore, StudyState
 from serving.metrics import Metrics
 from serving.service.coordinator import Coordinator
+from serving.service.in_flight import StudyInFlight
 from serving.service.ingest_queue import Released, Stored
 
 QUIET_S = 1.0
@@ -304,3 +307,39 @@ def test_incremental_facts_match_facts_built_at_once(tmp_path: Path) -> None:
         builder.add(header)
         if count in (1, 7, len(headers)):  # asked midway, as the coordinator does
             assert builder.facts("MODALITY") == facts_from_datasets(headers[:count], "MODALITY")
+
+
+def test_facts_folded_by_several_threads_count_each_header_once(tmp_path: Path) -> None:
+    """The ingest thread (stat judgement) and the loops (quiet period, routing) may ask for
+    the facts at once while headers keep arriving: each header is folded in exactly once."""
+    study = generate_study("ct-head", tmp_path / "in", seed=12, slices=64, matrix=32)
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in study.files]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch every few bytecodes: races show at once
+    try:
+        _fold_concurrently(headers)
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def _fold_concurrently(headers: Sequence[pydicom.Dataset]) -> None:
+    for _ in range(5):
+        flight = StudyInFlight(str(headers[0].StudyInstanceUID))
+        stop = threading.Event()
+
+        def ask(flight: StudyInFlight = flight, stop: threading.Event = stop) -> None:
+            while not stop.is_set():
+                flight.study_facts(None)
+
+        first, *rest = headers
+        flight.add(str(first.SOPInstanceUID), first)  # facts need one header
+        askers = [threading.Thread(target=ask) for _ in range(3)]
+        for thread in askers:
+            thread.start()
+        for header in rest:
+            flight.add(str(header.SOPInstanceUID), header)
+        stop.set()
+        for thread in askers:
+            thread.join()
+        facts = flight.study_facts(None)
+        assert sum(s.image_count for s in facts.series) == len(headers)

@@ -43,7 +43,7 @@ from models.registry import Registry
 from preprocessing.series import load_series
 from preprocessing.volume import Volume
 from router.result import Mode
-from router.rules import Decision, RuleSet, evaluate
+from router.rules import Decision, RuleSet, StudyFacts, evaluate
 from router.vocabulary import OrderContext, OrderPriority, PriorityClass
 from router.worklist import AIStatus, Worklist, WorklistEntry
 from serving.engine import EngineBusy, InferenceJob, JobResult
@@ -308,8 +308,7 @@ class Coordinator:
         """The rules' decision for the study's instances and order known now (evaluated once
         per change of either; model references resolved through the registry)."""
 
-        def run(order: OrderContext | None) -> Decision:
-            facts = flight.study_facts(order)
+        def run(facts: StudyFacts, order: OrderContext | None) -> Decision:
             return evaluate(self.rules, facts, order, resolve_model=self._resolve)
 
         return flight.decide(order, run)

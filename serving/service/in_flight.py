@@ -9,6 +9,7 @@ coordinator's memory; everything durable is in the job store.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -45,9 +46,15 @@ class StudyInFlight:
     quiet: tuple[int, float] | None = None
     _folded: int = 0
     _decision: tuple[tuple[int, OrderContext | None], Decision] | None = None
+    # Guards the facts and the decision: the ingest thread (stat judgement), the loops (quiet
+    # period, routing) may ask at once, while the ingest thread keeps adding headers.
+    _guard: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def add(self, sop_uid: str, header: pydicom.Dataset) -> None:
-        """Keep one more instance's header (a SOP Instance UID seen before keeps its place)."""
+        """Keep one more instance's header (a SOP Instance UID seen before keeps its place).
+
+        Called with the coordinator's lock held, like every other change of ``headers``.
+        """
         self.headers[sop_uid] = header
 
     @property
@@ -61,28 +68,40 @@ class StudyInFlight:
         Raises:
             FactsError: The headers do not describe one readable study.
         """
-        if self._folded < len(self.headers):
-            for header in itertools.islice(self.headers.values(), self._folded, None):
-                self.facts.add(header)
-            self._folded = len(self.headers)
-        return self.facts.facts(self.calling_ae, order)
+        with self._guard:
+            self._fold()
+            return self.facts.facts(self.calling_ae, order)
 
     def decide(
-        self, order: OrderContext | None, evaluate: Callable[[OrderContext | None], Decision]
+        self,
+        order: OrderContext | None,
+        evaluate: Callable[[StudyFacts, OrderContext | None], Decision],
     ) -> Decision:
         """The routing decision for the instances and the order known now.
 
-        ``evaluate`` runs the rules; it is called only when the instances or the order changed
-        since the last decision, so the quiet-period check at the release and the routing
-        moments later share one evaluation. An error from ``evaluate`` propagates and nothing
-        is remembered.
+        ``evaluate`` runs the rules on the facts; it is called only when the instances or the
+        order changed since the last decision, so the quiet-period check at the release and
+        the routing moments later share one evaluation. An error from ``evaluate`` (or from the
+        facts) propagates and nothing is remembered.
         """
-        key = (self.count, order)
-        if self._decision is not None and self._decision[0] == key:
-            return self._decision[1]
-        decision = evaluate(order)
-        self._decision = (key, decision)
-        return decision
+        with self._guard:
+            self._fold()
+            key = (self._folded, order)
+            if self._decision is not None and self._decision[0] == key:
+                return self._decision[1]
+            decision = evaluate(self.facts.facts(self.calling_ae, order), order)
+            self._decision = (key, decision)
+            return decision
+
+    def _fold(self) -> None:
+        """Fold the headers that arrived since the last fold into the facts (guard held)."""
+        if self._folded >= len(self.headers):
+            return
+        # One C-level copy: atomic under the GIL while the ingest thread may add headers.
+        pending = list(itertools.islice(self.headers.values(), self._folded, None))
+        for header in pending:
+            self.facts.add(header)
+        self._folded += len(pending)
 
 
 class StudiesInFlight:
