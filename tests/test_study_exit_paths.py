@@ -343,3 +343,41 @@ def _fold_concurrently(headers: Sequence[pydicom.Dataset]) -> None:
             thread.join()
         facts = flight.study_facts(None)
         assert sum(s.image_count for s in facts.series) == len(headers)
+
+
+def test_a_study_sent_again_after_its_route_is_not_kept(tmp_path: Path) -> None:
+    """A modality re-sends a routed study: its instances are duplicates, nothing reopens."""
+    study = generate_study("ct-head", tmp_path / "in", seed=13, slices=32, matrix=32)
+    clock = Clock()
+    c = coordinator(tmp_path, clock)
+    uid = send(c, study.files)
+    settle(c, clock, QUIET_S + 0.1)
+    send(c, study.files)
+    assert_nothing_left(c)
+    settle(c, clock, IDLE_S + 1)
+    assert len(c.store.routing_decisions(uid)) == 1
+    assert_nothing_left(c)
+
+
+@pytest.mark.parametrize("state", ["done", "routed"])
+def test_a_restart_keeps_nothing_of_studies_already_routed(tmp_path: Path, state: str) -> None:
+    """Recovery records every spooled instance again; a study routed before the restart (its
+    task finished, or still queued) leaves no in-memory state behind."""
+    study = generate_study("ct-head", tmp_path / "in", seed=14, slices=32, matrix=32)
+    clock = Clock()
+    first = coordinator(tmp_path, clock)
+    if state == "routed":  # died before its task ran: routed, the task still queued
+        first.launch = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    uid = send(first, study.files)
+    settle(first, clock, QUIET_S + 0.1)
+    row = first.store.study(uid)
+    assert row is not None
+    assert row.state is (StudyState.ROUTED if state == "routed" else StudyState.DONE)
+    first.store.close()
+    again = coordinator(tmp_path, clock)
+    spooled = [_spooled(pydicom.dcmread(p, stop_before_pixels=True), p) for p in study.files]
+    again.recover(spooled)
+    assert_nothing_left(again)
+    settle(again, clock, IDLE_S + 1)  # nothing of it is routed again
+    assert len(again.store.routing_decisions(uid)) == 1
+    assert_nothing_left(again)

@@ -258,7 +258,13 @@ class Coordinator:
                     expected=expected,
                 )
                 ignored = arrival is Arrival.LATE and self.late_instances != "rerun"
-                if not ignored:
+                if arrival is Arrival.DUPLICATE:
+                    # a re-send: kept only while its study is in flight (a study routed
+                    # already is not opened again by its own instances)
+                    flight = self.in_flight.get(study_uid)
+                    if flight is not None:
+                        flight.add(arrival_row.sop_uid, header)
+                elif not ignored:
                     flight = self.in_flight.open(study_uid, calling_ae)
                     flight.add(arrival_row.sop_uid, header)
                 if arrival is Arrival.LATE:
@@ -332,7 +338,9 @@ class Coordinator:
             order = self._order_for(flight)
             try:
                 decision = self._decide(flight, order)
-            except LookupError:  # an unknown model: the priority does not depend on it
+            # The registry may fail on its own (an unknown model, a broken manifest or state
+            # file): the priority does not depend on the model, so the rules decide alone.
+            except Exception:  # noqa: BLE001
                 decision = self._unresolved(flight, order)
             if decision.tasks:
                 urgent = min((t.priority for t in decision.tasks), key=lambda p: p.rank)

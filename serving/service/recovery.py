@@ -77,6 +77,9 @@ class Resumable(Protocol):
     def launch(self, task: TaskRow) -> None:
         """Start a queued task."""
 
+    def forget(self, study_uid: str) -> None:
+        """Drop the study's in-memory state (it will not be routed again)."""
+
 
 def recover_after_restart(
     coordinator: Resumable, spooled: Sequence[StoredInstance]
@@ -120,6 +123,7 @@ def recover_after_restart(
             rerouted += 1
             continue
         coordinator.mark_handed_out(uid, generation)
+        coordinator.forget(uid)  # routed already: its re-recorded headers are not needed
         if store.finish_study(uid):  # killed after the last result, before closing the study
             continue
         for task in tasks:
@@ -130,6 +134,7 @@ def recover_after_restart(
     for study in store.studies(StudyState.DONE):
         uid = study.study_instance_uid
         coordinator.mark_handed_out(uid, _last_generation(store, uid) or 0)
+        coordinator.forget(uid)
     # Queued tasks of an older generation (a study reopened by late instances, or routed
     # again above): without the restart they would have run to the end; so they do now.
     for task in store.tasks(TaskState.QUEUED):
