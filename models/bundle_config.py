@@ -340,8 +340,9 @@ def _output_shape(
     """
     out_declared = spec_out.get("spatial_shape", [])
     count = int(spec_out.get("num_channels", 1))
-    if _ints(dims[1:]) and all(d > 0 for d in dims[1:]):  # type: ignore[operator]
-        return [-1, *[int(d) for d in dims[1:]]]
+    concrete = _ints(dims[1:])
+    if concrete and all(d > 0 for d in concrete):
+        return [-1, *concrete]
     if _ints(out_declared) is not None:
         return [-1, count, *out_declared]
     if out_declared == declared:
