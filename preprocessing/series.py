@@ -78,6 +78,7 @@ def stack_frames(
         modality=first.modality,
         sop_instance_uids=tuple(frames[i].sop_uid for i in plan.order),
         metadata=metadata,
+        frame_numbers=tuple(frames[i].frame_index + 1 for i in plan.order),
     )
 
 

@@ -36,6 +36,8 @@ class Volume:
         modality: DICOM Modality (CT, CR, DX, ...).
         sop_instance_uids: SOP Instance UIDs in slice order (one per frame for multi-frame, the
             same UID repeated).
+        frame_numbers: 1-based frame number of each slice inside its instance, in slice order
+            (1 for single-frame instances); empty when unknown (every slice then frame 1).
         metadata: Non-identifying header values useful downstream (BodyPartExamined,
             SliceThickness, GantryDetectorTilt, ...). Never patient identity.
     """
@@ -47,6 +49,7 @@ class Volume:
     modality: str
     sop_instance_uids: tuple[str, ...] = ()
     metadata: dict[str, object] = field(default_factory=dict)
+    frame_numbers: tuple[int, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:

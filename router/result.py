@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import numpy as np
+from pydicom import Dataset
 
 if TYPE_CHECKING:  # the finding record lives with postprocessing; importing it costs seconds
     from models.postprocess import Finding
@@ -32,6 +33,12 @@ class StudyIdentity:
     """Identity of the source study, copied verbatim into every result object.
 
     Dates are DICOM ``YYYYMMDD`` strings, times ``HHMMSS``; empty strings where the source had none.
+
+    ``modules`` holds the source's Patient, Patient Study, General Study and Clinical Trial
+    Subject/Study attributes as they were (see
+    :func:`router.objects.common.identity_modules`), so every result object copies whole modules
+    (de-identification, issuers, other IDs) rather than the few fields above; None when the
+    result was made without a source header (the fields above are then all there is).
     """
 
     patient_id: str
@@ -46,11 +53,16 @@ class StudyIdentity:
     referring_physician_name: str = ""
     study_description: str = ""
     issuer_of_patient_id: str = ""
+    modules: Dataset | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class SourceInstance:
-    """One instance of the source series, with the geometry needed to place findings on it.
+    """One plane of the source series: an instance, or one frame of a multi-frame instance,
+    with the geometry needed to place findings on it.
+
+    A multi-frame instance appears once per frame (same SOP Instance UID, ``frame`` 1..N), so
+    ``AIResult.source_instances`` lists the planes in slice order whatever the storage.
 
     Attributes:
         sop_instance_uid: SOP Instance UID.
@@ -62,6 +74,8 @@ class SourceInstance:
         orientation: ImageOrientationPatient (row cosines then column cosines).
         pixel_spacing_mm: PixelSpacing ``(row spacing, column spacing)``, mm.
         path: The instance's file in the spool (pixel data for SC, source images for SEG).
+        frame: 1-based frame number of this plane inside the instance (1 for single-frame).
+        number_of_frames: Number of Frames of the instance (1 for single-frame).
     """
 
     sop_instance_uid: str
@@ -73,6 +87,8 @@ class SourceInstance:
     orientation: tuple[float, float, float, float, float, float] | None = None
     pixel_spacing_mm: tuple[float, float] | None = None
     path: str | None = None
+    frame: int = 1
+    number_of_frames: int = 1
 
 
 @dataclass(frozen=True)
@@ -117,11 +133,13 @@ class AIResult:
     Attributes:
         task_id: The task that produced it (opaque).
         study: Identity of the source study.
-        source_instances: The series the model read, in slice order (first = lowest index).
+        source_instances: The planes of the series the model read, in slice order (first =
+            lowest index): one per single-frame instance, one per frame of a multi-frame one.
         algorithm: Model identification.
         findings: Findings as postprocessed (presence, probability, measurements).
         key_images: Key slices with boxes on the source instances, one per located finding.
         mask: Optional label map on the source grid, ``(len(source_instances), rows, columns)``
+            (plane ``i`` is ``source_instances[i]``, a frame for a multi-frame source)
             unsigned integers (``uint8``, ``uint16`` beyond 255 findings), for SEG: a voxel of
             value ``v > 0`` belongs to ``findings[v - 1]``, 0 is background. A ``bool`` mask is
             still accepted and belongs to the single located finding. None for classifiers.

@@ -85,7 +85,8 @@ def test_a_failing_secondary_object_keeps_the_sr_and_is_audited(
     recorder = Recorder()
     delivery(tmp_path, recorder).enqueue_results(task(), positive, None)
     queued = [what for event, what in recorder.events if event == "queued"]
-    assert queued == ["pacs:sr", "ris:hl7", "hook:webhook"]
+    # each object on its own: the SC and SEG still go out, only the GSPS is audited
+    assert queued == ["pacs:sr", "ris:hl7", "hook:webhook", "pacs:sc", "pacs:seg"]
     assert ("audit", "result-objects-failed") in recorder.events
 
 

@@ -72,7 +72,7 @@ def oru(result: AIResult, order: OrderContext | None = None) -> str:
     return build_oru(result, order, message_control_id="MSG0001", now=NOW)
 
 
-def with_study(result: AIResult, **changes: str) -> AIResult:
+def with_study(result: AIResult, **changes: Any) -> AIResult:
     return dataclasses.replace(result, study=dataclasses.replace(result.study, **changes))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydicom import Dataset
 
-from router.objects.common import ResultObjectError
+from router.objects.common import ObjectNotApplicable, ResultObjectError
 from router.objects.gsps import build_gsps
 from router.objects.sc import build_sc
 from router.objects.seg import build_seg
@@ -27,9 +27,11 @@ from router.result import AIResult
 __all__ = [
     "BUILDERS",
     "KINDS",
+    "ObjectNotApplicable",
     "ResultObject",
     "ResultObjectError",
     "build_gsps",
+    "build_object",
     "build_objects",
     "build_sc",
     "build_seg",
@@ -66,12 +68,29 @@ BUILDERS: dict[str, Callable[[AIResult], Dataset | None]] = {
 }
 
 
+def build_object(result: AIResult, kind: str) -> ResultObject | None:
+    """The ``kind`` object of ``result``; None when it does not apply (nothing to show).
+
+    Raises:
+        ObjectNotApplicable: The kind does not apply for a reason worth auditing (e.g. a SEG
+            on a source without Frame of Reference UID).
+        ResultObjectError: The result cannot be turned into a valid object (message names the
+            study by UID and the problem).
+        ValueError: ``kind`` is unknown.
+    """
+    if kind not in BUILDERS:
+        raise ValueError(f"unknown result object kind {kind!r}; expected {KINDS}")
+    dataset = BUILDERS[kind](result)
+    return ResultObject(kind, dataset) if dataset is not None else None
+
+
 def build_objects(result: AIResult, kinds: Iterable[str] = KINDS) -> list[ResultObject]:
     """Every object of ``kinds`` that applies to ``result``, in :data:`KINDS` order.
 
     The SR always; GSPS and SC when a present finding has a key image; SEG when the mask
-    (label map) holds a label of a present finding, one segment per such label. ``kinds``
-    lets a caller build the SR first and send it while the others are built.
+    (label map) holds a label of a present finding, one segment per such label, on a source
+    a SEG can reference (a kind that is not applicable is left out; :func:`build_object` says
+    why). ``kinds`` lets a caller build the SR first and send it while the others are built.
 
     Raises:
         ResultObjectError: The result cannot be turned into a valid object (message names the
@@ -85,9 +104,12 @@ def build_objects(result: AIResult, kinds: Iterable[str] = KINDS) -> list[Result
     built = []
     for kind in KINDS:
         if kind in wanted:
-            dataset = BUILDERS[kind](result)
-            if dataset is not None:
-                built.append(ResultObject(kind, dataset))
+            try:
+                obj = build_object(result, kind)
+            except ObjectNotApplicable:
+                continue
+            if obj is not None:
+                built.append(obj)
     return built
 
 

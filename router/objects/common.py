@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,7 +28,9 @@ import pydicom
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion
 from pydicom import Dataset
+from pydicom.dataelem import DataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 
 from models.postprocess import Finding
@@ -51,6 +54,19 @@ class ResultObjectError(ValueError):
     def __init__(self, study_uid: str, problem: str) -> None:
         super().__init__(f"study {study_uid}: {problem}")
         self.study_uid = study_uid
+
+
+class ObjectNotApplicable(Exception):
+    """This kind of object does not apply to this result, for a reason worth auditing.
+
+    Unlike :class:`ResultObjectError` nothing is wrong: e.g. no valid SEG can be made on a
+    source without a Frame of Reference. ``reason`` names UIDs only.
+    """
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"{kind} not applicable: {reason}")
+        self.kind = kind
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -168,6 +184,16 @@ def located_findings(result: AIResult) -> list[tuple[Finding, KeyImage]]:
     return sorted(located, key=lambda pair: order[pair[0].name])
 
 
+def unplaced_findings(result: AIResult) -> list[str]:
+    """Names of present findings that have a box (LPS mm) but no key image on the source."""
+    keyed = {key.finding for key in result.key_images}
+    return [
+        f.name
+        for f in result.findings
+        if f.present and f.bbox_mm_lps is not None and f.name not in keyed
+    ]
+
+
 def source_instance(result: AIResult, sop_instance_uid: str) -> SourceInstance:
     """The source instance with this SOP Instance UID.
 
@@ -181,6 +207,60 @@ def source_instance(result: AIResult, sop_instance_uid: str) -> SourceInstance:
         result.study.study_instance_uid,
         f"key image {sop_instance_uid} is not one of the result's source instances",
     )
+
+
+def unique_instances(result: AIResult) -> list[SourceInstance]:
+    """The source instances once each (the first plane of a multi-frame one), in plane order."""
+    seen: dict[str, SourceInstance] = {}
+    for instance in result.source_instances:
+        seen.setdefault(instance.sop_instance_uid, instance)
+    return list(seen.values())
+
+
+def clip_box(
+    box_px: tuple[float, float, float, float], rows: int, columns: int
+) -> tuple[float, float, float, float]:
+    """A key-image box made safe for the image: inside it and at least one pixel.
+
+    ``box_px`` holds inclusive 0-based pixel indices ``(column0, row0, column1, row1)`` on the
+    source's pixel grid (``rows`` x ``columns`` pixels). Corners given in the wrong order are
+    swapped; each coordinate is clipped to ``0..columns - 1`` (``0..rows - 1``), so a box partly
+    outside the image keeps its inside part and a box wholly outside shrinks onto the nearest
+    edge pixels. An index range always covers at least one pixel (its outline, see
+    :func:`box_outline`, spans ``index1 + 1 - index0 >= 1`` pixel units), so a zero-size box
+    becomes a one-pixel box and nothing drawn from the result leaves the image.
+
+    Raises:
+        ValueError: A coordinate that is not a finite number, or an empty image.
+    """
+    if rows < 1 or columns < 1:
+        raise ValueError(f"image of {rows}x{columns} pixels has no pixel to mark")
+    c0, r0, c1, r1 = (float(v) for v in box_px)
+    if not all(math.isfinite(v) for v in (c0, r0, c1, r1)):
+        raise ValueError(f"box {box_px} has a coordinate that is not a finite number")
+    c0, c1 = sorted((c0, c1))
+    r0, r1 = sorted((r0, r1))
+    last_c, last_r = float(columns - 1), float(rows - 1)
+    return (
+        min(max(c0, 0.0), last_c),
+        min(max(r0, 0.0), last_r),
+        min(max(c1, 0.0), last_c),
+        min(max(r1, 0.0), last_r),
+    )
+
+
+def key_box(result: AIResult, key: KeyImage) -> tuple[float, float, float, float]:
+    """The key image's box clipped to its source instance's grid (:func:`clip_box`).
+
+    Raises:
+        ResultObjectError: The key image is not on a source instance, or its box has a
+            coordinate that is not a number.
+    """
+    instance = source_instance(result, key.sop_instance_uid)
+    try:
+        return clip_box(key.box_px, instance.rows, instance.columns)
+    except ValueError as exc:
+        raise ResultObjectError(result.study.study_instance_uid, str(exc)) from exc
 
 
 def box_outline(box_px: tuple[float, float, float, float]) -> npt.NDArray[np.float64]:
@@ -234,13 +314,51 @@ def select_iod_lookup() -> Callable[[str, str], bool] | None:
 iod_lookup: Callable[[str, str], bool] | None = select_iod_lookup()
 
 
-def frame_numbers(sop_class_uid: str, frame: int) -> list[int] | None:
-    """Referenced Frame Number for a key image: only multi-frame instances carry one."""
+def select_module_usage() -> Callable[[str, str], object] | None:
+    """highdicom's ``get_module_usage(module, sop_class_uid)`` on a tested release, else None."""
+    if highdicom_is_tested():
+        try:
+            from highdicom._standard_utils import get_module_usage  # no public equivalent
+        except ImportError:
+            return None
+        return get_module_usage
+    return None
+
+
+#: Usage of a module in a SOP class's IOD, or None on an untested highdicom (see
+#: :func:`frame_of_reference_required`).
+module_usage: Callable[[str, str], object] | None = select_module_usage()
+
+
+def frame_of_reference_required(sop_class_uid: str) -> bool:
+    """Whether the IOD of ``sop_class_uid`` makes the Frame of Reference module mandatory.
+
+    highdicom builds a SEG on a source without Frame of Reference UID only when the source's
+    own IOD does not require one (and the source is a single plane). On an untested highdicom,
+    or a SOP class it does not know, the answer is True (no SEG rather than a refused one).
+    """
+    lookup = module_usage
+    if lookup is None:
+        return True
+    try:
+        usage = lookup("frame-of-reference", sop_class_uid)
+    except KeyError:
+        return True
+    return str(getattr(usage, "value", usage)) == "M"
+
+
+def frame_numbers(sop_class_uid: str, frame: int, number_of_frames: int = 1) -> list[int] | None:
+    """Referenced Frame Number for a key image: only multi-frame instances carry one.
+
+    An instance is multi-frame when its SOP class's IOD has Number of Frames (enhanced CT/MR,
+    ultrasound and X-ray multi-frame, ...) or when it holds more than one frame
+    (``number_of_frames``), whatever its class.
+    """
     lookup = iod_lookup
-    multiframe = frame > 1  # a SOP class highdicom does not know: trust the frame number
+    multiframe = frame > 1 or number_of_frames > 1  # a class highdicom does not know
     if lookup is not None:
         with contextlib.suppress(KeyError):
-            multiframe = lookup("NumberOfFrames", sop_class_uid)
+            multiframe = lookup("NumberOfFrames", sop_class_uid) or number_of_frames > 1
     return [frame] if multiframe else None
 
 
@@ -300,16 +418,20 @@ def display_window(header: Dataset) -> Window | None:
     return Window(center, max(width, 1.0), str(explanation) or "SOURCE")
 
 
-def copy_anatomy(ds: Dataset, header: Dataset) -> None:
+def copy_anatomy(ds: Dataset, header: Dataset, *, unknown_laterality: bool = True) -> None:
     """Body Part Examined and Laterality of the source series, onto a new series.
 
     General Series needs Laterality (Type 2C) for paired body parts; without the source's body
-    part it is unknown, which DICOM says to send empty.
+    part it is unknown, which DICOM says to send empty (``unknown_laterality``). dciodvfy
+    rejects that empty value in a Segmentation (whose frames may carry their own laterality),
+    so the SEG leaves it out instead.
     """
     for keyword in ("BodyPartExamined", "Laterality"):
         if header.get(keyword):
             setattr(ds, keyword, header.get(keyword))
-    if "BodyPartExamined" not in ds and "Laterality" not in ds:
+        elif keyword in ds:
+            delattr(ds, keyword)  # highdicom's copy of an empty value
+    if unknown_laterality and "BodyPartExamined" not in ds and "Laterality" not in ds:
         ds.Laterality = ""
 
 
@@ -348,8 +470,130 @@ def equipment_kwargs(result: AIResult) -> Equipment:
     }
 
 
+PATIENT_MODULE: Final = (
+    "ReferencedPatientSequence", "PatientName", "PatientID", "IssuerOfPatientID",
+    "TypeOfPatientID", "IssuerOfPatientIDQualifiersSequence",
+    "SourcePatientGroupIdentificationSequence", "GroupOfPatientsIdentificationSequence",
+    "PatientBirthDate", "PatientBirthTime", "PatientBirthDateInAlternativeCalendar",
+    "PatientDeathDateInAlternativeCalendar", "PatientAlternativeCalendar", "PatientSex",
+    "QualityControlSubject", "StrainDescription", "StrainNomenclature", "StrainStockSequence",
+    "StrainAdditionalInformation", "StrainCodeSequence", "GeneticModificationsSequence",
+    "OtherPatientNames", "OtherPatientIDsSequence", "ReferencedPatientPhotoSequence",
+    "EthnicGroupCodeSequence", "PatientSpeciesDescription", "PatientSpeciesCodeSequence",
+    "PatientBreedDescription", "PatientBreedCodeSequence", "BreedRegistrationSequence",
+    "ResponsiblePerson", "ResponsiblePersonRole", "ResponsibleOrganization", "PatientComments",
+    "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+)  # fmt: skip
+"""Patient module (PS3.3 C.7.1.1), top-level attributes."""
+CLINICAL_TRIAL_SUBJECT_MODULE: Final = (
+    "ClinicalTrialSponsorName", "ClinicalTrialProtocolID", "ClinicalTrialProtocolName",
+    "IssuerOfClinicalTrialProtocolID", "OtherClinicalTrialProtocolIDsSequence",
+    "ClinicalTrialSiteID", "ClinicalTrialSiteName", "IssuerOfClinicalTrialSiteID",
+    "ClinicalTrialSubjectID", "IssuerOfClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID",
+    "IssuerOfClinicalTrialSubjectReadingID", "ClinicalTrialProtocolEthicsCommitteeName",
+    "ClinicalTrialProtocolEthicsCommitteeApprovalNumber",
+)  # fmt: skip
+"""Clinical Trial Subject module (PS3.3 C.7.1.3)."""
+GENERAL_STUDY_MODULE: Final = (
+    "StudyDate", "StudyTime", "AccessionNumber", "IssuerOfAccessionNumberSequence",
+    "ReferringPhysicianName", "ReferringPhysicianIdentificationSequence",
+    "ConsultingPhysicianName", "ConsultingPhysicianIdentificationSequence", "StudyDescription",
+    "ProcedureCodeSequence", "PhysiciansOfRecord", "PhysiciansOfRecordIdentificationSequence",
+    "NameOfPhysiciansReadingStudy", "PhysiciansReadingStudyIdentificationSequence",
+    "ReferencedStudySequence", "StudyInstanceUID", "StudyID", "RequestingService",
+    "RequestingServiceCodeSequence", "ReasonForPerformedProcedureCodeSequence",
+)  # fmt: skip
+"""General Study module (PS3.3 C.7.2.1)."""
+PATIENT_STUDY_MODULE: Final = (
+    "AdmittingDiagnosesDescription", "AdmittingDiagnosesCodeSequence", "PatientAge",
+    "PatientSize", "PatientSizeCodeSequence", "PatientBodyMassIndex", "MeasuredAPDimension",
+    "MeasuredLateralDimension", "PatientWeight", "MedicalAlerts", "Allergies", "Occupation",
+    "SmokingStatus", "AdditionalPatientHistory", "PregnancyStatus", "LastMenstrualDate",
+    "PatientSexNeutered", "ReasonForVisit", "ReasonForVisitCodeSequence", "AdmissionID",
+    "IssuerOfAdmissionIDSequence", "ServiceEpisodeID", "ServiceEpisodeDescription",
+    "IssuerOfServiceEpisodeIDSequence", "PatientState",
+)  # fmt: skip
+"""Patient Study module (PS3.3 C.7.2.2)."""
+CLINICAL_TRIAL_STUDY_MODULE: Final = (
+    "ClinicalTrialTimePointID", "ClinicalTrialTimePointDescription",
+    "LongitudinalTemporalOffsetFromEvent", "LongitudinalTemporalEventType",
+    "ClinicalTrialTimePointTypeCodeSequence", "IssuerOfClinicalTrialTimePointID",
+    "ConsentForClinicalTrialUseSequence",
+)  # fmt: skip
+"""Clinical Trial Study module (PS3.3 C.7.2.3)."""
+IDENTITY_KEYWORDS: Final = (
+    *PATIENT_MODULE,
+    *CLINICAL_TRIAL_SUBJECT_MODULE,
+    *GENERAL_STUDY_MODULE,
+    *PATIENT_STUDY_MODULE,
+    *CLINICAL_TRIAL_STUDY_MODULE,
+)
+"""Every attribute of the patient and study modules a result object shares with its source."""
+_TYPE_2_KEYWORDS: Final = frozenset(
+    {
+        "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+        "AccessionNumber", "ReferringPhysicianName", "StudyID", "ClinicalTrialProtocolName",
+        "ClinicalTrialSiteID", "ClinicalTrialSiteName", "ClinicalTrialTimePointID",
+    }
+)  # fmt: skip
+"""Identity attributes that are copied even when empty (Type 2: present, maybe empty)."""
+DEIDENTIFICATION_UNKNOWN: Final = "unknown: source did not say"
+"""De-identification Method of a result whose source says it is de-identified but not how."""
+
+
+def identity_modules(header: Dataset) -> Dataset:
+    """The source's patient and study modules (:data:`IDENTITY_KEYWORDS`) as they were.
+
+    Values are decoded with the source's character set (result objects are UTF-8); sequences
+    are copied item by item. Empty values are left out except Type 2 attributes, which a
+    result object must carry even empty.
+    """
+    modules = Dataset()
+    for keyword in IDENTITY_KEYWORDS:
+        if keyword not in header:
+            continue
+        element = header[keyword]  # decoded with the source's Specific Character Set
+        if element.VR != "SQ" and element.is_empty and keyword not in _TYPE_2_KEYWORDS:
+            continue
+        modules.add(_decoded_copy(element))
+    return modules
+
+
+def _decoded_copy(element: DataElement) -> DataElement:
+    """A copy of ``element`` with every value decoded (items of a sequence too)."""
+    if element.VR == "SQ":
+        items = []
+        for item in element.value:
+            copied = Dataset()
+            for inner in item:  # iterating a Dataset decodes each element
+                copied.add(_decoded_copy(inner))
+            items.append(copied)
+        return DataElement(element.tag, "SQ", DicomSequence(items))
+    value = element.value
+    if isinstance(value, list | pydicom.multival.MultiValue):
+        value = list(value)
+    return DataElement(element.tag, element.VR, value)
+
+
 def apply_identity(ds: Dataset, study: StudyIdentity) -> None:
-    """Copy the source study's patient and study attributes verbatim onto ``ds``."""
+    """Make ``ds``'s patient and study modules the source study's, whole and valid.
+
+    The one function every result object (SR, GSPS, SC, SEG) takes its identity from, so all
+    four carry the same attributes: whatever highdicom copied from a source header is removed
+    first; the Type 2 attributes are then set from ``study``, and every attribute of the
+    source's Patient, Clinical Trial Subject, General Study, Patient Study and Clinical Trial
+    Study modules (``study.modules``) is copied over them, de-identification included.
+
+    De-identification: De-identification Method (0012,0063) is Type 1C, required when Patient
+    Identity Removed (0012,0062) is YES and there is no De-identification Method Code Sequence
+    (0012,0064); dciodvfy rejects an object without it. A source that says YES but neither how
+    gets :data:`DEIDENTIFICATION_UNKNOWN` as its method: the result object must not claim
+    identified data (dropping Patient Identity Removed would), and it must not invent a
+    profile it cannot know.
+    """
+    for keyword in IDENTITY_KEYWORDS:
+        if keyword in ds:
+            delattr(ds, keyword)
     ds.PatientID = study.patient_id
     ds.PatientName = study.patient_name
     ds.PatientBirthDate = study.patient_birth_date
@@ -364,6 +608,17 @@ def apply_identity(ds: Dataset, study: StudyIdentity) -> None:
         ds.StudyDescription = study.study_description
     if study.issuer_of_patient_id:
         ds.IssuerOfPatientID = study.issuer_of_patient_id
+    if study.modules is not None:
+        for element in study.modules:
+            ds.add(_decoded_copy(element))
+        ds.StudyInstanceUID = study.study_instance_uid  # the result joins this study, always
+    removed = str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
+    if (
+        removed
+        and not ds.get("DeidentificationMethod")
+        and not ds.get("DeidentificationMethodCodeSequence")
+    ):
+        ds.DeidentificationMethod = DEIDENTIFICATION_UNKNOWN
 
 
 def dicom_date(moment: datetime) -> str:

@@ -18,16 +18,19 @@ from router.objects.common import (
     CHARACTER_SET,
     ResultObjectError,
     box_outline,
+    clip_box,
     copy_anatomy,
     display_window,
     equipment_kwargs,
     finding_tracking_uid,
     finish,
     frame_numbers,
+    key_box,
     located_findings,
     object_identity,
     processing_equipment,
     read_header,
+    unique_instances,
 )
 from router.result import AIResult, KeyImage
 
@@ -43,7 +46,9 @@ def build_gsps(result: AIResult) -> Dataset | None:
     """A GSPS marking every located finding on its key slice; None without a key image.
 
     Reads the headers (not the pixels) of the source instances for their modality LUT,
-    geometry and window.
+    geometry and window, each instance once (a multi-frame instance's marks name its frame).
+    Every graphic lies inside its image: boxes are clipped to the source's pixel grid and
+    widened to one pixel at least (:func:`~router.objects.common.clip_box`).
 
     Raises:
         ResultObjectError: A key image outside the source series, or an unreadable source.
@@ -52,7 +57,9 @@ def build_gsps(result: AIResult) -> Dataset | None:
     if not located:
         return None
     identity = object_identity(result, "gsps")
-    headers = {i.sop_instance_uid: read_header(result, i) for i in result.source_instances}
+    headers = {
+        i.sop_instance_uid: presentable(read_header(result, i)) for i in unique_instances(result)
+    }
     layer = hd.pr.GraphicLayer(
         layer_name=LAYER,
         order=1,
@@ -94,15 +101,43 @@ def build_gsps(result: AIResult) -> Dataset | None:
     return gsps
 
 
+def presentable(header: Dataset) -> Dataset:
+    """``header`` as highdicom's presentation state takes it.
+
+    highdicom reads a multi-frame image's Modality LUT from its Shared Functional Groups. A
+    multi-frame instance without functional groups (a plain multi-frame image, or an enhanced
+    one that lost them) gets a copy with one shared item holding its top-level rescale, if
+    any, and an empty item per frame; the GSPS references the instance by UID and frame
+    only, so nothing else changes.
+    """
+    frames = int(header.get("NumberOfFrames", 1) or 1)
+    if frames <= 1 or "SharedFunctionalGroupsSequence" in header:
+        return header
+    shared = Dataset()
+    if "RescaleSlope" in header and "RescaleIntercept" in header:
+        transform = Dataset()
+        transform.RescaleSlope = header.RescaleSlope
+        transform.RescaleIntercept = header.RescaleIntercept
+        transform.RescaleType = header.get("RescaleType", "US")
+        shared.PixelValueTransformationSequence = [transform]
+    copied = Dataset(header)  # shallow: the source's elements are not changed
+    copied.SharedFunctionalGroupsSequence = [shared]
+    if "PerFrameFunctionalGroupsSequence" not in copied:
+        copied.PerFrameFunctionalGroupsSequence = [Dataset() for _ in range(frames)]
+    return copied
+
+
 def label_box(
     box_px: tuple[float, float, float, float], rows: int, columns: int
 ) -> tuple[float, float, float, float]:
     """Where a finding's label goes, pixel units: a band just above its box, else below.
 
-    A box too tall for a full band on either side (an organ spanning the image) gets the
-    larger of the two gaps, or, with no gap at all, a band inside its top edge.
+    The box is clipped to the ``rows`` x ``columns`` image first
+    (:func:`~router.objects.common.clip_box`), so the label stays inside the image too. A box
+    too tall for a full band on either side (an organ spanning the image) gets the larger of
+    the two gaps, or, with no gap at all, a band inside its top edge.
     """
-    outline = box_outline(box_px)
+    outline = box_outline(clip_box(box_px, rows, columns))
     left, top, bottom = float(outline[0, 0]), float(outline[0, 1]), float(outline[2, 1])
     height = max(8.0, round(rows * _LABEL_HEIGHT_FRACTION))
     below = float(rows) - bottom
@@ -134,9 +169,10 @@ def _annotation(
             f"key image {key.sop_instance_uid} is not one of the result's source instances",
         )
     tracking_uid = finding_tracking_uid(result, finding)
+    box_px = key_box(result, key)
     box = hd.pr.GraphicObject(
         graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
-        graphic_data=box_outline(key.box_px),
+        graphic_data=box_outline(box_px),
         units=hd.pr.AnnotationUnitsValues.PIXEL,
         is_filled=False,
         tracking_id=finding.name,
@@ -145,7 +181,7 @@ def _annotation(
     label = hd.pr.TextObject(
         text_value=f"{finding.concept_meaning} p={finding.probability:.2f}",
         units=hd.pr.AnnotationUnitsValues.PIXEL,
-        bounding_box=label_box(key.box_px, int(header.Rows), int(header.Columns)),
+        bounding_box=label_box(box_px, int(header.Rows), int(header.Columns)),
         text_justification=hd.pr.TextJustificationValues.LEFT,
         tracking_id=finding.name,
         tracking_uid=tracking_uid,
@@ -159,7 +195,9 @@ def _annotation(
     return hd.pr.GraphicAnnotation(
         referenced_images=[header],
         graphic_layer=layer,
-        referenced_frame_number=frame_numbers(str(header.SOPClassUID), key.frame),
+        referenced_frame_number=frame_numbers(
+            str(header.SOPClassUID), key.frame, int(header.get("NumberOfFrames", 1) or 1)
+        ),
         graphic_objects=[box],
         text_objects=[label, disclaimer],
     )

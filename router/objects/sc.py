@@ -11,6 +11,7 @@ multi-label segmentation can put dozens of organs on one slice). BurnedInAnnotat
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Final
 
@@ -25,11 +26,13 @@ from models.postprocess import Finding
 from router.objects.common import (
     CHARACTER_SET,
     Window,
+    clip_box,
     copy_anatomy,
     display_window,
     equipment_kwargs,
     finish,
     frame_numbers,
+    key_box,
     located_findings,
     object_identity,
     processing_equipment,
@@ -65,7 +68,8 @@ def build_sc(result: AIResult) -> Dataset | None:
     instance = source_instance(result, first_key.sop_instance_uid)
     header = read_header(result, instance, pixels=True)
     window = display_window(header)
-    pixels, scale = render(header, first_key.frame, window, on_slice)
+    boxed = [(f, dataclasses.replace(k, box_px=key_box(result, k))) for f, k in on_slice]
+    pixels, scale = render(header, first_key.frame, window, boxed)
     identity = object_identity(result, "sc")
     sc = hd.sc.SCImage(
         pixel_array=pixels,
@@ -92,7 +96,7 @@ def build_sc(result: AIResult) -> Dataset | None:
     source = Dataset()
     source.ReferencedSOPClassUID = instance.sop_class_uid
     source.ReferencedSOPInstanceUID = instance.sop_instance_uid
-    frames = frame_numbers(instance.sop_class_uid, first_key.frame)
+    frames = frame_numbers(instance.sop_class_uid, first_key.frame, instance.number_of_frames)
     if frames is not None:
         source.ReferencedFrameNumber = frames
     sc.SourceImageSequence = [source]
@@ -115,10 +119,17 @@ def render(
         header: Source instance with pixel data.
         frame: 1-based frame number.
         window: Window in modality units; None stretches the frame's full range.
-        marks: Findings whose boxes (source pixel indices) are drawn.
+        marks: Findings whose boxes (source pixel indices) are drawn; each box is clipped to
+            the frame first, and its outline to the capture, so every mark stays inside.
+
+    Raises:
+        ValueError: ``frame`` is not one of the instance's frames.
     """
     stored = header.pixel_array
-    if int(header.get("NumberOfFrames", 1) or 1) > 1:
+    frames = int(header.get("NumberOfFrames", 1) or 1)
+    if not 1 <= frame <= frames:
+        raise ValueError(f"frame {frame} of an instance with {frames} frames")
+    if frames > 1:
         stored = stored[frame - 1]
     values = np.asarray(apply_modality_lut(stored, header), dtype=np.float64)
     if window is None:
@@ -133,7 +144,12 @@ def render(
     draw = ImageDraw.Draw(image)
     line = outline_width(image.width, image.height)
     for _, key in marks:
-        draw.rectangle(outline_rectangle(key.box_px, scale, line), outline=WHITE, width=line)
+        box = clip_box(key.box_px, rows, columns)
+        draw.rectangle(
+            outline_rectangle(box, scale, line, image.width, image.height),
+            outline=WHITE,
+            width=line,
+        )
     _banner(draw, image.width, banner_lines([f for f, _ in marks]))
     return np.asarray(image, dtype=np.uint8).copy(), scale
 
@@ -144,19 +160,26 @@ def outline_width(width: int, height: int) -> int:
 
 
 def outline_rectangle(
-    box_px: tuple[float, float, float, float], scale: int, line: int
+    box_px: tuple[float, float, float, float],
+    scale: int,
+    line: int,
+    width: int | None = None,
+    height: int | None = None,
 ) -> tuple[int, int, int, int]:
     """PIL rectangle whose ``line``-wide border lies just outside the box's pixels.
 
     ``box_px`` holds inclusive source pixel indices; the capture is ``scale`` times larger.
+    Given the capture's ``width`` and ``height`` (pixels), the rectangle is kept inside it: a
+    box on the image's edge gets its border just inside the edge instead.
     """
     c0, r0, c1, r1 = (round(v) for v in box_px)
-    return (
-        c0 * scale - line,
-        r0 * scale - line,
-        (c1 + 1) * scale - 1 + line,
-        (r1 + 1) * scale - 1 + line,
-    )
+    left, top = c0 * scale - line, r0 * scale - line
+    right, bottom = (c1 + 1) * scale - 1 + line, (r1 + 1) * scale - 1 + line
+    if width is not None:
+        left, right = max(left, 0), min(right, width - 1)
+    if height is not None:
+        top, bottom = max(top, 0), min(bottom, height - 1)
+    return (left, top, right, bottom)
 
 
 def patient_orientation(header: Dataset) -> list[str]:

@@ -1,7 +1,16 @@
 """The AI result's label map as a binary DICOM Segmentation on the source series.
 
-The label map arrives on the source grid, one plane per source instance in slice order, so the
-segmentation references the source images frame for frame; empty frames are left out. One
+The label map arrives on the source grid, one plane per source plane in slice order (an
+instance, or a frame of a multi-frame instance), so the segmentation references the source
+images (or the source frames of an enhanced multi-frame instance) frame for frame; empty frames
+are left out.
+
+Not applicable (:class:`~router.objects.common.ObjectNotApplicable`, audited with its reason):
+a source without Frame of Reference UID unless it is a single plane of a SOP class whose IOD
+does not require one (the SEG IOD itself makes the Frame of Reference optional, but without it
+highdicom can only place one plane, and a source that must have one and lacks it cannot be
+referenced validly); a multi-frame source made of several instances, or without functional
+groups (a SEG on frames takes plane positions from one enhanced instance). One
 segment per present finding whose label occurs in the map (segment numbers 1..K in label
 order), typed by the finding's code and category and tracked by the same Tracking UID as the
 finding's SR measurement group and GSPS graphic.
@@ -35,6 +44,7 @@ from models.postprocess import Finding
 from router.objects.common import (
     CHARACTER_SET,
     FINDING_CATEGORY,
+    ObjectNotApplicable,
     ResultObjectError,
     copy_anatomy,
     equipment_kwargs,
@@ -44,10 +54,12 @@ from router.objects.common import (
     finding_laterality,
     finding_tracking_uid,
     finish,
+    frame_of_reference_required,
     located_findings,
     object_identity,
     processing_equipment,
     read_header,
+    unique_instances,
 )
 from router.objects.uids import dimension_organization_uid
 from router.result import AIResult
@@ -95,6 +107,7 @@ def build_seg(result: AIResult) -> Dataset | None:
     Raises:
         ResultObjectError: A mask of the wrong shape or type, a label without a finding, a
             bool mask with several located findings, or an unreadable source instance.
+        ObjectNotApplicable: No valid SEG can reference this source (see the module).
     """
     mask = result.mask
     if mask is None:
@@ -111,7 +124,12 @@ def build_seg(result: AIResult) -> Dataset | None:
     labels, segments = segments_of(result)
     if not segments:
         return None
-    headers = [read_header(result, instance) for instance in instances]
+    sources = unique_instances(result)
+    headers = [read_header(result, instance) for instance in sources]
+    _check_applicable(result, headers)
+    multiframe = any(i.number_of_frames > 1 for i in instances)
+    if multiframe:
+        labels = _labels_by_frame(result, labels, int(headers[0].get("NumberOfFrames", 1)))
     identity = object_identity(result, "seg")
     descriptions = [segment(result, s.finding, s.number) for s in segments]
     kwargs: dict[str, Any] = {
@@ -132,7 +150,7 @@ def build_seg(result: AIResult) -> Dataset | None:
         **equipment_kwargs(result),
     }
     seg: Dataset | None = None
-    if fast_frames_apply(len(segments)):
+    if fast_frames_apply(len(segments)) and not multiframe:
         seg = _fast_segmentation(labels, segments, descriptions, kwargs)
     if seg is None:
         seg = hd.seg.Segmentation(
@@ -144,9 +162,66 @@ def build_seg(result: AIResult) -> Dataset | None:
     organization = dimension_organization_uid(identity.sop_instance_uid)
     for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
         item.DimensionOrganizationUID = organization
-    copy_anatomy(seg, headers[0])
+    copy_anatomy(seg, headers[0], unknown_laterality=False)
     finish(seg, result, identity)
     return seg
+
+
+def _check_applicable(result: AIResult, headers: Sequence[Dataset]) -> None:
+    """Raise :class:`ObjectNotApplicable` when no valid SEG can reference these sources."""
+    first = headers[0]
+    planes = len(result.source_instances)
+    frames = int(first.get("NumberOfFrames", 1) or 1)
+    if frames > 1 or any(i.number_of_frames > 1 for i in result.source_instances):
+        if len(headers) > 1:
+            raise ObjectNotApplicable(
+                "seg",
+                f"source series has {len(headers)} multi-frame instances; a SEG on "
+                "frames references one",
+            )
+        if "SharedFunctionalGroupsSequence" not in first:
+            raise ObjectNotApplicable(
+                "seg",
+                f"multi-frame source {first.SOPInstanceUID} has no functional groups "
+                "to place the SEG's frames",
+            )
+    if "FrameOfReferenceUID" not in first:
+        if planes > 1 or frames > 1:
+            raise ObjectNotApplicable(
+                "seg",
+                f"source series of {planes} planes has no Frame of Reference UID to "
+                "place the SEG's frames",
+            )
+        if frame_of_reference_required(str(first.SOPClassUID)):
+            raise ObjectNotApplicable(
+                "seg",
+                f"source {first.SOPInstanceUID} has no Frame of Reference UID, which "
+                "its IOD requires",
+            )
+
+
+def _labels_by_frame(result: AIResult, labels: np.ndarray, frames: int) -> np.ndarray:
+    """The label map in the multi-frame source's frame order (frame ``f`` at index ``f - 1``).
+
+    Plane ``i`` of the mask is ``source_instances[i]``, frame ``source_instances[i].frame``;
+    frames the mask does not cover stay empty.
+
+    Raises:
+        ResultObjectError: A plane names a frame the instance does not have, or two planes
+            the same frame.
+    """
+    out = np.zeros((frames, *labels.shape[1:]), dtype=labels.dtype)
+    seen: set[int] = set()
+    for plane, instance in enumerate(result.source_instances):
+        if not 1 <= instance.frame <= frames or instance.frame in seen:
+            raise ResultObjectError(
+                result.study.study_instance_uid,
+                f"mask plane {plane} names frame {instance.frame} of "
+                f"{instance.sop_instance_uid}, which has {frames} frames",
+            )
+        seen.add(instance.frame)
+        out[instance.frame - 1] = labels[plane]
+    return out
 
 
 def fast_frames_apply(segment_count: int) -> bool:

@@ -30,12 +30,14 @@ from router.objects.common import (
     finding_tracking_uid,
     finish,
     frame_numbers,
+    key_box,
     located_findings,
     object_identity,
     processing_equipment,
     read_header,
     reference_header,
     source_instance,
+    unique_instances,
 )
 from router.result import AIResult, KeyImage
 
@@ -82,7 +84,7 @@ def build_sr(result: AIResult) -> Dataset:
         imaging_measurements=[_group(result, f, keys.get(f.name)) for f in result.findings],
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[reference_header(result, i) for i in result.source_instances],
+        evidence=[reference_header(result, i) for i in unique_instances(result)],
         content=report,
         series_instance_uid=identity.series_instance_uid,
         series_number=identity.series_number,
@@ -208,11 +210,13 @@ def _group(result: AIResult, finding: Finding, key: KeyImage | None) -> Group:
     instance = source_instance(result, key.sop_instance_uid)
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=box_outline(key.box_px),
+        graphic_data=box_outline(key_box(result, key)),
         source_image=hd.sr.SourceImageForRegion(
             referenced_sop_class_uid=instance.sop_class_uid,
             referenced_sop_instance_uid=instance.sop_instance_uid,
-            referenced_frame_numbers=frame_numbers(instance.sop_class_uid, key.frame),
+            referenced_frame_numbers=frame_numbers(
+                instance.sop_class_uid, key.frame, instance.number_of_frames
+            ),
         ),
     )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=region, **common)

@@ -27,7 +27,8 @@ from router.messages import (
     build_rank_change_fhir,
     build_rank_change_hl7,
 )
-from router.objects import build_objects, write_objects
+from router.objects import ObjectNotApplicable, build_object, write_objects
+from router.objects.common import located_findings, unplaced_findings
 from router.result import AIResult, Mode
 from router.vocabulary import DeliveryKind, OrderContext, PriorityClass
 from router.worklist import RankChange, signal_payload
@@ -114,24 +115,75 @@ class ResultDelivery:
                 self.on_enqueued()
             self._enqueue_messages(task, ai, order, known, mode)
         if mode is Mode.ASSISTANT:
-            try:
-                self.gate.step_aside()  # a stat SR being delivered goes first, this one's too
-                full = complete(ai) if complete is not None else ai
-                for kind in ("gsps", "sc", "seg"):
-                    self.gate.step_aside()
-                    self._enqueue_objects(task, full, known, kinds=(kind,))
-            except Exception as error:  # the SR is queued already: report, keep it
-                log.error("task %s: GSPS/SC/SEG not built (%s)", task.task_id, type(error).__name__)
-                log.debug("GSPS/SC/SEG failure", exc_info=True)
-                self.store.audit(
-                    "result-objects-failed",
-                    study_uid=task.study_instance_uid,
-                    task_id=task.task_id,
-                    detail={"kinds": ["gsps", "sc", "seg"], "error": str(error)},
-                )
-                self.metrics.inc("statlane_result_object_failures_total", model=task.model)
+            self._enqueue_secondary(task, ai, known, complete)
         self.metrics.inc("statlane_results_total", mode=mode.value, model=task.model)
         self.on_enqueued()
+
+    def _enqueue_secondary(
+        self,
+        task: TaskRow,
+        ai: AIResult,
+        destinations: list[str],
+        complete: Callable[[AIResult], AIResult] | None,
+    ) -> None:
+        """GSPS, SC and SEG, each built, written and queued independently.
+
+        One kind failing never stops the others. Audited once per result: the
+        ``result-objects-failed`` event names exactly the kinds that failed (``kinds``) and
+        each one's error (``errors``); a kind that does not apply for a reason worth knowing
+        (:class:`~router.objects.ObjectNotApplicable`, e.g. a SEG on a source without Frame of
+        Reference UID, or present findings with a box but no key image) is audited apart, as
+        ``result-objects-not-applicable`` with ``reasons`` per kind. A failure to add the mask
+        (``complete``) fails the SEG only.
+        """
+        failed: dict[str, str] = {}
+        not_applicable: dict[str, str] = {}
+        full = ai
+        try:
+            self.gate.step_aside()  # a stat SR being delivered goes first, this one's too
+            if complete is not None:
+                full = complete(ai)
+        # The mask feeds the SEG only: any failure to make it (resampling, a bug) must cost
+        # the SEG alone, never the GSPS and SC that do not need it.
+        except Exception as error:
+            log.debug("task %s: mask failure", task.task_id, exc_info=True)
+            failed["seg"] = f"mask: {type(error).__name__}: {error}"
+        for kind in ("gsps", "sc", "seg"):
+            if kind in failed:
+                continue
+            self.gate.step_aside()
+            try:
+                self._enqueue_objects(task, full, destinations, kinds=(kind,))
+            except ObjectNotApplicable as verdict:
+                not_applicable[kind] = verdict.reason
+            # The SR is queued already and the other kinds must still go out: any failure of
+            # one object (a source the builder cannot take, a bug) is recorded, not raised.
+            except Exception as error:
+                log.debug("task %s: %s failure", task.task_id, kind, exc_info=True)
+                failed[kind] = f"{type(error).__name__}: {error}"
+        unplaced = unplaced_findings(full)
+        if unplaced and not located_findings(full):
+            reason = "present findings with a box have no key image: " + ", ".join(unplaced)
+            for kind in ("gsps", "sc"):
+                if kind not in failed:
+                    not_applicable.setdefault(kind, reason)
+        if not_applicable:
+            self.store.audit(
+                "result-objects-not-applicable",
+                study_uid=task.study_instance_uid,
+                task_id=task.task_id,
+                detail={"kinds": list(not_applicable), "reasons": not_applicable},
+            )
+        if failed:
+            for kind, problem in failed.items():
+                log.error("task %s: %s not built (%s)", task.task_id, kind, problem.split(":")[0])
+            self.store.audit(
+                "result-objects-failed",
+                study_uid=task.study_instance_uid,
+                task_id=task.task_id,
+                detail={"kinds": list(failed), "errors": failed},
+            )
+            self.metrics.inc("statlane_result_object_failures_total", model=task.model)
 
     def _stage(self, task: TaskRow) -> AbstractContextManager[None]:
         """A stat task's SR and messages are a stat stage; other tasks' step aside first."""
@@ -146,11 +198,15 @@ class ResultDelivery:
     def _enqueue_objects(
         self, task: TaskRow, ai: AIResult, destinations: list[str], kinds: tuple[str, ...]
     ) -> None:
-        """Build, write and queue the result objects of ``kinds`` for the DICOM destinations."""
+        """Build, write and queue the result objects of ``kinds`` for the DICOM destinations.
+
+        Raises:
+            ObjectNotApplicable: A kind does not apply, for a reason to audit.
+        """
         targets = [d for d in destinations if self.destination_types[d] in DICOM_OBJECT_TYPES]
         if not targets:
             return
-        objects = build_objects(ai, kinds)
+        objects = [o for o in (build_object(ai, kind) for kind in kinds) if o is not None]
         paths = write_objects(objects, self.results_dir / "objects" / task.task_id)
         for name in targets:
             for obj, path in zip(objects, paths, strict=True):

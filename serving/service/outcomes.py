@@ -33,7 +33,7 @@ from typing import Protocol
 import pydicom
 
 from models.manifest import Manifest, Task
-from router.result import AIResult, Mode
+from router.result import AIResult, Mode, SourceInstance
 from router.vocabulary import OrderContext, PriorityClass
 from router.worklist import AIStatus, UnknownStudyError, Worklist
 from serving.engine import JobResult
@@ -41,7 +41,7 @@ from serving.jobstore import JobStore, TaskRow
 from serving.metrics import Metrics
 from serving.service.finished import FinishedJobs, Launched
 from serving.service.records import result_json, summary_of
-from serving.service.results import build_result, mask_on_source, source_instance, study_identity
+from serving.service.results import build_result, mask_on_source, source_frames, study_identity
 from serving.service.stat_gate import StatGate
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,18 @@ class ResultHandler:
                 read[str(header.SOPInstanceUID)] = (header, path)
             by_uid = read
         ordered = [by_uid[uid] for uid in volume.sop_instance_uids if uid in by_uid]
-        instances = [source_instance(h, str(p)) for h, p in ordered]
+        # One plane per volume slice: an instance, or one frame of a multi-frame instance.
+        frames = volume.frame_numbers or (1,) * len(volume.sop_instance_uids)
+        planes: dict[str, list[SourceInstance]] = {}
+        instances = []
+        for uid, frame in zip(volume.sop_instance_uids, frames, strict=True):
+            if uid not in by_uid:
+                continue
+            if uid not in planes:
+                plane_header, plane_path = by_uid[uid]
+                planes[uid] = source_frames(plane_header, str(plane_path))
+            found = planes[uid]
+            instances.append(found[frame - 1] if frame <= len(found) else found[0])
         ai = build_result(
             task_id=task.task_id,
             study=study_identity(ordered[0][0]),
@@ -251,7 +262,7 @@ class ResultHandler:
                 job.outputs, manifest, source.affine_ras, volume.affine, volume.shape
             )
             if mask is None or mask.shape[0] != len(instances):
-                return result  # multi-frame source: SEG from frames is not supported yet
+                return result  # a slice whose header is missing: the planes are not the grid
             if not mask.any():
                 return result  # no label anywhere: nothing to segment
             return dataclasses.replace(result, mask=mask)

@@ -8,6 +8,7 @@ capture and SEG refer to the images in the PACS.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -19,6 +20,8 @@ from scipy import ndimage
 
 from models.manifest import Manifest
 from models.postprocess import Finding, label_map
+from preprocessing.enhanced import frame_geometries, is_enhanced
+from router.objects.common import identity_modules
 from router.result import AIResult, Algorithm, KeyImage, Mode, SourceInstance, StudyIdentity
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -28,7 +31,10 @@ _REVERSE_AXES = np.array(
 
 
 def study_identity(ds: pydicom.Dataset) -> StudyIdentity:
-    """The identity of the study ``ds`` belongs to (copied verbatim into result objects)."""
+    """The identity of the study ``ds`` belongs to (copied verbatim into result objects).
+
+    Carries the source's whole patient and study modules (``modules``) besides the fields.
+    """
     return StudyIdentity(
         patient_id=str(ds.get("PatientID", "")),
         patient_name=str(ds.get("PatientName", "")),
@@ -42,6 +48,7 @@ def study_identity(ds: pydicom.Dataset) -> StudyIdentity:
         referring_physician_name=str(ds.get("ReferringPhysicianName", "")),
         study_description=str(ds.get("StudyDescription", "")),
         issuer_of_patient_id=str(ds.get("IssuerOfPatientID", "")),
+        modules=identity_modules(ds),
     )
 
 
@@ -61,6 +68,49 @@ def source_instance(ds: pydicom.Dataset, path: str) -> SourceInstance:
         pixel_spacing_mm=(float(spacing[0]), float(spacing[1])) if spacing else None,
         path=path,
     )
+
+
+def source_frames(ds: pydicom.Dataset, path: str) -> list[SourceInstance]:
+    """Every plane of one source instance: itself, or each frame of a multi-frame instance.
+
+    Frames of an enhanced instance take their position, orientation and spacing from its
+    functional groups (per-frame first, then shared); frames of a multi-frame instance without
+    them share the instance's own header geometry (if any). Header only.
+    """
+    single = source_instance(ds, path)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames <= 1:
+        return [single]
+    if not (is_enhanced(ds) and "PerFrameFunctionalGroupsSequence" in ds):
+        return [
+            dataclasses.replace(single, frame=n, number_of_frames=frames)
+            for n in range(1, frames + 1)
+        ]
+    planes = []
+    for n, geometry in enumerate(frame_geometries(ds, frames), 1):
+        orientation = geometry.orientation
+        planes.append(
+            dataclasses.replace(
+                single,
+                position_lps=geometry.position or single.position_lps,
+                orientation=(
+                    (
+                        orientation[0],
+                        orientation[1],
+                        orientation[2],
+                        orientation[3],
+                        orientation[4],
+                        orientation[5],
+                    )
+                    if orientation is not None
+                    else single.orientation
+                ),
+                pixel_spacing_mm=geometry.pixel_spacing or single.pixel_spacing_mm,
+                frame=n,
+                number_of_frames=frames,
+            )
+        )
+    return planes
 
 
 def algorithm_of(manifest: Manifest) -> Algorithm:
@@ -111,7 +161,7 @@ def key_image(finding: Finding, instances: Sequence[SourceInstance]) -> KeyImage
     return KeyImage(
         finding=finding.name,
         sop_instance_uid=nearest.sop_instance_uid,
-        frame=1,
+        frame=nearest.frame,
         box_px=(
             float(np.clip(cols.min(), *clip_c)),
             float(np.clip(rows.min(), *clip_r)),
