@@ -27,6 +27,7 @@ from router.messages import (
     build_rank_change_fhir,
     build_rank_change_hl7,
 )
+from router.messages.identifiers import IdentifierSystems
 from router.objects import build_objects, write_objects
 from router.result import AIResult, Mode
 from router.vocabulary import DeliveryKind, OrderContext, PriorityClass
@@ -55,6 +56,7 @@ class ResultDelivery:
         gate: Stat priority across the Python stages: a stat task's SR and messages are a
             stat stage; every other object, and every object of other tasks, steps aside
             for stat stages before it is built.
+        systems: FHIR identifier systems of the site (``identifiers`` in ``statlane.yaml``).
     """
 
     def __init__(
@@ -68,8 +70,10 @@ class ResultDelivery:
         utc: Callable[[], datetime],
         on_enqueued: Callable[[], None] = lambda: None,
         gate: Urgency | None = None,
+        systems: IdentifierSystems | None = None,
     ) -> None:
         self.store = store
+        self.systems = systems if systems is not None else IdentifierSystems()
         self.gate: Urgency = gate if gate is not None else _Unhurried()
         self.outbox = outbox
         self.destination_types = dict(destination_types)
@@ -186,7 +190,7 @@ class ResultDelivery:
                     priority=task.priority,
                 )
             elif kind == "fhir" and mode is Mode.ASSISTANT:
-                bundle = build_fhir_bundle(ai, order, now=self.utc())
+                bundle = build_fhir_bundle(ai, order, now=self.utc(), systems=self.systems)
                 self.outbox.enqueue(
                     task.task_id,
                     name,
