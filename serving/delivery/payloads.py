@@ -28,6 +28,7 @@ from router.messages import (
     build_rank_change_hl7,
 )
 from router.messages.identifiers import IdentifierSystems
+from router.messages.worklist_signal import DEFAULT_ACCESSION_SYSTEM
 from router.objects import build_objects, write_objects
 from router.result import AIResult, Mode
 from router.vocabulary import DeliveryKind, OrderContext, PriorityClass
@@ -233,6 +234,7 @@ def rank_change_item(
     at: datetime,
     sequence: int,
     order: OrderContext | None = None,
+    accession_system: str = DEFAULT_ACCESSION_SYSTEM,
 ) -> tuple[DeliveryKind, str]:
     """The outbox kind and payload of one worklist rank change for a destination type.
 
@@ -252,7 +254,9 @@ def rank_change_item(
             "entry": [
                 {
                     "fullUrl": f"urn:uuid:{uuid.uuid4()}",
-                    "resource": build_rank_change_fhir(change, at),
+                    "resource": build_rank_change_fhir(
+                        change, at, accession_system=accession_system
+                    ),
                     "request": {"method": "POST", "url": "Task"},
                 }
             ],

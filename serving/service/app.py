@@ -358,7 +358,12 @@ class Service:
                     else None
                 )
                 kind, payload = rank_change_item(
-                    destination_type, change, now, self._signal_sequence, order
+                    destination_type,
+                    change,
+                    now,
+                    self._signal_sequence,
+                    order,
+                    accession_system=self.config.identifiers.systems().accession_system(),
                 )
                 self.outbox.enqueue(
                     "worklist",
