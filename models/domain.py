@@ -25,6 +25,12 @@ import numpy as np
 
 from models.manifest import Domain, IntensityDomain, Manifest, OutputSanity, ValueRange
 from models.postprocess import Finding, activate
+from preprocessing.errors import (
+    IncompleteSeriesError,
+    MissingDecoderError,
+    PipelineSpecError,
+    PreprocessingError,
+)
 from preprocessing.volume import Volume
 
 _SAMPLE_LIMIT = 1_000_000  # voxels read for intensity statistics
@@ -52,6 +58,7 @@ class DomainCheck(StrEnum):
     SLICES = "slices"
     Z_COVERAGE = "z_coverage"
     INTENSITY = "intensity"
+    SERIES = "series"  # the series cannot be made into one volume at all
 
 
 @dataclass(frozen=True)
@@ -189,6 +196,24 @@ def body_part_accepted(body_part: str, declared: Sequence[str]) -> bool:
         upper = part.strip().upper()
         accepted |= BODY_PART_SYNONYMS.get(upper, frozenset({upper}))
     return body_part.strip().upper() in accepted
+
+
+def input_is_unusable(error: BaseException) -> bool:
+    """True when ``error`` says the series itself cannot be one volume (its data, not us).
+
+    Mixed orientations or geometry, duplicate or missing slices, non-image instances,
+    unreadable files, projection images without geometry: no model can read such a series, so
+    it is "AI not applicable" with the loader's reason. A missing decoder plugin, a streaming
+    assembly asked too early and a bad pipeline are statlane's own faults: those stay failures.
+    """
+    own_faults = (MissingDecoderError, IncompleteSeriesError, PipelineSpecError)
+    return isinstance(error, PreprocessingError) and not isinstance(error, own_faults)
+
+
+def unusable_series(manifest: Manifest, error: BaseException) -> DomainVerdict:
+    """The verdict for a series the loader refused (see :func:`input_is_unusable`)."""
+    reason = f"series cannot be made into a volume: {error}"
+    return DomainVerdict(manifest.ident, (DomainFinding(DomainCheck.SERIES, reason),))
 
 
 def check_domain(volume: Volume, manifest: Manifest) -> DomainVerdict:

@@ -8,19 +8,38 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
 from models.bundle_config import domain_from
-from models.domain import DomainCheck, VolumeFacts, check_domain, check_outputs
+from models.domain import (
+    DomainCheck,
+    OutOfDomainError,
+    VolumeFacts,
+    check_domain,
+    check_outputs,
+    input_is_unusable,
+)
 from models.manifest import Domain, Manifest, ManifestError, ValueRange, load_manifest
 from models.postprocess import Finding
 from models.registry import Registry
 from models.synthetic import generate_study
+from preprocessing.errors import (
+    DuplicateSliceError,
+    IncompleteSeriesError,
+    InconsistentGeometryError,
+    MissingDecoderError,
+    MissingSliceError,
+    MixedOrientationError,
+    UnreadableInstanceError,
+    UnsupportedSeriesError,
+)
 from preprocessing.series import load_series
 from preprocessing.volume import Volume
 from router.result import AIResult, Algorithm, StudyIdentity
 from router.worklist import AIStatus, Label, Worklist, WorklistEntry
+from serving.service.runtime import SeriesSource, _prepare_for
 
 PACKAGES = Path(__file__).resolve().parents[1] / "models" / "packages"
 BUNDLES = Path(__file__).resolve().parent / "fixtures" / "monai-bundles"
@@ -331,3 +350,52 @@ def test_a_bundle_fills_only_the_intensity_it_states() -> None:
     assert domain.field_of_view_mm is None
     assert any("not stated" in note for note in notes)
     assert domain_from({}, [], []) is None
+
+
+# ---- a series the loader refuses is "not applicable", statlane's own faults stay failures ----
+
+
+@pytest.mark.parametrize(
+    ("error", "unusable"),
+    [
+        (MixedOrientationError("orientation differs"), True),
+        (DuplicateSliceError("two slices at 12.0 mm"), True),
+        (MissingSliceError("gap of 202.5 mm"), True),
+        (InconsistentGeometryError("rows 300 and 484"), True),
+        (UnsupportedSeriesError("instance has no PixelData (not an image)"), True),
+        (UnreadableInstanceError("PixelSpacing (0.0, 0.0) is not positive"), True),
+        (
+            MissingDecoderError(
+                "no plugin", transfer_syntax="1.2.840.10008.1.2.4.110", install="x"
+            ),
+            False,
+        ),
+        (IncompleteSeriesError("3 of 32 slices"), False),
+        (RuntimeError("a bug"), False),
+    ],
+)
+def test_only_the_series_own_faults_make_it_not_applicable(
+    error: Exception, unusable: bool
+) -> None:
+    assert input_is_unusable(error) is unusable
+
+
+def test_a_series_that_cannot_be_one_volume_is_not_applicable_with_the_loaders_reason(
+    tmp_path: Path,
+) -> None:
+    study = generate_study("ct-chest", tmp_path, seed=3, matrix=128)
+    files = [str(p) for p in study.files]
+    twisted = pydicom.dcmread(files[5])
+    twisted.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    twisted.save_as(files[5])
+    manifest = Registry.default().get("ct-chest-nodule").manifest
+    prepare = _prepare_for(manifest)
+    source = SeriesSource(files)
+    with pytest.raises(OutOfDomainError) as raised:
+        prepare(source)
+    verdict = raised.value.verdict
+    assert not verdict.applicable
+    assert verdict.checks == (DomainCheck.SERIES,)
+    assert "series cannot be made into a volume" in verdict.reason
+    assert "orientation" in verdict.reason
+    assert source.domain is verdict

@@ -19,7 +19,13 @@ import numpy as np
 from models.backends import create_backend
 from models.backends.base import Backend, BackendModel
 from models.chunking import ChunkSpec
-from models.domain import DomainVerdict, OutOfDomainError, check_domain
+from models.domain import (
+    DomainVerdict,
+    OutOfDomainError,
+    check_domain,
+    input_is_unusable,
+    unusable_series,
+)
 from models.manifest import Manifest
 from models.postprocess import postprocess
 from models.registry import Registry
@@ -68,7 +74,16 @@ def _prepare_for(manifest: Manifest) -> Callable[[Any], tuple[np.ndarray, np.nda
     lock = threading.Lock()
 
     def prepare(source: Any) -> tuple[np.ndarray, np.ndarray]:
-        volume = source.load() if isinstance(source, SeriesSource) else source
+        if isinstance(source, SeriesSource):
+            try:
+                volume = source.load()
+            except Exception as error:
+                if not input_is_unusable(error):
+                    raise
+                source.domain = unusable_series(manifest, error)
+                raise OutOfDomainError(source.domain) from error
+        else:
+            volume = source
         if isinstance(source, SeriesSource):  # a series from the spool: is it the model's input?
             source.domain = check_domain(volume, manifest)
             if not source.domain.applicable:
