@@ -61,6 +61,7 @@ bench: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m benchmarks.bundles
 	$(BIN)/python -m benchmarks.result_objects
 	$(BIN)/python -m models.evaluate
+	$(BIN)/python -m benchmarks.corpus
 
 bench-smoke: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m benchmarks.preprocess --smoke
@@ -69,6 +70,7 @@ bench-smoke: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m benchmarks.e2e --smoke
 	$(BIN)/python -m benchmarks.bundles --smoke --out var/bench-smoke
 	$(BIN)/python -m benchmarks.result_objects --smoke --out var/bench-smoke
+	$(BIN)/python -m benchmarks.corpus --smoke --out var/bench-smoke
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -29,6 +29,7 @@ from models.bundle_config import (
     BundleImportError,
     Tensors,
     chunking_from,
+    domain_from,
     expand_macros,
     find_expressions,
     geometry_of,
@@ -355,6 +356,7 @@ def import_bundle(
                 chunking=Chunking(**chunking) if chunking else None,
             ),
             card=_card(meta, bundle, len(report.placeholders)),
+            domain=domain_from(meta, pre.steps, report.notes),
             manufacturer=_text(meta, "authors") or f"authors of MONAI bundle {bundle.name}",
             imported=ImportRecord(
                 source=str(meta.get("name") or bundle.name),

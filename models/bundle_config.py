@@ -26,11 +26,15 @@ from models.label_codes import (
 )
 from models.manifest import (
     CodedConcept,
+    Domain,
     FindingSpec,
+    IntensityDomain,
     ManifestError,
     OutputSpec,
+    PercentileBound,
     Task,
     TensorSpec,
+    ValueRange,
 )
 from models.registry import onnx_io
 
@@ -407,3 +411,64 @@ def tensors_from(
         task,
         [modality.upper() if isinstance(modality, str) else "OT"],
     )
+
+
+def _window(steps: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """``(a_min, a_max)`` of the first intensity window in the mapped preprocessing."""
+    for step in steps:
+        name = step.get("transform")
+        try:
+            if name == "ScaleIntensityRange":
+                low, high = float(step["a_min"]), float(step["a_max"])
+            elif name == "Window":
+                center, width = float(step["center"]), float(step["width"])
+                low, high = center - width / 2.0, center + width / 2.0
+            else:
+                continue
+        except (KeyError, TypeError, ValueError):
+            continue
+        return (min(low, high), max(low, high)) if low != high else None
+    return None
+
+
+def domain_from(
+    meta: dict[str, Any], steps: list[dict[str, Any]], notes: list[str]
+) -> Domain | None:
+    """The input domain a bundle states, and nothing more (None when it states none).
+
+    - ``network_data_format.inputs.*.format: hounsfield``: the values are HU, so an input
+      whose 1st percentile is above -200 HU (no air, no fat: raw stored values, not HU) is out.
+    - The preprocessing's intensity window (``ScaleIntensityRange`` ``a_min``/``a_max``, HU
+      for a hounsfield input): the model reads only values inside it, so an input whose 99th
+      percentile is below ``a_min`` or whose 1st percentile is above ``a_max`` is blank to it.
+
+    Body part, pixel spacing, field of view, matrix and coverage are not stated by a bundle
+    (``Spacing`` ``pixdim`` is the grid the model resamples to, not a range of inputs): they
+    are left open and ``notes`` says so, for the operator to fill before enabling the model.
+    """
+    fmt = meta.get("network_data_format")
+    inputs = fmt.get("inputs") if isinstance(fmt, dict) else None
+    spec_in: object = next(iter(inputs.values()), {}) if isinstance(inputs, dict) and inputs else {}
+    hounsfield = isinstance(spec_in, dict) and str(spec_in.get("format", "")).lower() == (
+        "hounsfield"
+    )
+    window = _window(steps)
+    bounds: list[PercentileBound] = []
+    if hounsfield:
+        bounds.append(PercentileBound(percentile=1.0, range=ValueRange(max=-200.0)))
+    if window is not None:
+        low, high = window
+        bounds.append(PercentileBound(percentile=99.0, range=ValueRange(min=low)))
+        bounds.append(PercentileBound(percentile=1.0, range=ValueRange(max=high)))
+    notes.append(
+        "domain: body part, pixel spacing, field of view, matrix and coverage are not stated "
+        "by the bundle and were left open; fill manifest.domain before enabling the model"
+    )
+    if not bounds:
+        return None
+    intensity = IntensityDomain(
+        unit="HU" if hounsfield else "stored",
+        ignore_below=-1500.0 if hounsfield else None,
+        percentiles=bounds,
+    )
+    return Domain(intensity=intensity)

@@ -308,6 +308,128 @@ class ImportRecord(_Strict):
     exports: list[ExportCheck] = Field(default_factory=list)
 
 
+class ValueRange(_Strict):
+    """A closed interval ``[min, max]``; either bound may be left out (open on that side).
+
+    The unit is the one the field holding the range names (mm, voxels, HU, slices...).
+    """
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ValueRange:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` lies inside the range (bounds included, with a relative tolerance
+        of 1e-6 so a slice step computed from positions, 5.0000001 mm, meets a 5 mm bound)."""
+        if self.min is not None and value < self.min - 1e-6 * max(1.0, abs(self.min)):
+            return False
+        return self.max is None or value <= self.max + 1e-6 * max(1.0, abs(self.max))
+
+    def describe(self) -> str:
+        """The range as text, e.g. ``0.4..1.5``, ``>= 100``, ``<= 5``."""
+        if self.min is not None and self.max is not None:
+            return f"{self.min:g}..{self.max:g}"
+        if self.min is not None:
+            return f">= {self.min:g}"
+        if self.max is not None:
+            return f"<= {self.max:g}"
+        return "any"
+
+
+class PercentileBound(_Strict):
+    """The ``percentile``-th percentile of the voxel values must lie in ``range``.
+
+    Attributes:
+        percentile: Which percentile, 0-100.
+        range: Where it must lie, in the intensity unit (HU for CT).
+    """
+
+    percentile: float = Field(ge=0.0, le=100.0)
+    range: ValueRange
+
+
+class IntensityDomain(_Strict):
+    """What the voxel values of an in-domain series look like (after the modality rescale).
+
+    For CT the values are Hounsfield units: air is near -1000 HU, water 0 HU, bone up to
+    ~3000 HU. A series stored as raw detector values (0..4095, air near 0) passes ``values``
+    but fails a low percentile bound such as ``2nd percentile in -1100..-700`` (there is air
+    in any chest or head CT field of view). All statistics are computed on a strided sample of
+    at most ~1e6 voxels.
+
+    Attributes:
+        unit: What the values are (``HU`` for CT, ``stored`` for radiographs), for messages.
+        ignore_below: Voxels below this value are left out of every statistic (the padding
+            outside a CT's reconstruction circle, stored as -2048 or -3024 HU).
+        values: Range a voxel value should lie in.
+        min_fraction_in_values: At least this fraction (0-1) of the counted voxels lies in
+            ``values``.
+        percentiles: Bounds on robust percentiles of the counted voxels.
+    """
+
+    unit: Literal["HU", "stored"] = "HU"
+    ignore_below: float | None = None
+    values: ValueRange | None = None
+    min_fraction_in_values: float = Field(default=0.95, ge=0.0, le=1.0)
+    percentiles: list[PercentileBound] = Field(default_factory=list)
+
+
+class OutputSanity(_Strict):
+    """When an output is too extreme to be believed (see :mod:`models.domain`).
+
+    Attributes:
+        saturated_probability: A study-level probability at or above this (or at or below
+            ``1 - saturated_probability``) is saturated, 0-1.
+        max_positive_fraction: A finding's map may cover at most this fraction (0-1) of the
+            model grid's voxels; more is implausible for a lesion (a nodule, a bleed).
+        saturated_map_fraction: A map whose voxels are saturated (above
+            ``saturated_probability``) over more than this fraction (0-1) of the grid is
+            unreliable whatever its finding.
+    """
+
+    saturated_probability: float = Field(default=0.9999, gt=0.5, lt=1.0)
+    max_positive_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
+    saturated_map_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
+
+
+class Domain(_Strict):
+    """What the model was made for: inputs outside it get no inference ("AI not applicable").
+
+    Modality and body part are the manifest's top-level ``modality`` and ``body_part`` lists;
+    this block adds the acquisition ranges. Every range is optional and open where a bound is
+    left out. Checked by :func:`models.domain.check_domain` before inference.
+
+    Attributes:
+        require_body_part: A series without Body Part Examined is out of domain (else it is
+            only a warning: many sites leave the tag empty and the routing rules chose it).
+        pixel_spacing_mm: In-plane pixel spacing (row and column), mm.
+        slice_thickness_mm: Slice Thickness (or, without the tag, the slice step), mm (3D).
+        slice_spacing_mm: Distance between neighbouring slice centres, mm (3D).
+        field_of_view_mm: In-plane extent (rows x row spacing, columns x column spacing), mm.
+        matrix: Rows and Columns, pixels.
+        slices: Number of slices (frames) of the series, 1 for a radiograph.
+        z_coverage_mm: Extent covered along the slice axis (slices x slice step), mm (3D).
+        intensity: What the voxel values look like (HU for CT).
+        output: When a result is too extreme to be believed (see :class:`OutputSanity`).
+    """
+
+    require_body_part: bool = False
+    pixel_spacing_mm: ValueRange | None = None
+    slice_thickness_mm: ValueRange | None = None
+    slice_spacing_mm: ValueRange | None = None
+    field_of_view_mm: ValueRange | None = None
+    matrix: ValueRange | None = None
+    slices: ValueRange | None = None
+    z_coverage_mm: ValueRange | None = None
+    intensity: IntensityDomain | None = None
+    output: OutputSanity = Field(default_factory=OutputSanity)
+
+
 class Manifest(_Strict):
     """One version of one model package."""
 
@@ -329,6 +451,9 @@ class Manifest(_Strict):
     card: ModelCard
     manufacturer: str = "statlane"
     imported: ImportRecord | None = None
+    domain: Domain | None = Field(
+        default=None, description="what the model was made for; None: not declared"
+    )
 
     @field_validator("name")
     @classmethod

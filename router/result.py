@@ -145,6 +145,9 @@ class AIResult:
             still accepted and belongs to the single located finding. None for classifiers.
         mode: What the result may touch.
         completed_at: When inference finished (timezone-aware).
+        unreliable: Why the output must not be believed (saturated on an atypical input, a
+            finding over an implausible fraction of the volume; see ``models.domain``), None
+            when plausible. An unreliable result is never critical.
     """
 
     task_id: str
@@ -156,8 +159,12 @@ class AIResult:
     key_images: tuple[KeyImage, ...] = ()
     mask: np.ndarray | None = field(default=None, compare=False)
     mode: Mode = Mode.ASSISTANT
+    unreliable: str | None = None
 
     @property
     def critical_positive(self) -> bool:
-        """A critical finding is present (moves the study to the top of the worklist)."""
+        """A critical finding is present (moves the study to the top of the worklist); never
+        for an unreliable result."""
+        if self.unreliable is not None:
+            return False
         return any(f.critical and f.present for f in self.findings)

@@ -9,18 +9,20 @@ Errors name their location as ``file:line: key.path: message``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
+from router.messages.identifiers import IdentifierSystems
 from router.vocabulary import PriorityClass
 from serving.delivery.config import (
     DESTINATION_TYPES,
     DestinationConfig,
     FolderDestinationConfig,
 )
+from serving.gateway.hl7_orders import OrderMapping, parse_field_path
 
 
 class ConfigError(ValueError):
@@ -57,12 +59,72 @@ class HttpConfig(_Strict):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
+def _field_path(text: str) -> str:
+    """A field path (``OBR-18``, ``ORC-7.6``) that names a field of HL7 v2.5.1."""
+    return str(parse_field_path(text))  # FieldPathError is a ValueError: pydantic locates it
+
+
+FieldPathText = Annotated[str, AfterValidator(_field_path)]
+
+
+class OrderMappingConfig(_Strict):
+    """Where an order's accession, priority and procedure code are read: ordered field paths
+    (``SEG-field`` or ``SEG-field.component``), the first non-empty one wins. The defaults are
+    IHE Scheduled Workflow's; a message without an accession is refused with a NAK naming the
+    paths."""
+
+    accession: list[FieldPathText] = Field(
+        default_factory=lambda: ["IPC-1", "OBR-18"], min_length=1
+    )
+    priority: list[FieldPathText] = Field(
+        default_factory=lambda: ["TQ1-9", "ORC-7.6", "OBR-27.6", "OBR-5"], min_length=1
+    )
+    procedure_code: list[FieldPathText] = Field(default_factory=lambda: ["OBR-4"], min_length=1)
+
+    def mapping(self) -> OrderMapping:
+        """The gateway's order mapping."""
+        return OrderMapping.from_texts(self.accession, self.priority, self.procedure_code)
+
+
 class Hl7Config(_Strict):
     """HL7 v2 orders over MLLP."""
 
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = Field(default=2575, ge=0, le=65535)
+    order_mapping: OrderMappingConfig = OrderMappingConfig()
+
+
+_SYSTEM = r"^(urn:[A-Za-z0-9][A-Za-z0-9-]*:|https?://)\S+$"
+
+
+class IdentifiersConfig(_Strict):
+    """FHIR ``Identifier.system`` of the identifiers the result messages carry, so a FHIR
+    server can match them: absolute URIs (``urn:oid:...``, ``http(s)://...``).
+
+    Unset systems are derived, never empty: ``urn:oid:<universal ID>`` when the assigning
+    authority (the order's PID-3.4 or EI-2..4) names an ISO OID, else
+    ``urn:statlane:<site>:mrn:<issuer>`` (issuer: PID-3.4's namespace, or the study's DICOM
+    IssuerOfPatientID), ``urn:statlane:<site>:accession``,
+    ``urn:statlane:<site>:placer:<namespace>`` / ``...:filler:<namespace>``.
+    """
+
+    site: str = Field(default="local", pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+    mrn_system: str | None = Field(default=None, pattern=_SYSTEM)
+    accession_system: str | None = Field(default=None, pattern=_SYSTEM)
+    order_number_systems: dict[str, Annotated[str, Field(pattern=_SYSTEM)]] = Field(
+        default_factory=dict,
+        description="EI namespace of placer/filler order numbers (ORC-2.2/ORC-3.2) → system",
+    )
+
+    def systems(self) -> IdentifierSystems:
+        """The message builders' identifier systems."""
+        return IdentifierSystems(
+            site=self.site,
+            mrn=self.mrn_system or "",
+            accession=self.accession_system or "",
+            order_numbers=dict(self.order_number_systems),
+        )
 
 
 class AssemblyConfig(_Strict):
@@ -167,6 +229,7 @@ class ServiceConfig(_Strict):
     destinations: dict[str, DestinationConfig] = Field(default_factory=_default_destinations)
     outbox: OutboxConfig = OutboxConfig()
     worklist: WorklistConfig = WorklistConfig()
+    identifiers: IdentifiersConfig = IdentifiersConfig()
 
     @property
     def db_url(self) -> str:

@@ -104,6 +104,18 @@ METRICS: tuple[MetricSpec, ...] = (
         "statlane_tasks_failed_total", Kind.COUNTER, "Inference tasks that failed", ("model",)
     ),
     MetricSpec(
+        "statlane_out_of_domain_total",
+        Kind.COUNTER,
+        "Tasks not run: the series is outside the model's declared domain, by failed check",
+        ("model", "check"),
+    ),
+    MetricSpec(
+        "statlane_results_unreliable_total",
+        Kind.COUNTER,
+        "Results flagged unreliable by the output sanity check (never critical)",
+        ("model",),
+    ),
+    MetricSpec(
         "statlane_task_latency_seconds",
         Kind.HISTOGRAM,
         "Task received to result, by class",

@@ -26,7 +26,7 @@ from serving.gateway.dimse import AssociationSummary, DicomGateway
 from serving.gateway.fast_store import SOP_CLASS_MISMATCH
 from serving.gateway.spool import InstanceSource, Spool, StoredInstance
 from tests.orthanc_peer import orthanc_server
-from tests.peers import require_executable
+from tests.peers import require_executable, require_testdata
 
 pytestmark = pytest.mark.peers
 
@@ -159,6 +159,34 @@ def test_storescu_study_is_spooled_in_its_own_transfer_syntax(
         assert stored.source.channel == "dimse"
         assert stored.source.calling_ae == "MODALITY"
         assert pydicom.dcmread(stored.path).PixelData == source.PixelData
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small_bigendian.dcm",  # Explicit VR Big Endian (retired, still sent by old devices)
+        "JPEG-lossy.dcm",  # JPEG Extended (Process 2 and 4), 12-bit
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_RLE.dcm",
+    ],
+)
+def test_real_files_are_taken_in_their_own_transfer_syntax(tmp_path: Path, name: str) -> None:
+    """storescu proposes only the file's SOP class in the file's transfer syntax (a profile)."""
+    source = pydicom.dcmread(require_testdata(name))
+    profile = tmp_path / "storescu.cfg"
+    profile.write_text(
+        f"[[TransferSyntaxes]]\n[TS]\nTransferSyntax1 = {source.file_meta.TransferSyntaxUID}\n"
+        f"[[PresentationContexts]]\n[PC]\nPresentationContext1 = {source.SOPClassUID}\\TS\n"
+        "[[Profiles]]\n[File]\nPresentationContexts = PC\n",
+        encoding="ascii",
+    )
+    spool, recorder = Spool(tmp_path / "spool", min_free_bytes=0), Recorder()
+    with running_gateway(spool, recorder) as gateway:
+        storescu(gateway.port, [require_testdata(name)], "-xf", str(profile), "File")
+        (summary,) = recorder.wait_for_associations(1)
+    (stored,) = summary.instances
+    assert stored.transfer_syntax_uid == source.file_meta.TransferSyntaxUID
+    assert pydicom.dcmread(stored.path).PixelData == source.PixelData  # as sent, not converted
 
 
 @pytest.mark.parametrize(

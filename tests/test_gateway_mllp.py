@@ -21,7 +21,7 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 from hl7apy.parser import parse_message
 
-from router.vocabulary import OrderContext, OrderPriority
+from router.vocabulary import AssigningAuthority, OrderContext, OrderPriority
 from serving.gateway.hl7_orders import (
     Er7Message,
     MalformedMessage,
@@ -168,6 +168,7 @@ def test_orm_order_is_acknowledged_and_every_field_read(
             procedure_meaning="CT Head WO contrast",
             indication="Headache & vomiting | fall",
             patient_id="SYN123",
+            patient_id_authority=AssigningAuthority(namespace_id="HOSP"),
             placer_order_number="PL1001",
             filler_order_number="FL2001",
             study_instance_uid=CT_HEAD_UID,
@@ -203,6 +204,7 @@ def test_omi_order_is_acknowledged_and_every_field_read(
             procedure_meaning="CT Chest",
             indication="Atemnot – V.a. LE",
             patient_id="SYN456",
+            patient_id_authority=AssigningAuthority(namespace_id="HOSP"),
             placer_order_number="PL2002",
             filler_order_number="FL3003",
             study_instance_uid=CT_CHEST_UID,

@@ -141,6 +141,9 @@ def test_a_non_dicom_part_fails_alone_and_the_good_parts_are_kept(
     assert len(answer[REFERENCED]["Value"]) == 2
     (failure,) = answer[FAILED]["Value"]
     assert failure[REASON] == {"vr": "US", "Value": [0xC000]}
+    [comment] = failure["00000902"]["Value"]  # the reason in words, as a DIMSE Error Comment
+    assert comment == calls.requests[0].failed[0].reason[:64]
+    assert "DICOM" in comment
     assert len(spooled(spool)) == 2
     assert calls.requests[0].failed[0].part_index == 2
 

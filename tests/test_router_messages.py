@@ -129,7 +129,9 @@ def test_oru_header_patient_and_order(ich: AIResult) -> None:
 def test_oru_without_order_describes_the_study(ich: AIResult) -> None:
     (obr,) = segments(oru(ich), "OBR")
     assert obr[4] == "^" + ich.study.study_description
-    assert obr[2] == obr[3] == ""
+    assert obr[2] == ""
+    assert obr[3].startswith("SL")
+    assert obr[3].endswith("^STATLANE")
     assert obr[18] == ich.study.accession_number
 
 
@@ -304,7 +306,10 @@ def test_report_identifies_study_order_and_patient(ich: AIResult) -> None:
     assert based_on["type"] == "ServiceRequest"
     assert based_on["identifier"]["value"] == ich.study.accession_number
     assert based_on["identifier"]["type"]["coding"][0] == {"system": V2_0203, "code": "ACSN"}
-    assert report["subject"]["identifier"]["value"] == ich.study.patient_id
+    assert based_on["identifier"]["system"] == "urn:statlane:local:accession"
+    (patient,) = entries(bundle, "Patient")
+    assert report["subject"] == {"reference": f"urn:uuid:{patient['id']}", "type": "Patient"}
+    assert patient["identifier"][0]["value"] == ich.study.patient_id
     assert report["conclusion"].startswith("AI result - preliminary, not verified.")
     observation_urls = {
         e["fullUrl"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"
@@ -394,7 +399,11 @@ def _corrupt_system(bundle: dict[str, Any]) -> None:
 
 
 def _corrupt_logical_reference(bundle: dict[str, Any]) -> None:
-    del entries(bundle, "Flag")[0]["subject"]["identifier"]["value"]
+    del entries(bundle, "DiagnosticReport")[0]["imagingStudy"][0]["identifier"]["value"]
+
+
+def _corrupt_logical_reference_system(bundle: dict[str, Any]) -> None:
+    del entries(bundle, "DiagnosticReport")[0]["basedOn"][0]["identifier"]["system"]
 
 
 @pytest.mark.parametrize(
@@ -407,6 +416,7 @@ def _corrupt_logical_reference(bundle: dict[str, Any]) -> None:
         (_corrupt_reference_type, "type 'Patient' but the entry is 'Device'"),
         (_corrupt_system, "'http://snomed.org' is not a known system"),
         (_corrupt_logical_reference, "logical reference without identifier.value"),
+        (_corrupt_logical_reference_system, "basedOn[0].identifier.system is not an absolute URI"),
     ],
 )
 def test_check_bindings_reports_corruption(ich: AIResult, corrupt: Any, expected: str) -> None:
@@ -422,7 +432,7 @@ def test_check_bindings_reports_corruption(ich: AIResult, corrupt: Any, expected
 def test_validate_bundle_reports_schema_errors_without_values(ich: AIResult) -> None:
     bundle = copy.deepcopy(build_fhir_bundle(ich, None, now=NOW))
     del entries(bundle, "Observation")[0]["status"]
-    with pytest.raises(MessageInvalid, match=r"entry\.1\.resource\.status"):
+    with pytest.raises(MessageInvalid, match=r"entry\.2\.resource\.status"):
         validate_bundle(bundle)
     bundle = copy.deepcopy(build_fhir_bundle(ich, None, now=NOW))
     entries(bundle, "Observation")[0]["issued"] = "seen " + ich.study.patient_id

@@ -340,10 +340,13 @@ def test_task_fields() -> None:
             "type": "ServiceRequest",
             "identifier": {
                 "type": {"coding": [{"system": V2_0203, "code": "ACSN"}]},
+                "system": "urn:statlane:local:accession",  # a receiver can match it
                 "value": ACCESSION,
             },
         }
     ]
+    configured = build_rank_change_fhir(change(), AT, accession_system="urn:oid:1.2.3.4")
+    assert configured["basedOn"][0]["identifier"]["system"] == "urn:oid:1.2.3.4"
 
 
 @pytest.mark.parametrize(("red_flag", "priority"), [(True, "stat"), (False, None)])

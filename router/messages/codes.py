@@ -9,6 +9,7 @@ list, and that every reference in a transaction bundle resolves.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -83,11 +84,15 @@ KNOWN_SYSTEMS: frozenset[str] = frozenset(
 # Small HL7 code systems: the codes these messages may use from each.
 ALLOWED_CODES: dict[str, frozenset[str]] = {
     V2_0074: frozenset({"RAD"}),
-    V2_0203: frozenset({"ACSN", "MR"}),
+    V2_0203: frozenset({"ACSN", "MR", "PLAC", "FILL"}),
     FLAG_CATEGORY: frozenset({"clinical"}),
     OBSERVATION_CATEGORY: frozenset({"imaging"}),
     OBSERVATION_INTERPRETATION: frozenset({"AA", "A"}),
 }
+
+# An identifier's system: the site's own (configured) or a URN; absolute, no whitespace.
+IDENTIFIER_SYSTEM = re.compile(r"(urn:[A-Za-z0-9][A-Za-z0-9-]*:|https?://)\S+")
+_IDENTIFIER_PATH = re.compile(r"\.identifier(\[\d+\])?\Z")
 
 # Required bindings (FHIR R4B value sets), by resource type.
 DIAGNOSTIC_REPORT_STATUS = frozenset(
@@ -229,10 +234,11 @@ def check_bindings(bundle: dict[str, Any]) -> list[str]:
     """Binding violations of a FHIR bundle; empty when it is fine.
 
     Checks: required status bindings (Bundle.type, request.method, each resource's status), every
-    ``system`` is known, codes of the small HL7 systems and UCUM units are from allowed lists,
-    every Quantity is UCUM, and every reference resolves to an entry's ``fullUrl`` (with the
-    stated type) or is a logical reference by identifier with a value. Messages name paths and
-    codes only, never identifier values (they may be patient IDs).
+    coding ``system`` is known and every identifier ``system`` an absolute URI (identifier
+    systems are the site's), codes of the small HL7 systems and UCUM units are from allowed
+    lists, every Quantity is UCUM, and every reference resolves to an entry's ``fullUrl`` (with
+    the stated type) or is a logical reference by identifier with a system and a value.
+    Messages name paths and codes only, never identifier values (they may be patient IDs).
     """
     violations: list[str] = []
     if bundle.get("type") not in BUNDLE_TYPES:
@@ -264,7 +270,10 @@ def check_bindings(bundle: dict[str, Any]) -> list[str]:
 def _check_node(path: str, node: dict[str, Any], targets: dict[str, str]) -> list[str]:
     found: list[str] = []
     system = node.get("system")
-    if isinstance(system, str):
+    if _IDENTIFIER_PATH.search(path):
+        if not isinstance(system, str) or not IDENTIFIER_SYSTEM.fullmatch(system):
+            found.append(f"{path}.system is not an absolute URI")
+    elif isinstance(system, str):
         if system not in KNOWN_SYSTEMS:
             found.append(f"{path}.system {system!r} is not a known system")
         elif system in ALLOWED_CODES and node.get("code") not in ALLOWED_CODES[system]:
@@ -280,6 +289,7 @@ def _check_node(path: str, node: dict[str, Any], targets: dict[str, str]) -> lis
         elif "type" in node and node["type"] != targets[reference]:
             found.append(f"{path}.type {node['type']!r} but the entry is {targets[reference]!r}")
     elif _is_logical_reference(node) and not node["identifier"].get("value"):
+        # its identifier's system is checked as every identifier's is
         found.append(f"{path} is a logical reference without identifier.value")
     return found
 

@@ -9,19 +9,27 @@ Entries (all POST, conditional on their identifier so a re-delivery creates noth
 - one ``Flag`` per critical finding that is present;
 - the ``DiagnosticReport`` (status preliminary, category RAD, LOINC 18748-4) → Observations.
 
-Patient, ImagingStudy and ServiceRequest live in the EHR / PACS already, so they are referenced
-by identifier (Patient ID, ``urn:oid:`` Study Instance UID, accession number), never copied in.
+- the ``Patient``, identifier only (type MR, the site's MRN system; never a name), POSTed with
+  ``ifNoneExist`` on that identifier so a server that knows the patient creates nothing; every
+  ``subject`` references it by its ``urn:uuid`` fullUrl, which the server resolves.
+
+ImagingStudy and ServiceRequest live in the PACS and the RIS/EHR, so they are referenced by
+identifier, each with its system: the study by ``urn:dicom:uid`` and ``urn:oid:`` Study Instance
+UID, the order by accession number (type ACSN) and, when an order arrived, by its placer (PLAC)
+and filler (FILL) order numbers; systems come from ``identifiers`` (``IdentifierSystems``).
 The patient's name is never written. Every id is a UUID derived from (study, device, part), so
 building twice gives identical JSON and a re-run of the same model version matches the first.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import uuid
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import pydantic
 from fhir.resources.R4B.bundle import Bundle
@@ -47,6 +55,7 @@ from router.messages.codes import (
     check_order,
     measurements,
 )
+from router.messages.identifiers import IdentifierSystems, patient_authority
 from router.result import AIResult, StudyIdentity
 from router.vocabulary import OrderContext
 
@@ -57,14 +66,21 @@ Json = dict[str, Any]
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_OID, "statlane.router.messages.fhir")
 
 
-def build_fhir_bundle(result: AIResult, order: OrderContext | None, *, now: datetime) -> Json:
+def build_fhir_bundle(
+    result: AIResult,
+    order: OrderContext | None,
+    *,
+    now: datetime,
+    systems: IdentifierSystems | None = None,
+) -> Json:
     """The transaction Bundle of ``result`` as plain JSON data.
 
     Args:
         result: The postprocessed AI result.
-        order: The imaging order, if one arrived (only checked against the study and used for
-            the report's text; the ServiceRequest is referenced by accession number).
+        order: The imaging order, if one arrived (checked against the study; its procedure
+            text, placer/filler order numbers and the patient ID's assigning authority are used).
         now: Bundle.timestamp, timezone-aware.
+        systems: Identifier systems of the site (default: statlane-local URNs).
 
     Raises:
         MessageInvalid: The result cannot make a valid bundle (no Patient ID, a coding scheme
@@ -76,15 +92,25 @@ def build_fhir_bundle(result: AIResult, order: OrderContext | None, *, now: date
     check_order(study, order)
     if not study.patient_id:
         raise MessageInvalid(f"study {uid}: no Patient ID; DiagnosticReport.subject needs one")
+    systems = systems if systems is not None else IdentifierSystems()
+    patient = _patient(study, order, systems)
+    based_on = _service_requests(study, order, systems)
     device = _device(result)
-    observations = [_observation(result, f, i, device) for i, f in enumerate(result.findings)]
+    observations = [
+        _observation(result, f, i, device, patient, based_on) for i, f in enumerate(result.findings)
+    ]
     flags = [
-        _flag(result, f, device)
+        _flag(result, f, device, patient)
         for f in result.findings
         if f.critical and f.present  # a Flag pages someone: critical positives only
     ]
-    report = _report(result, order, observations)
-    entries = [_entry(device), *(_entry(o) for o in observations), *map(_entry, flags)]
+    report = _report(result, order, observations, patient, based_on)
+    entries = [
+        _entry(patient),
+        _entry(device),
+        *(_entry(o) for o in observations),
+        *map(_entry, flags),
+    ]
     bundle: Json = {
         "resourceType": "Bundle",
         "id": _uuid(result, "bundle"),
@@ -132,8 +158,40 @@ def _entry(resource: Json) -> Json:
         "request": {
             "method": "POST",
             "url": resource["resourceType"],
-            "ifNoneExist": f"identifier={identifier['system']}|{identifier['value']}",
+            "ifNoneExist": "identifier=" + search_token(identifier["system"], identifier["value"]),
         },
+    }
+
+
+def search_token(system: str, value: str) -> str:
+    """``system|value`` as a FHIR token search parameter value in a URL query.
+
+    FHIR's own escapes first (``\\`` before ``|``, ``,`` and ``$`` in each part), then URL
+    percent-encoding of everything but unreserved characters, ``:``, ``/`` and the ``|``.
+    """
+
+    def fhir_escape(text: str) -> str:
+        for char in ("\\", "|", ",", "$"):
+            text = text.replace(char, "\\" + char)
+        return text
+
+    return quote(f"{fhir_escape(system)}|{fhir_escape(value)}", safe=":/|")
+
+
+def _patient(study: StudyIdentity, order: OrderContext | None, systems: IdentifierSystems) -> Json:
+    """The Patient by its identifier only (type MR); conditionally created, never a name."""
+    system = systems.patient(patient_authority(study, order))
+    return {
+        "resourceType": "Patient",
+        "id": str(uuid.uuid5(_NAMESPACE, f"patient|{system}|{study.patient_id}")),
+        "identifier": [
+            {
+                "use": "usual",
+                "type": {"coding": [{"system": V2_0203, "code": "MR"}]},
+                "system": system,
+                "value": study.patient_id,
+            }
+        ],
     }
 
 
@@ -151,7 +209,14 @@ def _device(result: AIResult) -> Json:
     }
 
 
-def _observation(result: AIResult, finding: Finding, index: int, device: Json) -> Json:
+def _observation(
+    result: AIResult,
+    finding: Finding,
+    index: int,
+    device: Json,
+    patient: Json,
+    based_on: list[Json],
+) -> Json:
     value = PRESENT if finding.present else ABSENT
     observation: Json = {
         "resourceType": "Observation",
@@ -159,15 +224,15 @@ def _observation(result: AIResult, finding: Finding, index: int, device: Json) -
         "status": "preliminary",
         "category": [_concept(Code("imaging", "", "Imaging"), OBSERVATION_CATEGORY)],
         "code": _finding_concept(result, finding),
-        "subject": _patient(result.study),
+        "subject": _reference(patient),
         "issued": _instant(result.completed_at),
         "valueCodeableConcept": _concept(value),
         "device": _reference(device),
         "derivedFrom": [_imaging_study(result.study)],
     }
     observation["identifier"] = [_identifier(observation)]
-    if result.study.accession_number:
-        observation["basedOn"] = [_service_request(result.study)]
+    if based_on:
+        observation["basedOn"] = copy.deepcopy(based_on)
     effective = _study_date(result.study)
     if effective:
         observation["effectiveDateTime"] = effective
@@ -193,14 +258,14 @@ def _observation(result: AIResult, finding: Finding, index: int, device: Json) -
     return _ordered(observation)
 
 
-def _flag(result: AIResult, finding: Finding, device: Json) -> Json:
+def _flag(result: AIResult, finding: Finding, device: Json, patient: Json) -> Json:
     flag: Json = {
         "resourceType": "Flag",
         "id": _uuid(result, f"flag|{finding.name}"),
         "status": "active",
         "category": [_concept(Code("clinical", "", "Clinical"), FLAG_CATEGORY)],
         "code": _finding_concept(result, finding),
-        "subject": _patient(result.study),
+        "subject": _reference(patient),
         "period": {"start": _instant(result.completed_at)},
         "author": _reference(device),
     }
@@ -208,7 +273,13 @@ def _flag(result: AIResult, finding: Finding, device: Json) -> Json:
     return _ordered(flag)
 
 
-def _report(result: AIResult, order: OrderContext | None, observations: list[Json]) -> Json:
+def _report(
+    result: AIResult,
+    order: OrderContext | None,
+    observations: list[Json],
+    patient: Json,
+    based_on: list[Json],
+) -> Json:
     study = result.study
     code = _concept(IMAGING_REPORT)
     described = (order.procedure_meaning if order is not None else "") or study.study_description
@@ -220,15 +291,15 @@ def _report(result: AIResult, order: OrderContext | None, observations: list[Jso
         "status": "preliminary",
         "category": [_concept(Code("RAD", "", "Radiology"), V2_0074)],
         "code": code,
-        "subject": _patient(study),
+        "subject": _reference(patient),
         "issued": _instant(result.completed_at),
         "imagingStudy": [_imaging_study(study)],
         "result": [_reference(o) for o in observations],
         "conclusion": _conclusion(result),
     }
     report["identifier"] = [_identifier(report)]
-    if study.accession_number:
-        report["basedOn"] = [_service_request(study)]
+    if based_on:
+        report["basedOn"] = copy.deepcopy(based_on)
     effective = _study_date(study)
     if effective:
         report["effectiveDateTime"] = effective
@@ -273,17 +344,6 @@ def _concept(code: Code, system: str | None = None) -> Json:
     return {"coding": [coding], "text": code.meaning}
 
 
-def _patient(study: StudyIdentity) -> Json:
-    """Logical reference by Patient ID (type MR); the patient resource lives in the EHR."""
-    identifier: Json = {
-        "type": {"coding": [{"system": V2_0203, "code": "MR"}]},
-        "value": study.patient_id,
-    }
-    if study.issuer_of_patient_id:
-        identifier["assigner"] = {"display": study.issuer_of_patient_id}
-    return {"type": "Patient", "identifier": identifier}
-
-
 def _imaging_study(study: StudyIdentity) -> Json:
     return {
         "type": "ImagingStudy",
@@ -291,14 +351,31 @@ def _imaging_study(study: StudyIdentity) -> Json:
     }
 
 
-def _service_request(study: StudyIdentity) -> Json:
-    return {
-        "type": "ServiceRequest",
-        "identifier": {
-            "type": {"coding": [{"system": V2_0203, "code": "ACSN"}]},
-            "value": study.accession_number,
-        },
-    }
+def _service_requests(
+    study: StudyIdentity, order: OrderContext | None, systems: IdentifierSystems
+) -> list[Json]:
+    """The order, by each identifier the RIS gave it: accession (ACSN), placer (PLAC) and
+    filler (FILL) order numbers; logical references, each identifier with its system."""
+    named: list[tuple[str, str, str]] = []
+    if study.accession_number:
+        named.append(("ACSN", systems.accession_system(), study.accession_number))
+    if order is not None and order.placer_order_number:
+        system = systems.order_number("placer", order.placer_order_authority)
+        named.append(("PLAC", system, order.placer_order_number))
+    if order is not None and order.filler_order_number:
+        system = systems.order_number("filler", order.filler_order_authority)
+        named.append(("FILL", system, order.filler_order_number))
+    return [
+        {
+            "type": "ServiceRequest",
+            "identifier": {
+                "type": {"coding": [{"system": V2_0203, "code": code}]},
+                "system": system,
+                "value": value,
+            },
+        }
+        for code, system, value in named
+    ]
 
 
 def _reference(resource: Json) -> Json:

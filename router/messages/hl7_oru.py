@@ -8,12 +8,21 @@ descriptions, identifiers from the source) is escaped (``| ^ & ~ \\``) and enter
 Layout::
 
     MSH  ORU^R01^ORU_R01, 2.5.1
-    PID  PID-3 Patient ID, PID-5 name, PID-7 birth date, PID-8 sex
-    ORC  RE, placer / filler order numbers from the order
-    OBR  OBR-4 procedure, OBR-7 study date/time, OBR-18 accession, OBR-25 P
+    PID  PID-3 Patient ID^^^assigning authority^MR, PID-5 name, PID-7 birth date, PID-8 sex
+    ORC  RE, ORC-2 placer / ORC-3 filler order numbers (EI, with their namespaces)
+    OBR  OBR-2/3 as ORC-2/3, OBR-4 procedure, OBR-7 study date/time, OBR-18 accession, OBR-25 P
     NTE  "AI result - preliminary, not verified"; the algorithm (name, version, maker, UID)
     OBX  per finding, sub-ID = finding number: presence (CWE), probability (NM, 1),
          volume (NM, mL), area (NM, mm2); OBX-11 P, OBX-18 device UID, OBX-19 analysis time
+    ZDS  ZDS-1 Study Instance UID^<MSH-3>^Application^DICOM (IHE RAD), the last segment
+
+The order's identifiers go back as received: placer and filler order numbers with their EI
+namespace and universal ID, the patient ID's assigning authority (PID-3.4). Without an order
+(or without a filler number) ORC-3/OBR-3 is statlane's own filler number, namespace
+``STATLANE`` (``identifiers.statlane_filler_number``); without the order's PID-3.4 the
+authority is the study's IssuerOfPatientID. OBR-18 is the study's accession number (equal to
+the order's). hl7apy drops Z segments from its tree, so ZDS is appended to the ER7 text and
+``validate_oru`` checks it with a pattern of its own.
 """
 
 from __future__ import annotations
@@ -41,8 +50,13 @@ from router.messages.codes import (
     check_order,
     measurements,
 )
+from router.messages.identifiers import (
+    STATLANE_NAMESPACE,
+    patient_authority,
+    statlane_filler_number,
+)
 from router.result import AIResult, StudyIdentity
-from router.vocabulary import OrderContext
+from router.vocabulary import AssigningAuthority, OrderContext
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +64,9 @@ VERSION = "2.5.1"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _DICOM_TIME = re.compile(r"^(\d{2}(?:\d{2}(?:\d{2})?)?)(?:\.(\d{1,6}))?$")
 _SEX = {"M", "F", "O"}  # DICOM PatientSex values that HL7 table 0001 shares
+_UID = re.compile(r"[0-2](\.(0|[1-9]\d*))+")
+# ZDS-1 (RP): Study Instance UID ^ application ID ^ type of data ^ subtype (IHE RAD TF-2).
+_ZDS = re.compile(r"ZDS\|(?P<uid>[0-9.]{1,64})\^[^|^~\\&]+\^Application\^DICOM")
 
 
 def build_oru(
@@ -67,7 +84,8 @@ def build_oru(
 
     Args:
         result: The postprocessed AI result (its study identity fills PID and OBR).
-        order: The imaging order, if one arrived; it supplies ORC/OBR order numbers and OBR-4.
+        order: The imaging order, if one arrived; it supplies ORC/OBR order numbers (with their
+            namespaces), OBR-4 and PID-3's assigning authority.
         sending_application: MSH-3.
         sending_facility: MSH-4.
         receiving_application: MSH-5.
@@ -93,12 +111,23 @@ def build_oru(
         message.msh.msh_5.hd_1 = _is(receiving_application)
         message.msh.msh_6.hd_1 = _is(receiving_facility)
     patient_result = message.add_group("ORU_R01_PATIENT_RESULT")
+    if not _UID.fullmatch(uid) or len(uid) > 64:
+        raise MessageInvalid(f"study {uid!r}: the Study Instance UID is not a DICOM UID (ZDS-1)")
     with _building(uid, "PID"):
-        _pid(patient_result.add_group("ORU_R01_PATIENT").add_segment("PID"), result.study)
+        pid = patient_result.add_group("ORU_R01_PATIENT").add_segment("PID")
+        _pid(pid, result.study, patient_authority(result.study, order))
     order_observation = patient_result.add_group("ORU_R01_ORDER_OBSERVATION")
     with _building(uid, "ORC/OBR"):
-        _orc(order_observation.add_segment("ORC"), order, now)
-        _obr(order_observation.add_segment("OBR"), result, order)
+        filler = (
+            (order.filler_order_number, order.filler_order_authority)
+            if order is not None and order.filler_order_number
+            else (
+                statlane_filler_number(uid, result.algorithm.device_uid),
+                AssigningAuthority(namespace_id=STATLANE_NAMESPACE),
+            )
+        )
+        _orc(order_observation.add_segment("ORC"), order, filler, now)
+        _obr(order_observation.add_segment("OBR"), result, order, filler)
     with _building(uid, "NTE"):
         algorithm = result.algorithm
         _nte(order_observation, 1, PRELIMINARY_NOTICE)
@@ -117,6 +146,8 @@ def build_oru(
                 order_observation.add_group("ORU_R01_OBSERVATION").add(obx)
     with _building(uid, "ORU_R01"):
         text: str = message.to_er7()
+    # IHE's study identification, last: hl7apy keeps no Z segment in its tree.
+    text += f"\rZDS|{uid}^{escape_text(_clean(sending_application))}^Application^DICOM"
     try:  # what the receiver will parse, not the object tree, is what must be valid
         validate_oru(text)
     except MessageInvalid as exc:
@@ -134,9 +165,20 @@ def build_oru(
 def validate_oru(text: str) -> None:
     """Parse ``text`` back at hl7apy STRICT level and validate it against the ORU_R01 structure.
 
+    hl7apy leaves Z segments out of what it parses, so the one Z segment allowed, ZDS, is checked
+    here: exactly one, the last segment, ZDS-1 a DICOM UID with ``^<application>^Application^
+    DICOM``.
+
     Raises:
         MessageInvalid: With hl7apy's reason (values that may carry PHI are left out).
     """
+    segments = [s for s in re.split(r"\r\n|\r|\n", text) if s]
+    z_segments = [i for i, s in enumerate(segments) if s.startswith("Z")]
+    if z_segments != [len(segments) - 1] or not segments[-1].startswith("ZDS|"):
+        raise MessageInvalid("ORU invalid: ZDS must be the last segment, and the only Z segment")
+    match = _ZDS.fullmatch(segments[-1])
+    if match is None or not _UID.fullmatch(match["uid"]):
+        raise MessageInvalid("ORU invalid: ZDS-1 is not UID^application^Application^DICOM")
     try:
         message = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT)
         if message.name != "ORU_R01":
@@ -161,11 +203,15 @@ def _msh(msh: Segment, now: datetime, control_id: str, application: str, facilit
     msh.msh_18 = "UNICODE UTF-8"
 
 
-def _pid(pid: Segment, study: StudyIdentity) -> None:
+def _pid(pid: Segment, study: StudyIdentity, authority: AssigningAuthority) -> None:
     pid.pid_1 = "1"
     pid.pid_3.cx_1 = _st(study.patient_id)
-    if study.issuer_of_patient_id:
-        pid.pid_3.cx_4.hd_1 = _is(study.issuer_of_patient_id)
+    if authority.namespace_id:
+        pid.pid_3.cx_4.hd_1 = _is(authority.namespace_id)
+    if authority.universal_id:
+        pid.pid_3.cx_4.hd_2 = _st(authority.universal_id)
+    if authority.universal_id_type:
+        pid.pid_3.cx_4.hd_3 = _id(authority.universal_id_type)
     pid.pid_3.cx_5 = _id("MR")
     # DICOM PN family^given^middle^prefix^suffix → XPN family^given^middle^suffix^prefix;
     # only the alphabetic group (before the first "=") is sent.
@@ -181,22 +227,35 @@ def _pid(pid: Segment, study: StudyIdentity) -> None:
         pid.pid_8 = _is(study.patient_sex if study.patient_sex in _SEX else "U")
 
 
-def _orc(orc: Segment, order: OrderContext | None, now: datetime) -> None:
+OrderNumber = tuple[str, AssigningAuthority]
+"""An order number (EI-1) and who assigned it (EI-2..4)."""
+
+
+def _set_ei(field: Field, number: OrderNumber) -> None:
+    value, authority = number
+    field.ei_1 = _st(value)
+    if authority.namespace_id:
+        field.ei_2 = _is(authority.namespace_id)
+    if authority.universal_id:
+        field.ei_3 = _st(authority.universal_id)
+    if authority.universal_id_type:
+        field.ei_4 = _id(authority.universal_id_type)
+
+
+def _orc(orc: Segment, order: OrderContext | None, filler: OrderNumber, now: datetime) -> None:
     orc.orc_1 = "RE"  # observations to follow
     if order is not None and order.placer_order_number:
-        orc.orc_2.ei_1 = _st(order.placer_order_number)
-    if order is not None and order.filler_order_number:
-        orc.orc_3.ei_1 = _st(order.filler_order_number)
+        _set_ei(orc.orc_2, (order.placer_order_number, order.placer_order_authority))
+    _set_ei(orc.orc_3, filler)
     orc.orc_9.ts_1 = hl7_datetime(now)
 
 
-def _obr(obr: Segment, result: AIResult, order: OrderContext | None) -> None:
+def _obr(obr: Segment, result: AIResult, order: OrderContext | None, filler: OrderNumber) -> None:
     study = result.study
     obr.obr_1 = "1"
     if order is not None and order.placer_order_number:
-        obr.obr_2.ei_1 = _st(order.placer_order_number)
-    if order is not None and order.filler_order_number:
-        obr.obr_3.ei_1 = _st(order.filler_order_number)
+        _set_ei(obr.obr_2, (order.placer_order_number, order.placer_order_authority))
+    _set_ei(obr.obr_3, filler)
     if order is not None and order.procedure_code:
         obr.obr_4.ce_1 = _st(order.procedure_code)
         obr.obr_4.ce_2 = _st(order.procedure_meaning)

@@ -72,6 +72,7 @@ from router.messages.hl7_oru import (
     _st,
     hl7_datetime,
 )
+from router.messages.identifiers import IdentifierSystems
 from router.vocabulary import OrderContext
 from router.worklist.signals import RankChange
 
@@ -406,12 +407,20 @@ def _check_profile(message: Message) -> None:
         raise MessageInvalid("ORM invalid: OBR-27.6 priority differs from ORC-7.6")
 
 
-def build_rank_change_fhir(change: RankChange, at: datetime) -> dict[str, Any]:
+#: Accession system when the caller names none: the default site's (see ``identifiers``).
+DEFAULT_ACCESSION_SYSTEM = IdentifierSystems().accession_system()
+
+
+def build_rank_change_fhir(
+    change: RankChange, at: datetime, *, accession_system: str = DEFAULT_ACCESSION_SYSTEM
+) -> dict[str, Any]:
     """The FHIR R4B Task of ``change`` as plain JSON data.
 
     Args:
         change: The study's rank change.
         at: When the new order was computed: ``authoredOn``, timezone-aware.
+        accession_system: FHIR system of the site's accession numbers (``basedOn``), as in
+            the result bundles (``identifiers.accession_system`` in ``statlane.yaml``).
 
     Raises:
         MessageInvalid: No (DICOM) Study Instance UID or a naive datetime; the Task is checked
@@ -450,6 +459,7 @@ def build_rank_change_fhir(change: RankChange, at: datetime) -> dict[str, Any]:
                 "type": "ServiceRequest",
                 "identifier": {
                     "type": {"coding": [{"system": V2_0203, "code": "ACSN"}]},
+                    "system": accession_system,
                     "value": change.accession,
                 },
             }
@@ -513,6 +523,7 @@ def _task_violations(task: Mapping[str, Any]) -> list[str]:
         if (
             based_on.get("type") != "ServiceRequest"
             or not identifier.get("value")
+            or not identifier.get("system")
             or not any(c.get("system") == V2_0203 and c.get("code") == "ACSN" for c in codings)
         ):
             found.append(f"Task.basedOn[{i}] is not a ServiceRequest by accession (ACSN)")

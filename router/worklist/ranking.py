@@ -34,7 +34,10 @@ class AIStatus(StrEnum):
     PENDING = "pending"
     DONE = "done"
     UNAVAILABLE = "unavailable"  # backend down, deadline missed and given up, or task failed
-    NOT_APPLICABLE = "not-applicable"  # no rule asked for inference on this study
+    # No rule asked for inference on this study; or, with a summary (the reason), the series
+    # is outside the model's declared domain and no inference ran.
+    NOT_APPLICABLE = "not-applicable"
+    UNRELIABLE = "unreliable"  # the model ran, but its output is too extreme to be believed
 
 
 class Label(StrEnum):
@@ -44,6 +47,8 @@ class Label(StrEnum):
     PENDING = "AI pending"
     UNAVAILABLE = "AI unavailable"
     NO_CRITICAL = "AI: no critical finding"
+    NOT_APPLICABLE = "AI not applicable"  # the series is outside the model's domain
+    UNRELIABLE = "AI result unreliable"  # never a red flag
     NONE = ""  # no AI shown: native order, no AI task, or a shadow-mode task
 
 
@@ -71,7 +76,9 @@ class WorklistEntry:
         order_stat: The order or study priority is stat (native flag, independent of AI).
         ai_status: Where the AI result stands.
         critical_positive: The AI found a critical finding (only meaningful when ``done``).
-        summary: Findings summary text, no PHI (e.g. ``"intracranial hemorrhage, 4.2 ml"``).
+        summary: Findings summary text, no PHI (e.g. ``"intracranial hemorrhage, 4.2 ml"``);
+            for ``not-applicable`` and ``unreliable``, why (e.g. ``"slices 1, model needs
+            30..2000"``), shown as the row's ``note``.
         mode: Mode of the AI task; a shadow task's result never reaches the published order.
     """
 
@@ -110,6 +117,7 @@ class Row:
         label: What the row says about the AI.
         reason: Why the row is at this position, one short phrase.
         ai_late: The AI result is pending longer than the worklist's ``ai_late_s``.
+        note: Why the AI is not applicable or unreliable (no PHI); empty otherwise.
     """
 
     rank: int
@@ -119,10 +127,11 @@ class Row:
     label: Label
     reason: str
     ai_late: bool = False
+    note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
+        """JSON-ready form (``ai_note`` only when there is a note)."""
+        data: dict[str, Any] = {
             "rank": self.rank,
             "study_instance_uid": self.study_uid,
             "accession_number": self.accession,
@@ -131,6 +140,9 @@ class Row:
             "reason": self.reason,
             "ai_late": self.ai_late,
         }
+        if self.note:
+            data["ai_note"] = self.note
+        return data
 
 
 class Worklist:
@@ -239,6 +251,7 @@ class Worklist:
                 label=p.label,
                 reason=p.reason,
                 ai_late=p.ai_late,
+                note=p.entry.summary if p.label in _NOTED else "",
             )
             for i, p in enumerate(placed, start=1)
         ]
@@ -282,6 +295,9 @@ def _native_key(entry: WorklistEntry) -> tuple[bool, datetime, str]:
     return (not entry.order_stat, entry.arrived_at, entry.study_uid)
 
 
+_NOTED = (Label.NOT_APPLICABLE, Label.UNRELIABLE)
+
+
 def _label(entry: WorklistEntry, visible: bool) -> Label:
     if not visible:
         return Label.NONE
@@ -291,6 +307,10 @@ def _label(entry: WorklistEntry, visible: bool) -> Label:
         return Label.PENDING
     if entry.ai_status is AIStatus.UNAVAILABLE:
         return Label.UNAVAILABLE
+    if entry.ai_status is AIStatus.UNRELIABLE:
+        return Label.UNRELIABLE
+    if entry.ai_status is AIStatus.NOT_APPLICABLE and entry.summary:
+        return Label.NOT_APPLICABLE  # out of the model's domain (no rule asked: no label)
     return Label.NONE
 
 

@@ -27,6 +27,8 @@ from router.messages import (
     build_rank_change_fhir,
     build_rank_change_hl7,
 )
+from router.messages.identifiers import IdentifierSystems
+from router.messages.worklist_signal import DEFAULT_ACCESSION_SYSTEM
 from router.objects import ObjectNotApplicable, build_object, write_objects
 from router.objects.common import located_findings, unplaced_findings
 from router.result import AIResult, Mode
@@ -56,6 +58,7 @@ class ResultDelivery:
         gate: Stat priority across the Python stages: a stat task's SR and messages are a
             stat stage; every other object, and every object of other tasks, steps aside
             for stat stages before it is built.
+        systems: FHIR identifier systems of the site (``identifiers`` in ``statlane.yaml``).
     """
 
     def __init__(
@@ -69,8 +72,10 @@ class ResultDelivery:
         utc: Callable[[], datetime],
         on_enqueued: Callable[[], None] = lambda: None,
         gate: Urgency | None = None,
+        systems: IdentifierSystems | None = None,
     ) -> None:
         self.store = store
+        self.systems = systems if systems is not None else IdentifierSystems()
         self.gate: Urgency = gate if gate is not None else _Unhurried()
         self.outbox = outbox
         self.destination_types = dict(destination_types)
@@ -242,7 +247,7 @@ class ResultDelivery:
                     priority=task.priority,
                 )
             elif kind == "fhir" and mode is Mode.ASSISTANT:
-                bundle = build_fhir_bundle(ai, order, now=self.utc())
+                bundle = build_fhir_bundle(ai, order, now=self.utc(), systems=self.systems)
                 self.outbox.enqueue(
                     task.task_id,
                     name,
@@ -285,6 +290,7 @@ def rank_change_item(
     at: datetime,
     sequence: int,
     order: OrderContext | None = None,
+    accession_system: str = DEFAULT_ACCESSION_SYSTEM,
 ) -> tuple[DeliveryKind, str]:
     """The outbox kind and payload of one worklist rank change for a destination type.
 
@@ -304,7 +310,9 @@ def rank_change_item(
             "entry": [
                 {
                     "fullUrl": f"urn:uuid:{uuid.uuid4()}",
-                    "resource": build_rank_change_fhir(change, at),
+                    "resource": build_rank_change_fhir(
+                        change, at, accession_system=accession_system
+                    ),
                     "request": {"method": "POST", "url": "Task"},
                 }
             ],

@@ -33,6 +33,7 @@ import numpy as np
 
 from models.backends.base import Backend, RequestContext
 from models.chunking import ChunkingError, PatchMerger, pad_volume, patch, plan_windows
+from models.domain import DomainVerdict, OutOfDomainError
 from router.vocabulary import PriorityClass
 from serving.engine.jobs import (
     EngineBusy,
@@ -273,6 +274,9 @@ class Engine:
                 with self._stage(stat):
                     state.times.preprocess_started_s = self.clock()
                     state.input, state.affine = entry.prepare(state.job.volume)
+            except OutOfDomainError as out:  # not the model's input: no inference, not a failure
+                self._finish(state, None, None, 0, not_applicable=out.verdict)
+                continue
             # The model's own preprocessing may raise any type: a bad volume fails its job only.
             except Exception as error:  # noqa: BLE001
                 self._finish(state, None, f"preprocessing failed: {error}", 0)
@@ -446,10 +450,13 @@ class Engine:
         error: str | None,
         size: int,
         inferred_s: float | None = None,
+        *,
+        not_applicable: DomainVerdict | None = None,
     ) -> None:
         """Postprocess and answer the job's future, once (later calls for it do nothing).
 
         ``inferred_s`` is when its (last) batch finished; None when it never reached one.
+        ``not_applicable``: the input is outside the model's domain; nothing ran.
         """
         findings: list[object] = []
         entry = self.models[state.job.model]
@@ -479,5 +486,6 @@ class Engine:
             batch_size=size,
             times=state.times,
             chunks=state.chunks,
+            not_applicable=not_applicable,
         )
         state.future.set_result(result)

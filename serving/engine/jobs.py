@@ -9,6 +9,7 @@ import numpy as np
 
 from models.backends.base import BackendModel
 from models.chunking import ChunkSpec
+from models.domain import DomainVerdict
 from router.vocabulary import PriorityClass
 
 
@@ -104,6 +105,8 @@ class JobResult:
         batch_size: Size of the batch it ran in (of its last chunk's batch, when chunked).
         times: Per-stage timestamps.
         chunks: Sliding-window patches its input was split into (1: run whole).
+        not_applicable: The input is outside the model's declared domain: no inference ran,
+            ``outputs`` is None and ``error`` None (see :mod:`models.domain`).
     """
 
     job_id: str
@@ -115,3 +118,4 @@ class JobResult:
     batch_size: int = 0
     times: StageTimes = field(default_factory=StageTimes)
     chunks: int = 1
+    not_applicable: DomainVerdict | None = None

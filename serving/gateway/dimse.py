@@ -40,12 +40,18 @@ from typing import Any, cast
 import pynetdicom
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    HTJ2K,
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
@@ -97,18 +103,25 @@ _ERROR_COMMENT_MAX = 64  # (0000,0902) Error Comment is LO
 FAST_PATH_ENV = "STATLANE_DICOM_FAST_PATH"
 _OFF = frozenset({"0", "false", "no", "off"})
 
-#: Transfer syntaxes accepted for every storage SOP class, most preferred first. Each one can be
-#: decoded downstream (pydicom plus pylibjpeg / pyjpegls / openjpeg).
+#: Transfer syntaxes accepted for every storage SOP class, most preferred first: every one that
+#: pydicom (with pylibjpeg, pyjpegls and openjpeg, all installed with statlane) can decode, so an
+#: old modality's retired big-endian or JPEG Extended files are taken as sent, never converted.
 TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     JPEGBaseline8Bit,
+    JPEGExtended12Bit,
     JPEGLosslessSV1,
+    JPEGLossless,
     JPEGLSLossless,
     JPEGLSNearLossless,
     JPEG2000Lossless,
     JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
     RLELossless,
 ]
 

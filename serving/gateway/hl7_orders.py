@@ -5,6 +5,12 @@ separator and encoding characters from MSH-1/MSH-2 (so a RIS that uses other del
 parses), and decodes escape sequences only after splitting, so an escaped delimiter never splits
 a field. hl7apy is the independent validator of what we send back (see the tests).
 
+Where the accession number, the priority and the procedure code are read is an
+:class:`OrderMapping` (``hl7.order_mapping`` in ``statlane.yaml``): ordered lists of field paths
+such as ``OBR-18`` or ``ORC-7.6``, the first non-empty one wins; the default is IHE Scheduled
+Workflow's. Placer and filler order numbers (ORC-2/ORC-3, else OBR-2/OBR-3) keep their EI
+namespace and universal ID, the patient ID (PID-3) its assigning authority (PID-3.4).
+
 Nothing here logs a patient identifier: logs carry the message control id (MSH-10), the
 accession number and the reason a message was refused.
 """
@@ -15,10 +21,11 @@ import logging
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 
-from router.vocabulary import OrderContext, OrderPriority
+from router.vocabulary import AssigningAuthority, OrderContext, OrderPriority
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +222,24 @@ class Er7Message:
             return ""
         return repetitions[0][component - 1]
 
+    def subcomponents(self, name: str, field: int, component: int) -> list[str]:
+        """Decoded subcomponents of one component of a field's first repetition ([] if absent).
+
+        ``value`` decodes a whole component, so a subcomponent separator stays in it; an HD
+        inside a CX (PID-3.4, ``HOSP&1.2.3&ISO``) is split here, before decoding.
+        """
+        fields = next((f for f in self.segments if f[0] == name), None)
+        if fields is None or field >= len(fields) or not fields[field]:
+            return []
+        enc = self.encoding
+        components = fields[field].split(enc.repetition)[0].split(enc.component)
+        if component > len(components) or not components[component - 1]:
+            return []
+        return [
+            _null_to_empty(unescape(part, enc))
+            for part in components[component - 1].split(enc.subcomponent)
+        ]
+
 
 def _null_to_empty(value: str) -> str:
     return "" if value == '""' else value  # HL7 explicit null: no value for our purposes
@@ -234,10 +259,155 @@ def _encoding_characters(body: str) -> EncodingCharacters:
     return EncodingCharacters(separator, declared[0], declared[1], declared[2], declared[3])
 
 
-def parse_order(text: str) -> OrderContext:
+_FIELD_PATH = re.compile(
+    r"(?P<segment>[A-Z][A-Z0-9]{2})-(?P<field>[1-9]\d*)(?:\.(?P<component>[1-9]\d*))?"
+)
+_PATH_VERSION = "2.5.1"  # field positions are checked against this version's segments
+_Z_PATHS = frozenset({("ZDS", 1)})  # IHE RAD: ZDS-1 Study Instance UID (RP)
+
+
+class FieldPathError(ValueError):
+    """A field path that names no field of HL7 v2.5.1 (e.g. ``OBR-99``, ``XYZ-1``)."""
+
+
+@dataclass(frozen=True)
+class FieldPath:
+    """One place in an order message: ``SEG-field`` or ``SEG-field.component`` (1-based).
+
+    Attributes:
+        segment: Segment ID, e.g. ``OBR``; the first such segment of the message is read.
+        field: Field number (MSH-1 is the field separator, as in the standard).
+        component: Component number; None reads component 1 (or, for a coded field, 1-3).
+    """
+
+    segment: str
+    field: int
+    component: int | None = None
+
+    def __str__(self) -> str:
+        suffix = f".{self.component}" if self.component is not None else ""
+        return f"{self.segment}-{self.field}{suffix}"
+
+
+def parse_field_path(text: str) -> FieldPath:
+    """``"ORC-7.6"`` → ``FieldPath("ORC", 7, 6)``, checked against HL7 v2.5.1.
+
+    The segment must be a v2.5.1 segment (or IHE's ZDS, field 1 only), the field one of its
+    fields and the component one of the field's data type.
+
+    Raises:
+        FieldPathError: Not ``SEG-n[.m]``, or no such segment, field or component.
+    """
+    match = _FIELD_PATH.fullmatch(text.strip())
+    if match is None:
+        raise FieldPathError(f"{text!r} is not a field path like OBR-18 or ORC-7.6")
+    path = FieldPath(
+        match["segment"],
+        int(match["field"]),
+        int(match["component"]) if match["component"] else None,
+    )
+    if path.segment.startswith("Z"):
+        if (path.segment, path.field) not in _Z_PATHS or (path.component or 1) > 4:
+            raise FieldPathError(f"{text}: the only Z segment field read is ZDS-1 (IHE RAD)")
+        return path
+    fields = _segment_fields(path.segment)
+    if fields is None:
+        raise FieldPathError(f"{text}: {path.segment} is not an HL7 v{_PATH_VERSION} segment")
+    if path.field > len(fields):
+        raise FieldPathError(
+            f"{text}: {path.segment} has {len(fields)} fields in HL7 v{_PATH_VERSION}"
+        )
+    components = fields[path.field - 1]
+    if path.component is not None and path.component > components:
+        raise FieldPathError(f"{text}: {path.segment}-{path.field} has {components} component(s)")
+    return path
+
+
+@cache
+def _segment_fields(segment: str) -> tuple[int, ...] | None:
+    """Component count of each field of a v2.5.1 segment (1 for a primitive); None if unknown."""
+    from hl7apy import load_reference
+    from hl7apy.exceptions import ChildNotFound
+
+    try:
+        reference = load_reference(segment, "Segment", _PATH_VERSION)
+    except ChildNotFound:
+        return None
+    counts = []
+    for _name, (kind, children, *_rest), *_more in reference[1]:
+        counts.append(len(children) if kind == "sequence" else 1)
+    return tuple(counts)
+
+
+def _paths(*texts: str) -> tuple[FieldPath, ...]:
+    return tuple(parse_field_path(t) for t in texts)
+
+
+@dataclass(frozen=True)
+class OrderMapping:
+    """Where an order's accession, priority and procedure code are read; first non-empty wins.
+
+    The default is IHE Scheduled Workflow's: accession IPC-1 (OMI^O23), then OBR-18; priority
+    TQ1-9, ORC-7.6 (TQ), OBR-27.6 (TQ), OBR-5; procedure OBR-4 (code^text^scheme).
+
+    Attributes:
+        accession: Paths of the accession number (component 1 unless one is named).
+        priority: Paths of the priority code (S, A, R ...; component 1 unless one is named).
+        procedure_code: Paths of the coded procedure: components 1-3 (code, text, scheme) of
+            the first path whose component 1 is not empty.
+    """
+
+    accession: tuple[FieldPath, ...] = field(default_factory=lambda: _paths("IPC-1", "OBR-18"))
+    priority: tuple[FieldPath, ...] = field(
+        default_factory=lambda: _paths("TQ1-9", "ORC-7.6", "OBR-27.6", "OBR-5")
+    )
+    procedure_code: tuple[FieldPath, ...] = field(default_factory=lambda: _paths("OBR-4"))
+
+    @classmethod
+    def from_texts(
+        cls, accession: list[str], priority: list[str], procedure_code: list[str]
+    ) -> OrderMapping:
+        """A mapping from field path texts (as in ``statlane.yaml``); raises FieldPathError."""
+        return cls(_paths(*accession), _paths(*priority), _paths(*procedure_code))
+
+
+IHE_ORDER_MAPPING = OrderMapping()
+
+
+def _read(message: Er7Message, path: FieldPath) -> str:
+    return message.value(path.segment, path.field, path.component or 1).strip()
+
+
+def _first(message: Er7Message, paths: tuple[FieldPath, ...]) -> tuple[str, FieldPath | None]:
+    """The first non-empty value along ``paths`` and where it was found."""
+    for path in paths:
+        value = _read(message, path)
+        if value:
+            return value, path
+    return "", None
+
+
+def _authority(components: list[str]) -> AssigningAuthority:
+    """HD (namespace, universal ID, its type) from its three parts; missing parts are empty."""
+    namespace, universal, kind = [*components, "", "", ""][:3]
+    return AssigningAuthority(namespace.strip(), universal.strip(), kind.strip())
+
+
+def _order_number(message: Er7Message, field_number: int) -> tuple[str, AssigningAuthority]:
+    """ORC-n (else OBR-n) as an EI: the number and EI-2..4, as received."""
+    for segment in ("ORC", "OBR"):
+        repetitions = message.repetitions(segment, field_number)
+        if repetitions and repetitions[0][0].strip():
+            first = repetitions[0]
+            return first[0].strip(), _authority(first[1:4])
+    return "", AssigningAuthority()
+
+
+def parse_order(text: str, mapping: OrderMapping = IHE_ORDER_MAPPING) -> OrderContext:
     """Read one imaging order from an ORM^O01 (v2.3-2.5.1) or OMI^O23 (v2.5+) message.
 
-    The first ORC/OBR (and IPC) group is the order. Raises MalformedMessage (or its subclass
+    The first ORC/OBR (and IPC) group is the order; ``mapping`` says where its accession,
+    priority and procedure code are. Raises MalformedMessage (or its subclass
     UnparseableMessage for text that is not HL7 at all) with a reason naming the field.
     """
     message = Er7Message.parse(text)
@@ -260,44 +430,49 @@ def parse_order(text: str) -> OrderContext:
         if not message.has(segment):
             raise refuse(f"{name} without {segment} segment", SEGMENT_SEQUENCE_ERROR, (segment, 0))
 
-    if kind == "OMI":
-        accession = message.value("IPC", 1) or message.value("OBR", 18)
-        missing, location = f"{name} without accession (IPC-1 or OBR-18)", ("IPC", 1)
-    else:
-        accession = message.value("OBR", 18)
-        missing, location = f"{name} without accession (OBR-18)", ("OBR", 18)
-    if not accession.strip():
-        raise refuse(missing, REQUIRED_FIELD_MISSING, location)
+    accession, _ = _first(message, mapping.accession)
+    if not accession:
+        # Name the configured places this message could have had it (its segments), in order.
+        looked = [p for p in mapping.accession if message.has(p.segment)] or list(mapping.accession)
+        where = " or ".join(str(p) for p in looked)
+        location = (looked[0].segment, looked[0].field)
+        raise refuse(f"{name} without accession ({where})", REQUIRED_FIELD_MISSING, location)
 
+    _code, procedure = _first(message, mapping.procedure_code)
+    placer, placer_authority = _order_number(message, 2)
+    filler, filler_authority = _order_number(message, 3)
     return OrderContext(
-        accession_number=accession.strip(),
-        priority=_priority(message),
-        procedure_code=message.value("OBR", 4, 1),
-        procedure_meaning=message.value("OBR", 4, 2),
-        procedure_scheme=message.value("OBR", 4, 3),
+        accession_number=accession,
+        priority=_priority(message, mapping.priority),
+        procedure_code=_procedure(message, procedure, 1),
+        procedure_meaning=_procedure(message, procedure, 2),
+        procedure_scheme=_procedure(message, procedure, 3),
         indication=_indication(message),
         patient_id=message.value("PID", 3, 1),
-        placer_order_number=message.value("ORC", 2) or message.value("OBR", 2),
-        filler_order_number=message.value("ORC", 3) or message.value("OBR", 3),
+        placer_order_number=placer,
+        filler_order_number=filler,
+        placer_order_authority=placer_authority,
+        filler_order_authority=filler_authority,
+        patient_id_authority=_authority(message.subcomponents("PID", 3, 4)),
         study_instance_uid=message.value("IPC", 3) or message.value("ZDS", 1),
         order_control=message.value("ORC", 1).strip().upper() or "NW",
         message_control_id=control_id,
     )
 
 
-def _priority(message: Er7Message) -> OrderPriority:
-    """TQ1-9, then ORC-7.6, OBR-27.6 and OBR-5: S → STAT, A → ASAP, anything else ROUTINE."""
-    sources = (
-        message.value("TQ1", 9),
-        message.value("ORC", 7, 6),
-        message.value("OBR", 27, 6),
-        message.value("OBR", 5),
-    )
-    for raw in sources:
-        code = raw.strip().upper()
-        if code:
-            return _PRIORITIES.get(code, OrderPriority.ROUTINE)
-    return OrderPriority.UNKNOWN
+def _procedure(message: Er7Message, path: FieldPath | None, component: int) -> str:
+    """Component 1-3 (code, text, scheme) of the procedure field; "" without one."""
+    if path is None:
+        return ""
+    return message.value(path.segment, path.field, component)
+
+
+def _priority(message: Er7Message, paths: tuple[FieldPath, ...]) -> OrderPriority:
+    """The first priority code along ``paths``: S → STAT, A → ASAP, anything else ROUTINE."""
+    code, _ = _first(message, paths)
+    if not code:
+        return OrderPriority.UNKNOWN
+    return _PRIORITIES.get(code.upper(), OrderPriority.ROUTINE)
 
 
 def _indication(message: Er7Message) -> str:
@@ -410,6 +585,7 @@ class OrderReceiver:
         sending_application: Our MSH-3 when the inbound MSH-5 is empty.
         sending_facility: Our MSH-4 when the inbound MSH-6 is empty.
         control_ids: Source of ACK MSH-10 values; random 20-character ids by default.
+        mapping: Where accession, priority and procedure code are read (IHE SWF by default).
     """
 
     def __init__(
@@ -420,8 +596,10 @@ class OrderReceiver:
         sending_application: str = "STATLANE",
         sending_facility: str = "STATLANE",
         control_ids: Callable[[], str] | None = None,
+        mapping: OrderMapping = IHE_ORDER_MAPPING,
     ) -> None:
         self._on_order = on_order
+        self._mapping = mapping
         self._clock = clock
         self._sending_application = sending_application
         self._sending_facility = sending_facility
@@ -430,7 +608,7 @@ class OrderReceiver:
     def handle(self, text: str) -> str:
         """Parse, deliver and acknowledge one inbound message; never raises for bad input."""
         try:
-            order = parse_order(text)
+            order = parse_order(text, self._mapping)
         except MalformedMessage as exc:
             code = "AR" if isinstance(exc, UnparseableMessage) else "AE"
             logger.warning(

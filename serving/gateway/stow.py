@@ -122,6 +122,10 @@ def _response_dataset(stored: list[StoredInstance], failed: list[FailedInstance]
         items = []
         for failure in failed:
             item: dict[str, Any] = {"00081197": {"vr": "US", "Value": [failure.failure_reason]}}
+            # The reason in words, as a C-STORE response's Error Comment (LO: 64 characters):
+            # PS3.18 has no text attribute in the Failed SOP Sequence, and a sender that knows
+            # only the code cannot tell a missing UID from a file that is not DICOM at all.
+            item["00000902"] = {"vr": "LO", "Value": [failure.reason[:64]]}
             if failure.sop_instance_uid:
                 item["00081155"] = _uid_attribute(failure.sop_instance_uid)
             items.append(item)

@@ -11,7 +11,7 @@ Times are stored as UTC. Patient IDs are stored only as SHA-256 digests; patient
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -39,7 +39,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
-from router.vocabulary import OrderContext, OrderPriority, PriorityClass
+from router.vocabulary import AssigningAuthority, OrderContext, OrderPriority, PriorityClass
 from serving.jobstore.states import EntityKind, OrderState, OutboxState, StudyState, TaskState
 
 WRITE_OPTION = "statlane_write"
@@ -144,6 +144,45 @@ class Order(Base):
     state: Mapped[OrderState] = mapped_column(_state(OrderState))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class OrderIdentifiers(Base):
+    """Who assigned an order's identifiers, as received: role → [namespace, universal ID, type].
+
+    Roles: ``placer`` and ``filler`` (EI-2..4 of ORC-2/ORC-3), ``patient`` (PID-3.4). A table of
+    its own, not columns of ``orders``: ``create_tables`` adds missing tables to an existing
+    store, never missing columns.
+    """
+
+    __tablename__ = "order_identifiers"
+
+    accession_number: Mapped[str] = mapped_column(
+        ForeignKey("orders.accession_number"), primary_key=True
+    )
+    authorities: Mapped[dict[str, list[str]]] = mapped_column(JSON)
+
+
+AUTHORITY_ROLES = ("placer", "filler", "patient")
+"""Keys of ``OrderIdentifiers.authorities`` and ``OrderRow.authorities``."""
+
+
+def authorities_of(order: OrderContext) -> dict[str, list[str]]:
+    """The non-empty assigning authorities of ``order`` by role (JSON for the job store)."""
+    by_role = {
+        "placer": order.placer_order_authority,
+        "filler": order.filler_order_authority,
+        "patient": order.patient_id_authority,
+    }
+    return {
+        role: [a.namespace_id, a.universal_id, a.universal_id_type]
+        for role, a in by_role.items()
+        if a
+    }
+
+
+def _authority(authorities: dict[str, list[str]], role: str) -> AssigningAuthority:
+    parts = [*authorities.get(role, []), "", "", ""][:3]
+    return AssigningAuthority(str(parts[0]), str(parts[1]), str(parts[2]))
 
 
 class Task(Base):
@@ -386,6 +425,7 @@ class OrderRow:
     state: OrderState
     received_at: datetime
     updated_at: datetime
+    authorities: dict[str, list[str]] = field(default_factory=dict)  # see OrderIdentifiers
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "priority", OrderPriority(self.priority))
@@ -401,6 +441,9 @@ class OrderRow:
             indication=self.indication,
             placer_order_number=self.placer_order_number,
             filler_order_number=self.filler_order_number,
+            placer_order_authority=_authority(self.authorities, "placer"),
+            filler_order_authority=_authority(self.authorities, "filler"),
+            patient_id_authority=_authority(self.authorities, "patient"),
             study_instance_uid=self.study_instance_uid,
             order_control=self.order_control,
             message_control_id=self.message_control_id,

@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import fields
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -40,6 +41,7 @@ from serving.jobstore.schema import (
     InstanceRecordResult,
     InstanceRow,
     Order,
+    OrderIdentifiers,
     OrderRow,
     RoutingDecision,
     RoutingRow,
@@ -51,6 +53,7 @@ from serving.jobstore.schema import (
     TaskRow,
     Transition,
     TransitionRow,
+    authorities_of,
     create_tables,
     make_engine,
     to_row,
@@ -344,8 +347,16 @@ class JobStore:
             if previous != state:
                 detail = {"order_control": order.order_control, "message": order.message_control_id}
                 changes.record(EntityKind.ORDER, order.accession_number, previous, state, detail)
+            received = authorities_of(order)
+            if received:  # like the text fields: a role not sent again keeps what was stored
+                extra = changes.session.get(OrderIdentifiers, order.accession_number)
+                if extra is None:
+                    extra = OrderIdentifiers(accession_number=order.accession_number)
+                    extra.authorities = {}
+                    changes.session.add(extra)
+                extra.authorities = {**extra.authorities, **received}
             changes.session.flush()
-            return to_row(OrderRow, row)
+            return _order_row(changes.session, row)
 
         return self.write_retrying(work)
 
@@ -353,7 +364,7 @@ class JobStore:
         """The order of ``accession``, or None."""
         with self.reading() as session:
             row = session.get(Order, accession)
-            return None if row is None else to_row(OrderRow, row)
+            return None if row is None else _order_row(session, row)
 
     def order_context(self, accession: str) -> OrderContext | None:
         """The received order of ``accession`` as order context; None without one (or for "")."""
@@ -603,6 +614,16 @@ class JobStore:
         with self.reading() as session:
             rows = session.scalars(query.order_by(Transition.id))
             return [to_row(TransitionRow, t) for t in rows]
+
+
+def _order_row(session: Session, row: Order) -> OrderRow:
+    """The frozen row of an order, with the assigning authorities of its identifiers."""
+    extra = session.get(OrderIdentifiers, row.accession_number)
+    names = [f.name for f in fields(OrderRow) if f.name != "authorities"]
+    return OrderRow(
+        **{name: getattr(row, name) for name in names},
+        authorities=dict(extra.authorities) if extra is not None else {},
+    )
 
 
 _ORDER_TEXT_FIELDS = (

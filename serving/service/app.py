@@ -121,6 +121,7 @@ class Service:
             utc=utc,
             on_enqueued=self.delivery.wake,
             gate=self.gate,
+            systems=config.identifiers.systems(),
         )
         self.runtime = self._start_runtime(runtime_factory)
         self.streaming = StreamingVolumes() if self.runtime is not None else None
@@ -172,7 +173,11 @@ class Service:
         )
         self.hl7: MllpServer | None = None
         if config.hl7.enabled:
-            receiver = OrderReceiver(self.coordinator.order_received, clock=utc)
+            receiver = OrderReceiver(
+                self.coordinator.order_received,
+                clock=utc,
+                mapping=config.hl7.order_mapping.mapping(),
+            )
             self.hl7 = MllpServer(
                 receiver.handle, host=config.hl7.host, port=config.hl7.port, clock=utc
             )
@@ -353,7 +358,12 @@ class Service:
                     else None
                 )
                 kind, payload = rank_change_item(
-                    destination_type, change, now, self._signal_sequence, order
+                    destination_type,
+                    change,
+                    now,
+                    self._signal_sequence,
+                    order,
+                    accession_system=self.config.identifiers.systems().accession_system(),
                 )
                 self.outbox.enqueue(
                     "worklist",

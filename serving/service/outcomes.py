@@ -5,6 +5,8 @@ finished job onto :class:`~serving.service.finished.FinishedJobs`, most urgent f
 class rank, then deadline, then arrival). The results threads (:meth:`ResultHandler.run`) take
 them and, for each one (:meth:`ResultHandler.result_ready`):
 
+- a job whose series is outside the model's domain (no inference ran) ends *not applicable*
+  (:mod:`serving.service.applicability`);
 - a failed job fails its task (conditional on its attempt), is audited and counted, and the
   study's AI status becomes *unavailable*;
 - a successful one becomes an ``AIResult`` placed on the source instances (the mask is added
@@ -39,6 +41,11 @@ from router.worklist import AIStatus, UnknownStudyError, Worklist
 from serving.engine import JobResult
 from serving.jobstore import JobStore, TaskRow
 from serving.metrics import Metrics
+from serving.service.applicability import (
+    finish_not_applicable,
+    record_unreliable,
+    with_output_sanity,
+)
 from serving.service.finished import FinishedJobs, Launched
 from serving.service.records import result_json, summary_of
 from serving.service.results import build_result, mask_on_source, source_frames, study_identity
@@ -153,6 +160,9 @@ class ResultHandler:
         """Finish a task exactly once and hand its result to delivery."""
         store, metrics = self.store, self.metrics
         task = launched.task
+        if job.not_applicable is not None:  # outside the model's domain: nothing ran
+            finish_not_applicable(store, self.worklist, metrics, launched, job.not_applicable)
+            return
         if job.error is not None:
             store.fail_task(task.task_id, launched.attempt, job.error)
             store.audit(
@@ -171,12 +181,14 @@ class ResultHandler:
         )
         with stage:
             ai, with_mask = self._ai_result(task, manifest, launched, job)
+        ai = with_output_sanity(ai, job, manifest, launched.source.domain)
         document = result_json(ai, job)
         # Deliveries are enqueued before the task is finished: a crash in between re-runs the
         # task and enqueues the same items again (deterministic objects, deduplicated keys),
         # while a crash after finishing can no longer lose them.
         order = store.order_context(ai.study.accession_number)
-        self.sink.enqueue_results(task, ai, order, with_mask)
+        if ai.unreliable is None:  # an unreliable result reaches no destination
+            self.sink.enqueue_results(task, ai, order, with_mask)
         if not store.finish_task(task.task_id, launched.attempt, document):
             store.audit(
                 "duplicate-completion-ignored",
@@ -206,9 +218,12 @@ class ResultHandler:
                 "deadline_missed": job.deadline_missed,
             },
         )
-        self.worklist.update_ai(
-            task.study_instance_uid, AIStatus.DONE, ai.critical_positive, summary_of(ai)
-        )
+        if ai.unreliable is not None:
+            record_unreliable(store, self.worklist, metrics, launched, ai)
+        else:
+            self.worklist.update_ai(
+                task.study_instance_uid, AIStatus.DONE, ai.critical_positive, summary_of(ai)
+            )
         if not store.finish_study(task.study_instance_uid):
             log.debug("study not done yet: other tasks run, or a late instance re-runs it")
 

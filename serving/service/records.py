@@ -74,6 +74,7 @@ def result_json(ai: AIResult, job: JobResult) -> dict[str, Any]:
     return {
         "model": job.model,
         "critical_positive": ai.critical_positive,
+        "unreliable": ai.unreliable,
         "findings": findings,
         "key_images": [k.__dict__ for k in ai.key_images],
         "batch_size": job.batch_size,

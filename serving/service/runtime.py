@@ -19,6 +19,13 @@ import numpy as np
 from models.backends import create_backend
 from models.backends.base import Backend, BackendModel
 from models.chunking import ChunkSpec
+from models.domain import (
+    DomainVerdict,
+    OutOfDomainError,
+    check_domain,
+    input_is_unusable,
+    unusable_series,
+)
 from models.manifest import Manifest
 from models.postprocess import postprocess
 from models.registry import Registry
@@ -45,11 +52,13 @@ class SeriesSource:
         paths: Instance files of the series in the spool.
         volume: Filled by the worker: the source volume (geometry for placing results).
         affine_ras: Filled by the worker: the model grid's voxel → RAS mm affine.
+        domain: Filled by the worker: the series checked against the model's domain.
     """
 
     paths: Sequence[str]
     volume: Volume | None = None
     affine_ras: np.ndarray | None = None
+    domain: DomainVerdict | None = None
     loader: Callable[[Sequence[str]], Volume] = field(default=load_series)
 
     def load(self) -> Volume:
@@ -65,7 +74,20 @@ def _prepare_for(manifest: Manifest) -> Callable[[Any], tuple[np.ndarray, np.nda
     lock = threading.Lock()
 
     def prepare(source: Any) -> tuple[np.ndarray, np.ndarray]:
-        volume = source.load() if isinstance(source, SeriesSource) else source
+        if isinstance(source, SeriesSource):
+            try:
+                volume = source.load()
+            except Exception as error:
+                if not input_is_unusable(error):
+                    raise
+                source.domain = unusable_series(manifest, error)
+                raise OutOfDomainError(source.domain) from error
+        else:
+            volume = source
+        if isinstance(source, SeriesSource):  # a series from the spool: is it the model's input?
+            source.domain = check_domain(volume, manifest)
+            if not source.domain.applicable:
+                raise OutOfDomainError(source.domain)
         with lock:  # MONAI transforms keep per-instance state; one volume at a time per model
             tensor = pipeline(volume)
         array = to_model_layout(tensor.detach().cpu().numpy(), shape)[0]
