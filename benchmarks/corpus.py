@@ -383,7 +383,9 @@ def service_config(workdir: Path, rules: Path, models: Path) -> Any:
     """A service on free ports, rules routing everything, results into a folder (no HL7 in)."""
     from serving.config import ServiceConfig
 
-    quiet = {"stat": 1.0, "urgent": 1.0, "routine": 1.0}
+    # Files of one study go in separate associations, one after another: a quiet period of 2 s
+    # keeps a study whole on a busy 2-core machine (a late file would re-route it anyway).
+    quiet = {"stat": 2.0, "urgent": 2.0, "routine": 2.0}
     return ServiceConfig.model_validate(
         {
             "var_dir": workdir / "var",
@@ -528,6 +530,9 @@ def _judge_accepted(
         outcome.reason = f"quarantined: {study.quarantine_reason}"
         return outcome
     tasks = store.tasks(study_uid=study.study_instance_uid)
+    if tasks:  # a late instance re-routes the study: only the last routing's tasks count
+        latest = max(t.generation for t in tasks)
+        tasks = [t for t in tasks if t.generation == latest]
     if not tasks:
         outcome.outcome = "not-applicable"
         outcome.reason = _routing_reason(store.routing_decisions(study.study_instance_uid))
@@ -543,18 +548,24 @@ def _judge_accepted(
     kinds: list[str] = []
     for task in mine:
         task_events = [e for e in events if e.task_id == task.task_id]
-        inapplicable = [e for e in task_events if "not-applicable" in e.event]
-        for event in task_events:
-            if event.event == "result-objects-failed":
-                outcome.problems.append(f"result objects failed: {event.detail}")
+        by_name = {e.event: e.detail or {} for e in task_events}  # the last of each event
+        if "result-objects-failed" in by_name:
+            outcome.problems.append(f"result objects failed: {by_name['result-objects-failed']}")
         if task.state in (TaskState.QUEUED, TaskState.RUNNING):
             outcome.problems.append(f"task {task.model_name} stuck {task.state.value}")
-        elif inapplicable:
-            detail = inapplicable[-1].detail or {}
-            reasons.append(f"{task.model_name}: {detail.get('reason', inapplicable[-1].event)}")
+        elif "ai-not-applicable" in by_name:
+            reasons.append(f"{task.model_name}: {by_name['ai-not-applicable'].get('reason')}")
+            kinds.append("not-applicable")
+        elif "ai-result-unreliable" in by_name:  # nothing delivered, the audit says why
+            detail = by_name["ai-result-unreliable"]
+            reasons.append(f"{task.model_name}: {detail.get('reason')}")
             kinds.append("not-applicable")
         elif task.state is TaskState.DONE:
-            reasons.append(f"{task.model_name}: {_result_summary(task.result)}")
+            text = f"{task.model_name}: {_result_summary(task.result)}"
+            skipped = by_name.get("result-objects-not-applicable", {}).get("reasons")
+            if skipped:
+                text += f" (not applicable: {skipped})"
+            reasons.append(text)
             kinds.append("processed")
         else:
             outcome.problems.append(f"task {task.model_name} {task.state.value}: {task.error}")

@@ -13,6 +13,7 @@ from models.synthetic import generate_study
 from preprocessing.series import load_series
 from preprocessing.volume import Volume
 from serving.service.results import key_image, mask_on_source, source_instance
+from tests.peers import require_testdata
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +82,21 @@ def test_key_image_box_in_source_pixels(head: tuple[Volume, list]) -> None:
     assert key.box_px == pytest.approx((10.0, 20.0, 19.0, 29.0), abs=1e-3)
     absent = Finding("ich", "1386000", "SCT", "Intracranial hemorrhage", True, False, 0.1)
     assert key_image(absent, instances) is None
+
+
+def test_a_radiograph_without_patient_geometry_gets_its_key_image() -> None:
+    """A CR without Image Position/Orientation is placed as the loader placed it."""
+    path = require_testdata("dicomdirtests/77654033/CR1/6154")
+    volume = load_series([str(path)])
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    assert "ImagePositionPatient" not in header  # the case under test
+    [instance] = [source_instance(header, str(path))]
+    lo = volume.affine @ np.array([2, 3, 0, 1.0])
+    hi = volume.affine @ np.array([9, 12, 0, 1.0])
+    box = tuple(float(v) for v in (*np.minimum(lo, hi)[:3], *np.maximum(lo, hi)[:3]))
+    finding = Finding("ptx", "36118008", "SCT", "Pneumothorax", True, True, 0.9, bbox_mm_lps=box)
+    key = key_image(finding, [instance])
+    assert key is not None
+    assert key.sop_instance_uid == instance.sop_instance_uid
+    assert key.box_px == pytest.approx((2.0, 3.0, 9.0, 12.0), abs=1e-3)
+    assert key_image(finding, [instance, instance]) is None  # several unplaced planes: unknown

@@ -27,6 +27,7 @@ byte-identical objects.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -163,8 +164,49 @@ def build_seg(result: AIResult) -> Dataset | None:
     for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
         item.DimensionOrganizationUID = organization
     copy_anatomy(seg, headers[0], unknown_laterality=False)
+    # A SEG's General Series never takes Laterality (dciodvfy: "present when condition
+    # unsatisfied" whatever the body part; a frame's laterality belongs in Frame Anatomy).
+    seg.pop("Laterality", None)
+    if "FrameOfReferenceUID" not in seg and "PatientOrientation" not in seg:
+        # General Image, Type 2C: required when the planes are not placed in patient space
+        seg.PatientOrientation = headers[0].get("PatientOrientation") or ""
+    _fill_slice_thickness(seg, result)
     finish(seg, result, identity)
     return seg
+
+
+def _fill_slice_thickness(seg: Dataset, result: AIResult) -> None:
+    """Give the SEG's Pixel Measures a Slice Thickness where the source had none.
+
+    Pixel Measures need Slice Thickness (Type 1C) once the frames are placed in a Frame of
+    Reference; CT and MR make it Type 2, so a source may leave it empty. The distance between
+    neighbouring source planes (mm) stands in for it; a single plane without one gives no SEG.
+
+    Raises:
+        ObjectNotApplicable: One source plane and no Slice Thickness.
+    """
+    if "FrameOfReferenceUID" not in seg:
+        return
+    groups = [*seg.get("SharedFunctionalGroupsSequence", [])]
+    groups += [*seg.get("PerFrameFunctionalGroupsSequence", [])]
+    for group in groups:
+        for measures in group.get("PixelMeasuresSequence", []):
+            if measures.get("SliceThickness") not in (None, ""):
+                continue
+            step = _plane_step_mm(result)
+            if step is None:
+                raise ObjectNotApplicable(
+                    "seg", "source has one plane and no Slice Thickness for the SEG's frames"
+                )
+            measures.SliceThickness = round(step, 6)
+
+
+def _plane_step_mm(result: AIResult) -> float | None:
+    """Smallest non-zero distance between consecutive source plane positions (mm), or None."""
+    positions = [i.position_lps for i in result.source_instances if i.position_lps is not None]
+    steps = [float(np.linalg.norm(np.subtract(b, a))) for a, b in itertools.pairwise(positions)]
+    nonzero = [step for step in steps if step > 1e-6]
+    return min(nonzero) if nonzero else None
 
 
 def _check_applicable(result: AIResult, headers: Sequence[Dataset]) -> None:
@@ -185,6 +227,14 @@ def _check_applicable(result: AIResult, headers: Sequence[Dataset]) -> None:
                 f"multi-frame source {first.SOPInstanceUID} has no functional groups "
                 "to place the SEG's frames",
             )
+    frame_of_reference = str(first.get("FrameOfReferenceUID", "") or "")
+    other_uids = {str(first.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID")}
+    if frame_of_reference and frame_of_reference in other_uids:
+        raise ObjectNotApplicable(
+            "seg",
+            "source Frame of Reference UID repeats its Study or Series Instance UID: not a "
+            "frame of reference a SEG can share",
+        )
     if "FrameOfReferenceUID" not in first:
         if planes > 1 or frames > 1:
             raise ObjectNotApplicable(

@@ -135,22 +135,29 @@ def _plane(instance: SourceInstance) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def key_image(finding: Finding, instances: Sequence[SourceInstance]) -> KeyImage | None:
     """The source slice nearest the centre of ``finding``'s box and the box on it (pixels).
 
-    Returns None for findings without a box (classifiers, absent findings) or sources without
-    patient geometry (projection radiographs without a box).
+    A single projection image without patient geometry (a CR or DX without Image Position and
+    Orientation) is placed as the loader placed it (:func:`preprocessing.geometry.
+    projection_affine`: origin 0, identity orientation, 1 mm for an unknown pixel spacing), so
+    its boxes land on it too. Returns None for findings without a box (classifiers, absent
+    findings) and for several planes without geometry.
     """
     if finding.bbox_mm_lps is None or not finding.present:
         return None
     placed = [i for i in instances if i.position_lps is not None and i.orientation is not None]
-    if not placed:
-        return None
     lo = np.asarray(finding.bbox_mm_lps[:3], dtype=np.float64)
     hi = np.asarray(finding.bbox_mm_lps[3:], dtype=np.float64)
-    centre = (lo + hi) / 2.0
-    _, _, _, normal = _plane(placed[0])
-    nearest = min(placed, key=lambda i: abs(float(np.dot(centre - _plane(i)[0], normal))))
-    origin, row_dir, col_dir, _ = _plane(nearest)
-    assert nearest.pixel_spacing_mm is not None
-    row_mm, col_mm = nearest.pixel_spacing_mm
+    if placed:
+        centre = (lo + hi) / 2.0
+        _, _, _, normal = _plane(placed[0])
+        nearest = min(placed, key=lambda i: abs(float(np.dot(centre - _plane(i)[0], normal))))
+        origin, row_dir, col_dir, _ = _plane(nearest)
+    elif len(instances) == 1:
+        nearest = instances[0]
+        origin = np.zeros(3)
+        row_dir, col_dir = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    else:
+        return None
+    row_mm, col_mm = nearest.pixel_spacing_mm or (1.0, 1.0)
     corners = np.array(
         [[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
     )
