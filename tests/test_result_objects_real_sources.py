@@ -8,6 +8,7 @@ without an error, and delivery must audit exactly the objects that failed.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from models.postprocess import Finding
 from router.objects import ObjectNotApplicable, build_object, build_objects
 from router.objects.common import DEIDENTIFICATION_UNKNOWN, ResultObjectError, clip_box
 from router.objects.sc import outline_rectangle
+from router.objects.seg import plane_step_mm
 from router.result import AIResult, KeyImage
 from router.vocabulary import PriorityClass
 from serving.delivery.payloads import ResultDelivery
@@ -380,3 +382,64 @@ def test_a_positive_finding_without_key_image_is_audited(tmp_path: Path) -> None
     verdict = dict(recorder.audits)["result-objects-not-applicable"]
     assert verdict["kinds"] == ["gsps", "sc"]
     assert "no key image" in verdict["reasons"]["gsps"]
+
+
+# ---- SEG details dciodvfy checks on real sources ---------------------------------------------
+
+
+@pytest.mark.peers
+def test_seg_leaves_out_laterality_whatever_the_source_says(tmp_path: Path) -> None:
+    def paired(ds: pydicom.Dataset) -> None:
+        ds.BodyPartExamined, ds.Laterality = "KNEE", "R"
+
+    result = real_result(_copy("CT_small.dcm", tmp_path, paired))
+    seg = build_object(result, "seg")
+    assert seg is not None
+    assert "Laterality" not in seg.dataset  # a SEG's General Series never takes it
+    _validate([seg], tmp_path / "out")
+
+
+@pytest.mark.peers
+def test_seg_of_a_radiograph_without_geometry_names_its_patient_orientation(
+    tmp_path: Path,
+) -> None:
+    name = "dicomdirtests/77654033/CR1/6154"
+    (tmp_path / Path(name).parent).mkdir(parents=True)
+    result = real_result(_copy(name, tmp_path))
+    seg = build_object(result, "seg")
+    assert seg is not None
+    assert "FrameOfReferenceUID" not in seg.dataset
+    assert list(seg.dataset.PatientOrientation) == ["L", "F"]  # the source's
+    _validate([seg], tmp_path / "out")
+
+
+def test_seg_takes_the_plane_step_for_a_missing_slice_thickness(tmp_path: Path) -> None:
+    def no_thickness(ds: pydicom.Dataset) -> None:
+        ds.SliceThickness = None
+
+    path = _copy("CT_small.dcm", tmp_path, no_thickness)
+    with pytest.raises(ObjectNotApplicable, match="Slice Thickness"):
+        build_object(real_result(path), "seg")  # one plane: nothing to take it from
+    result = real_result(path)
+    [first] = result.source_instances
+    assert first.position_lps is not None
+    second = dataclasses.replace(
+        first,
+        sop_instance_uid=first.sop_instance_uid + ".2",
+        position_lps=(first.position_lps[0], first.position_lps[1], first.position_lps[2] + 2.5),
+    )
+    two = dataclasses.replace(result, source_instances=(first, second))
+    assert plane_step_mm(two) == pytest.approx(2.5)  # what the SEG's Pixel Measures take
+    assert plane_step_mm(result) is None
+
+
+def test_seg_is_not_applicable_when_the_frame_of_reference_repeats_the_study_uid(
+    tmp_path: Path,
+) -> None:
+    def same_uid(ds: pydicom.Dataset) -> None:
+        ds.FrameOfReferenceUID = ds.StudyInstanceUID
+
+    result = real_result(_copy("CT_small.dcm", tmp_path, same_uid))
+    with pytest.raises(ObjectNotApplicable, match="repeats its Study or Series"):
+        build_object(result, "seg")
+    assert build_object(result, "gsps") is not None  # the other objects still build

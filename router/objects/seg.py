@@ -193,7 +193,7 @@ def _fill_slice_thickness(seg: Dataset, result: AIResult) -> None:
         for measures in group.get("PixelMeasuresSequence", []):
             if measures.get("SliceThickness") not in (None, ""):
                 continue
-            step = _plane_step_mm(result)
+            step = plane_step_mm(result)
             if step is None:
                 raise ObjectNotApplicable(
                     "seg", "source has one plane and no Slice Thickness for the SEG's frames"
@@ -201,7 +201,7 @@ def _fill_slice_thickness(seg: Dataset, result: AIResult) -> None:
             measures.SliceThickness = round(step, 6)
 
 
-def _plane_step_mm(result: AIResult) -> float | None:
+def plane_step_mm(result: AIResult) -> float | None:
     """Smallest non-zero distance between consecutive source plane positions (mm), or None."""
     positions = [i.position_lps for i in result.source_instances if i.position_lps is not None]
     steps = [float(np.linalg.norm(np.subtract(b, a))) for a, b in itertools.pairwise(positions)]
