@@ -77,6 +77,8 @@ def _prepare_for(manifest: Manifest) -> Callable[[Any], tuple[np.ndarray, np.nda
         if isinstance(source, SeriesSource):
             try:
                 volume = source.load()
+            # The loader raises many types; only the series' own faults become "not
+            # applicable" (input_is_unusable), everything else is re-raised as it was.
             except Exception as error:
                 if not input_is_unusable(error):
                     raise
