@@ -146,8 +146,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "statlane_result_object_failures_total",
         Kind.COUNTER,
-        "Results whose GSPS/SC/SEG objects could not be built (the SR went out), by model",
-        ("model",),
+        "GSPS, SC or SEG objects that could not be built (the SR went out), by model and kind",
+        ("model", "kind"),
     ),
     MetricSpec(
         "statlane_deliveries_total",

@@ -305,14 +305,14 @@ class Recorder:
         self.audits.append((event, kwargs.get("detail") or {}))
 
 
-def _deliver(tmp_path: Path, result: AIResult) -> Recorder:
+def _deliver(tmp_path: Path, result: AIResult, metrics: Metrics | None = None) -> Recorder:
     recorder = Recorder()
     delivery = ResultDelivery(
         store=cast(Any, recorder),
         outbox=cast(Any, recorder),
         destination_types={"pacs": "dicom"},
         results_dir=tmp_path / "results",
-        metrics=Metrics(),
+        metrics=metrics or Metrics(),
         utc=lambda: COMPLETED,
     )
     task = SimpleNamespace(
@@ -335,8 +335,14 @@ def test_a_failing_seg_is_audited_alone_and_gsps_and_sc_still_go(
         raise ResultObjectError(result.study.study_instance_uid, "broken SEG")
 
     monkeypatch.setitem(objects.BUILDERS, "seg", broken)
-    recorder = _deliver(tmp_path, real_result(_copy("CT_small.dcm", tmp_path)))
+    metrics = Metrics()
+    recorder = _deliver(tmp_path, real_result(_copy("CT_small.dcm", tmp_path)), metrics)
     assert recorder.queued == ["sr", "gsps", "sc"]
+    exposition = metrics.render().decode()
+    assert 'statlane_result_object_failures_total{kind="seg",model="ich-ct-head@2"} 1.0' in (
+        exposition
+    )
+    assert 'kind="gsps"' not in exposition
     failed = [detail for event, detail in recorder.audits if event == "result-objects-failed"]
     assert len(failed) == 1
     assert failed[0]["kinds"] == ["seg"]

@@ -188,7 +188,10 @@ class ResultDelivery:
                 task_id=task.task_id,
                 detail={"kinds": list(failed), "errors": failed},
             )
-            self.metrics.inc("statlane_result_object_failures_total", model=task.model)
+            for kind in failed:
+                self.metrics.inc(
+                    "statlane_result_object_failures_total", model=task.model, kind=kind
+                )
 
     def _stage(self, task: TaskRow) -> AbstractContextManager[None]:
         """A stat task's SR and messages are a stat stage; other tasks' step aside first."""
