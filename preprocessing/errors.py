@@ -26,6 +26,10 @@ class UnreadableInstanceError(PreprocessingError):
     """A file is not DICOM, is truncated, or lacks an attribute needed to place it."""
 
 
+class LoaderFault(UnreadableInstanceError):
+    """The loader itself failed unexpectedly (a bug, not the series): never "not applicable"."""
+
+
 class MissingDecoderError(PreprocessingError):
     """The pixel data uses a transfer syntax for which no decoder plugin is installed.
 

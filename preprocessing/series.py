@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 
 from preprocessing.errors import (
     IdentityMismatchError,
+    LoaderFault,
     MixedSeriesError,
     PreprocessingError,
     UnreadableInstanceError,
@@ -173,7 +174,7 @@ def load_series(
     except PreprocessingError:
         raise
     except Exception as exc:  # a last line of defence: callers only ever see typed errors
-        raise UnreadableInstanceError(f"unexpected {type(exc).__name__} while loading") from exc
+        raise LoaderFault(f"unexpected {type(exc).__name__} while loading") from exc
 
 
 def _load_series(sources: Iterable[Path | str | Dataset], tolerance_mm: float) -> Volume:
@@ -214,7 +215,7 @@ def load_study(sources: Iterable[Path | str | pydicom.Dataset]) -> dict[str, Vol
     except PreprocessingError:
         raise
     except Exception as exc:  # a last line of defence: callers only ever see typed errors
-        raise UnreadableInstanceError(f"unexpected {type(exc).__name__} while loading") from exc
+        raise LoaderFault(f"unexpected {type(exc).__name__} while loading") from exc
 
 
 def _load_study(sources: Iterable[Path | str | Dataset]) -> dict[str, Volume]:

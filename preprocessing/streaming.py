@@ -17,6 +17,7 @@ import pydicom
 
 from preprocessing.errors import (
     IncompleteSeriesError,
+    LoaderFault,
     MixedSeriesError,
     PreprocessingError,
     UnreadableInstanceError,
@@ -85,7 +86,7 @@ class SeriesAssembler:
         except PreprocessingError:
             raise
         except Exception as exc:  # a last line of defence: callers only ever see typed errors
-            raise UnreadableInstanceError(
+            raise LoaderFault(
                 f"{where}: unexpected {type(exc).__name__} while reading",
                 series_uid=self.series_uid,
             ) from exc
@@ -175,6 +176,6 @@ class SeriesAssembler:
         except PreprocessingError:
             raise
         except Exception as exc:  # a last line of defence: callers only ever see typed errors
-            raise UnreadableInstanceError(
+            raise LoaderFault(
                 f"unexpected {type(exc).__name__} while stacking", series_uid=self.series_uid
             ) from exc

@@ -150,6 +150,12 @@ METRICS: tuple[MetricSpec, ...] = (
         ("model", "kind"),
     ),
     MetricSpec(
+        "statlane_result_message_failures_total",
+        Kind.COUNTER,
+        "HL7 ORU or FHIR messages that could not be built for a destination, by model",
+        ("model",),
+    ),
+    MetricSpec(
         "statlane_deliveries_total",
         Kind.COUNTER,
         "Outbox items delivered",

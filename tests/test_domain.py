@@ -29,6 +29,7 @@ from preprocessing.errors import (
     DuplicateSliceError,
     IncompleteSeriesError,
     InconsistentGeometryError,
+    LoaderFault,
     MissingDecoderError,
     MissingSliceError,
     MixedOrientationError,
@@ -39,6 +40,7 @@ from preprocessing.series import load_series
 from preprocessing.volume import Volume
 from router.result import AIResult, Algorithm, StudyIdentity
 from router.worklist import AIStatus, Label, Worklist, WorklistEntry
+from serving.service.applicability import show_unanswered
 from serving.service.runtime import SeriesSource, _prepare_for
 
 PACKAGES = Path(__file__).resolve().parents[1] / "models" / "packages"
@@ -295,6 +297,9 @@ def test_a_saturated_probability_on_an_atypical_input_is_unreliable(
     reason = check_outputs([_finding(0.99999)], {"logits": logits}, manifest, atypical)
     assert reason is not None
     assert "atypical" in reason
+    # a confident "absent" is the common normal study at a site without Body Part Examined
+    normal = np.array([-12.0], dtype=np.float32)
+    assert check_outputs([_finding(0.00001)], {"logits": normal}, manifest, atypical) is None
 
 
 def test_an_unreliable_result_is_never_critical() -> None:
@@ -399,3 +404,34 @@ def test_a_series_that_cannot_be_one_volume_is_not_applicable_with_the_loaders_r
     assert "series cannot be made into a volume" in verdict.reason
     assert "orientation" in verdict.reason
     assert source.domain is verdict
+
+
+def test_the_loaders_own_faults_and_io_errors_stay_failures() -> None:
+    def caused(error: Exception, cause: BaseException) -> Exception:
+        error.__cause__ = cause
+        return error
+
+    assert not input_is_unusable(LoaderFault("unexpected AttributeError while loading"))
+    gone = caused(UnreadableInstanceError("not readable"), FileNotFoundError("spool"))
+    assert not input_is_unusable(gone)
+    exhausted = caused(UnreadableInstanceError("cannot decode"), MemoryError())
+    assert not input_is_unusable(caused(DuplicateSliceError("x"), exhausted))  # deep cause
+    malformed = caused(UnreadableInstanceError("not readable"), ValueError("bad VR"))
+    assert input_is_unusable(malformed)  # the file's own fault
+
+
+def test_a_model_that_did_not_answer_never_clears_another_models_red_flag() -> None:
+    worklist = Worklist()
+    worklist.add(WorklistEntry("1.1", "A1", datetime(2026, 12, 8, tzinfo=UTC)))
+    worklist.update_ai("1.1", AIStatus.DONE, True, "AI: critical finding")
+    show_unanswered(worklist, "1.1", AIStatus.NOT_APPLICABLE, "AI not applicable: slices 1")
+    show_unanswered(worklist, "1.1", AIStatus.UNRELIABLE, "AI result unreliable: saturated")
+    entry = worklist.entry("1.1")
+    assert entry is not None
+    assert entry.ai_status is AIStatus.DONE
+    assert entry.critical_positive
+    worklist.add(WorklistEntry("1.2", "A2", datetime(2026, 12, 8, tzinfo=UTC)))
+    show_unanswered(worklist, "1.2", AIStatus.NOT_APPLICABLE, "AI not applicable: slices 1")
+    second = worklist.entry("1.2")
+    assert second is not None
+    assert second.ai_status is AIStatus.NOT_APPLICABLE

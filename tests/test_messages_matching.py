@@ -301,3 +301,9 @@ def test_identifiers_received_survive_the_job_store(ich: AIResult, tmp_path: Pat
 def test_identifier_systems_refuse_a_bad_site() -> None:
     with pytest.raises(ValueError, match="site"):
         IdentifierSystems(site="my site")
+
+
+def test_oru_takes_every_study_uid_the_gateway_stores(ich: AIResult) -> None:
+    """The gateway accepts any PS3.5 UID ("9.1" too): its study must still get an ORU."""
+    text = oru(with_study(ich, study_instance_uid="9.1"), None)
+    assert text.rstrip("\r").split("\r")[-1].startswith("ZDS|9.1^")

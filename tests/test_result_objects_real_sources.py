@@ -24,6 +24,7 @@ from pydicom.multival import MultiValue
 
 import router.objects as objects
 from models.postprocess import Finding
+from router.messages.codes import MessageInvalid
 from router.objects import ObjectNotApplicable, build_object, build_objects
 from router.objects.common import DEIDENTIFICATION_UNKNOWN, ResultObjectError, clip_box
 from router.objects.sc import outline_rectangle
@@ -305,12 +306,18 @@ class Recorder:
         self.audits.append((event, kwargs.get("detail") or {}))
 
 
-def _deliver(tmp_path: Path, result: AIResult, metrics: Metrics | None = None) -> Recorder:
+def _deliver(
+    tmp_path: Path,
+    result: AIResult,
+    metrics: Metrics | None = None,
+    destinations: dict[str, str] | None = None,
+) -> Recorder:
     recorder = Recorder()
+    types = destinations or {"pacs": "dicom"}
     delivery = ResultDelivery(
         store=cast(Any, recorder),
         outbox=cast(Any, recorder),
-        destination_types={"pacs": "dicom"},
+        destination_types=cast(Any, types),
         results_dir=tmp_path / "results",
         metrics=metrics or Metrics(),
         utc=lambda: COMPLETED,
@@ -318,7 +325,7 @@ def _deliver(tmp_path: Path, result: AIResult, metrics: Metrics | None = None) -
     task = SimpleNamespace(
         task_id="task-real",
         mode="assistant",
-        destinations=["pacs"],
+        destinations=list(types),
         study_instance_uid=result.study.study_instance_uid,
         model="ich-ct-head@2",
         generation=1,
@@ -449,3 +456,25 @@ def test_seg_is_not_applicable_when_the_frame_of_reference_repeats_the_study_uid
     with pytest.raises(ObjectNotApplicable, match="repeats its Study or Series"):
         build_object(result, "seg")
     assert build_object(result, "gsps") is not None  # the other objects still build
+
+
+def test_a_message_that_cannot_be_built_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def invalid(*_: Any, **__: Any) -> str:
+        raise MessageInvalid("study 1.2: ORU invalid: something the receiver would refuse")
+
+    monkeypatch.setattr("serving.delivery.payloads.build_oru", invalid)
+    metrics = Metrics()
+    recorder = _deliver(
+        tmp_path,
+        real_result(_copy("CT_small.dcm", tmp_path)),
+        metrics,
+        {"pacs": "dicom", "ris": "mllp", "ehr": "fhir"},
+    )
+    assert [str(k) for k in recorder.queued] == ["sr", "fhir", "gsps", "sc", "seg"]  # no ORU
+    [failed] = [d for event, d in recorder.audits if event == "result-message-failed"]
+    assert failed["destination"] == "ris"
+    assert "ORU invalid" in failed["error"]
+    exposition = metrics.render().decode()
+    assert 'statlane_result_message_failures_total{model="ich-ct-head@2"} 1.0' in exposition

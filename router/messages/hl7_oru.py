@@ -64,7 +64,8 @@ VERSION = "2.5.1"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _DICOM_TIME = re.compile(r"^(\d{2}(?:\d{2}(?:\d{2})?)?)(?:\.(\d{1,6}))?$")
 _SEX = {"M", "F", "O"}  # DICOM PatientSex values that HL7 table 0001 shares
-_UID = re.compile(r"[0-2](\.(0|[1-9]\d*))+")
+# A DICOM UID as the gateway accepts it (PS3.5 9.1): a study it stored gets its ORU.
+_UID = re.compile(r"(0|[1-9]\d*)(\.(0|[1-9]\d*))*")
 # ZDS-1 (RP): Study Instance UID ^ application ID ^ type of data ^ subtype (IHE RAD TF-2).
 _ZDS = re.compile(r"ZDS\|(?P<uid>[0-9.]{1,64})\^[^|^~\\&]+\^Application\^DICOM")
 

@@ -179,6 +179,10 @@ class Worklist:
         """Every entry, in insertion order."""
         return tuple(self._entries.values())
 
+    def entry(self, study_uid: str) -> WorklistEntry | None:
+        """The study's entry, or None when it is not on the worklist."""
+        return self._entries.get(study_uid)
+
     def add(self, entry: WorklistEntry) -> None:
         """Put a study on the worklist; raises ``WorklistError`` if it is already there."""
         if entry.study_uid in self._entries:

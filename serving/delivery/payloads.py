@@ -27,6 +27,7 @@ from router.messages import (
     build_rank_change_fhir,
     build_rank_change_hl7,
 )
+from router.messages.codes import MessageInvalid
 from router.messages.identifiers import IdentifierSystems
 from router.messages.worklist_signal import DEFAULT_ACCESSION_SYSTEM
 from router.objects import ObjectNotApplicable, build_object, write_objects
@@ -239,52 +240,75 @@ class ResultDelivery:
         for name in destinations:
             kind = self.destination_types[name]
             key = self._key(task, name)
-            if kind == "mllp" and mode is Mode.ASSISTANT:
-                text = build_oru(ai, order, message_control_id=task.task_id[:20], now=self.utc())
-                self.outbox.enqueue(
-                    task.task_id,
-                    name,
-                    DeliveryKind.HL7,
-                    payload=text,
-                    dedupe_key=f"{key}:hl7",
-                    priority=task.priority,
+            try:
+                self._enqueue_message(task, ai, order, name, kind, key, mode)
+            except MessageInvalid as error:  # one message, never the task nor other results
+                log.error("task %s: no %s message for %s", task.task_id, kind, name)
+                self.store.audit(
+                    "result-message-failed",
+                    study_uid=task.study_instance_uid,
+                    task_id=task.task_id,
+                    detail={"destination": name, "kind": kind, "error": str(error)},
                 )
-            elif kind == "fhir" and mode is Mode.ASSISTANT:
-                bundle = build_fhir_bundle(ai, order, now=self.utc(), systems=self.systems)
-                self.outbox.enqueue(
-                    task.task_id,
-                    name,
-                    DeliveryKind.FHIR,
-                    payload=compact_json(bundle),
-                    dedupe_key=f"{key}:fhir",
-                    priority=task.priority,
-                )
-            elif kind == "webhook":
-                signal = {
-                    "event": "ai-result",
-                    "study_instance_uid": task.study_instance_uid,
-                    "accession_number": ai.study.accession_number,
-                    "model": task.model,
-                    "mode": mode.value,
-                    "critical_positive": ai.critical_positive,
-                    "findings": [
-                        {
-                            "code": f.concept_value,
-                            "meaning": f.concept_meaning,
-                            "present": f.present,
-                            "probability": round(f.probability, 4),
-                        }
-                        for f in ai.findings
-                    ],
-                }
-                self.outbox.enqueue(
-                    task.task_id,
-                    name,
-                    DeliveryKind.WEBHOOK,
-                    payload=compact_json(signal),
-                    dedupe_key=f"{key}:webhook",
-                    priority=task.priority,
-                )
+                self.metrics.inc("statlane_result_message_failures_total", model=task.model)
+
+    def _enqueue_message(
+        self,
+        task: TaskRow,
+        ai: AIResult,
+        order: OrderContext | None,
+        name: str,
+        kind: str,
+        key: str,
+        mode: Mode,
+    ) -> None:
+        """Build and queue the one message destination ``name`` (of type ``kind``) takes."""
+        if kind == "mllp" and mode is Mode.ASSISTANT:
+            text = build_oru(ai, order, message_control_id=task.task_id[:20], now=self.utc())
+            self.outbox.enqueue(
+                task.task_id,
+                name,
+                DeliveryKind.HL7,
+                payload=text,
+                dedupe_key=f"{key}:hl7",
+                priority=task.priority,
+            )
+        elif kind == "fhir" and mode is Mode.ASSISTANT:
+            bundle = build_fhir_bundle(ai, order, now=self.utc(), systems=self.systems)
+            self.outbox.enqueue(
+                task.task_id,
+                name,
+                DeliveryKind.FHIR,
+                payload=compact_json(bundle),
+                dedupe_key=f"{key}:fhir",
+                priority=task.priority,
+            )
+        elif kind == "webhook":
+            signal = {
+                "event": "ai-result",
+                "study_instance_uid": task.study_instance_uid,
+                "accession_number": ai.study.accession_number,
+                "model": task.model,
+                "mode": mode.value,
+                "critical_positive": ai.critical_positive,
+                "findings": [
+                    {
+                        "code": f.concept_value,
+                        "meaning": f.concept_meaning,
+                        "present": f.present,
+                        "probability": round(f.probability, 4),
+                    }
+                    for f in ai.findings
+                ],
+            }
+            self.outbox.enqueue(
+                task.task_id,
+                name,
+                DeliveryKind.WEBHOOK,
+                payload=compact_json(signal),
+                dedupe_key=f"{key}:webhook",
+                priority=task.priority,
+            )
 
 
 def rank_change_item(

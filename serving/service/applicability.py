@@ -79,7 +79,7 @@ def finish_not_applicable(
     for check in verdict.checks:
         metrics.inc("statlane_out_of_domain_total", model=task.model, check=check)
     log.info("task %s: %s", task.task_id, reason)
-    _show(worklist, uid, AIStatus.NOT_APPLICABLE, reason)
+    show_unanswered(worklist, uid, AIStatus.NOT_APPLICABLE, reason)
     store.finish_study(uid)
 
 
@@ -105,10 +105,18 @@ def record_unreliable(
     )
     metrics.inc("statlane_results_unreliable_total", model=task.model)
     log.warning("task %s: %s", task.task_id, reason)
-    _show(worklist, task.study_instance_uid, AIStatus.UNRELIABLE, reason)
+    show_unanswered(worklist, task.study_instance_uid, AIStatus.UNRELIABLE, reason)
 
 
-def _show(worklist: Worklist, study_uid: str, status: AIStatus, note: str) -> None:
+def show_unanswered(worklist: Worklist, study_uid: str, status: AIStatus, note: str) -> None:
+    """Show a model that did not answer, unless another model of the study already did.
+
+    A study goes to several models; one that was not applicable (or unreliable) must never
+    take away the result, and the red flag, of one that answered. The audit keeps both.
+    """
+    current = worklist.entry(study_uid)
+    if current is not None and current.ai_status is AIStatus.DONE:
+        return
     try:
         worklist.update_ai(study_uid, status, False, note)
     except UnknownStudyError:  # not on the worklist (e.g. after a restart): nothing to show
