@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pydicom
 import pytest
@@ -21,8 +23,13 @@ from hl7apy.parser import parse_message
 from router.messages import build_fhir_bundle, build_oru, validate_bundle, validate_oru
 from router.messages.fhir import report_id
 from router.objects import build_sr
-from router.result import AIResult, PriorVersion
+from router.result import AIResult, Mode, PriorVersion
+from router.vocabulary import PriorityClass
+from serving.delivery.payloads import ResultDelivery
+from serving.jobstore import TaskRow, TaskState
+from serving.metrics import Metrics
 from serving.service.results import study_identity
+from serving.service.versions import current_results, newer_result, prior_version, version_record
 from tests.fhir_resolution import unresolved_references
 from tests.result_factory import ct_head_result
 
@@ -142,3 +149,96 @@ def test_a_multi_valued_patient_name_reaches_pid5_as_its_first_value(
     (pid,) = segments(text, "PID")
     assert pid[5] == "Doe^John^Q^Jr^Dr"  # XPN: family^given^middle^suffix^prefix
     assert "[" not in pid[5]
+
+
+# ---------------------------------------------------------------- the service's side
+
+
+def task_row(
+    task_id: str, generation: int, *, result: dict[str, Any] | None = None, model: str = "ich"
+) -> TaskRow:
+    at = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    return TaskRow(
+        task_id=task_id,
+        study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.4",
+        rule_name="ct-head",
+        model_name=model,
+        model_version="2",
+        generation=generation,
+        priority=PriorityClass.STAT,
+        deadline_at=at,
+        mode=Mode.ASSISTANT.value,
+        destinations=("pacs",),
+        state=TaskState.DONE if result is not None else TaskState.QUEUED,
+        attempts=1,
+        created_at=at,
+        started_at=at,
+        finished_at=at if result is not None else None,
+        result=result,
+        error=None,
+    )
+
+
+def test_a_later_generation_names_the_sent_version_it_replaces(full: AIResult) -> None:
+    earlier = partial(full)
+    first = task_row("t0", 0, result={"version": version_record(earlier, sent=True)})
+    rerun = task_row("t1", 1)
+    prior = prior_version(rerun, full, [first, rerun])
+    assert prior is not None
+    sr = build_sr(earlier)
+    assert (prior.task_id, prior.sr_sop_instance_uid, prior.sr_series_instance_uid) == (
+        "t0",
+        sr.SOPInstanceUID,
+        sr.SeriesInstanceUID,
+    )
+    assert prior.sr_sop_class_uid == sr.SOPClassUID
+    assert prior.report_id == report_id(earlier)
+    # The same input again (a crash retry, a late instance of another series): nothing replaced.
+    same = task_row("t0", 0, result={"version": version_record(full, sent=True)})
+    assert prior_version(rerun, full, [same, rerun]) is None
+    # Never a version that was not sent, of another model, or of a later generation.
+    unsent = task_row("t0", 0, result={"version": version_record(earlier, sent=False)})
+    other = task_row("t0", 0, result={"version": version_record(earlier, sent=True)}, model="x")
+    assert prior_version(rerun, full, [unsent, other, rerun]) is None
+    assert prior_version(task_row("t0", 0), earlier, [first, rerun]) is None
+
+
+def test_an_older_generation_finishing_late_is_superseded(full: AIResult) -> None:
+    done = {"version": version_record(full, sent=True)}
+    old, new = task_row("t0", 0), task_row("t1", 1, result=done)
+    assert newer_result(old, [old, new]) is new
+    assert newer_result(new, [old, new]) is None
+    old_done = task_row("t0", 0, result={"version": version_record(partial(full), sent=False)})
+    [current] = current_results([old_done, new])
+    assert (current["task_id"], current["generation"]) == ("t1", 1)
+
+
+def test_delivery_keys_name_the_version_not_the_generation(full: AIResult, tmp_path: Path) -> None:
+    keys: list[str] = []
+
+    class Outbox:
+        def enqueue(self, *_: Any, dedupe_key: str, **__: Any) -> None:
+            keys.append(dedupe_key)
+
+    delivery = ResultDelivery(
+        store=cast(Any, SimpleNamespace(audit=lambda *_, **__: None)),
+        outbox=cast(Any, Outbox()),
+        destination_types={"pacs": "folder", "ris": "mllp", "ehr": "fhir"},
+        results_dir=tmp_path,
+        metrics=Metrics(),
+        utc=lambda: NOW,
+    )
+
+    def run(result: AIResult, generation: int) -> list[str]:
+        keys.clear()
+        row = dataclasses.replace(
+            task_row(f"t{generation}", generation), destinations=("pacs", "ris", "ehr")
+        )
+        delivery.enqueue_results(row, dataclasses.replace(result, mask=None), None)
+        return list(keys)
+
+    first = run(full, 0)
+    assert len(first) == 5  # SR, HL7, FHIR, GSPS, SC (no mask: no SEG)
+    assert run(full, 1) == first  # same input, next generation: the outbox deduplicates
+    assert set(run(partial(full), 1)).isdisjoint(first)
