@@ -8,6 +8,8 @@ resampled onto the source series' grid.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -127,6 +129,43 @@ class KeyImage:
 
 
 @dataclass(frozen=True)
+class PriorVersion:
+    """The earlier result a new one replaces: the latest result of the same task lineage (same
+    study and model name) that was sent and read other input (or ran another model version).
+
+    Attributes:
+        task_id: The task that produced the earlier result (opaque).
+        study_instance_uid: Study Instance UID of the earlier SR (the source study).
+        sr_series_instance_uid: Series Instance UID of the earlier SR.
+        sr_sop_instance_uid: SOP Instance UID of the earlier SR.
+        sr_sop_class_uid: SOP Class UID of the earlier SR.
+        report_id: Logical id (a UUID) of the earlier FHIR DiagnosticReport; its identifier is
+            ``urn:uuid:<report_id>`` in system ``urn:ietf:rfc:3986``.
+        model: Model identity ``name@version`` of the earlier result.
+    """
+
+    task_id: str
+    study_instance_uid: str
+    sr_series_instance_uid: str
+    sr_sop_instance_uid: str
+    sr_sop_class_uid: str
+    report_id: str
+    model: str
+
+
+def input_digest(sop_instance_uids: Iterable[str], model: str) -> str:
+    """What a model read, as 32 hex digits: SHA-256 of the model ``name@version`` and the
+    sorted, de-duplicated SOP Instance UIDs of the source instances.
+
+    Two runs with the same digest read the same input with the same model: their results are
+    the same version (same UIDs, same delivery keys). Any instance more or less, or another
+    model version, makes a new version.
+    """
+    text = "\x1f".join([model, *sorted(set(sop_instance_uids))])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
 class AIResult:
     """One task's postprocessed result for one study.
 
@@ -148,6 +187,9 @@ class AIResult:
         unreliable: Why the output must not be believed (saturated on an atypical input, a
             finding over an implausible fraction of the volume; see ``models.domain``), None
             when plausible. An unreliable result is never critical.
+        replaces: The earlier version this result corrects (its SR names it in the
+            Predecessor Documents Sequence, the ORU goes out with status C, the FHIR report as
+            amended); None for a first version.
     """
 
     task_id: str
@@ -160,6 +202,17 @@ class AIResult:
     mask: np.ndarray | None = field(default=None, compare=False)
     mode: Mode = Mode.ASSISTANT
     unreliable: str | None = None
+    replaces: PriorVersion | None = None
+
+    @property
+    def input_digest(self) -> str:
+        """The version of this result: :func:`input_digest` of its source instances and model.
+
+        Result object UIDs, FHIR ids and delivery keys derive from it, so a re-run on the same
+        input repeats them exactly and a re-run on more input makes new ones.
+        """
+        model = f"{self.algorithm.name}@{self.algorithm.version}"
+        return input_digest((i.sop_instance_uid for i in self.source_instances), model)
 
     @property
     def critical_positive(self) -> bool:

@@ -27,7 +27,7 @@ from router.objects import (
 from router.objects.common import box_outline
 from router.objects.gsps import label_box
 from router.objects.uids import KINDS, object_uid, tracking_uid
-from router.result import AIResult, KeyImage
+from router.result import AIResult, KeyImage, PriorVersion, input_digest
 from tests.peers import require_executable
 from tests.result_factory import algorithm, ct_head_result, cxr_result
 
@@ -62,7 +62,7 @@ def files(
 ) -> dict[str, Path]:
     """Every object written to disk, keyed ``<case>-<kind>``."""
     out = {}
-    for case, result in (("ct", ct), ("absent", absent), ("cxr", cxr)):
+    for case, result in (("ct", ct), ("absent", absent), ("cxr", cxr), ("revised", revised(ct))):
         objects = build_objects(result)
         paths = write_objects(objects, tmp_path_factory.mktemp(case))
         out.update({f"{case}-{o.kind}": p for o, p in zip(objects, paths, strict=True)})
@@ -91,22 +91,29 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
 
 
 def test_object_uids_are_deterministic_short_and_distinct() -> None:
-    uid = object_uid("1.2.3", "ich-ct-head@2", "sr")
-    assert uid == object_uid("1.2.3", "ich-ct-head@2", "sr")
+    uid = object_uid("1.2.3", "ich-ct-head@2", "sr", inputs="a1")
+    assert uid == object_uid("1.2.3", "ich-ct-head@2", "sr", inputs="a1")
     assert uid.startswith("2.25.")
     assert uid[5:].isdigit()
     assert len(uid) <= 64
     others = {
-        object_uid("1.2.3", "ich-ct-head@2", "sr", "series"),
-        object_uid("1.2.3", "ich-ct-head@3", "sr"),
-        object_uid("1.2.4", "ich-ct-head@2", "sr"),
+        object_uid("1.2.3", "ich-ct-head@2", "sr", "series", inputs="a1"),
+        object_uid("1.2.3", "ich-ct-head@3", "sr", inputs="a1"),
+        object_uid("1.2.4", "ich-ct-head@2", "sr", inputs="a1"),
+        object_uid("1.2.3", "ich-ct-head@2", "sr", inputs="b2"),
         tracking_uid("1.2.3", "ich-ct-head@2", "intracranial-hemorrhage"),
-        *(object_uid("1.2.3", "ich-ct-head@2", kind) for kind in KINDS if kind != "sr"),
+        *(
+            object_uid("1.2.3", "ich-ct-head@2", kind, inputs="a1")
+            for kind in KINDS
+            if kind != "sr"
+        ),
     }
     assert uid not in others
-    assert len(others) == 7
+    assert len(others) == 8
     with pytest.raises(ValueError, match="unknown result object kind"):
-        object_uid("1.2.3", "ich-ct-head@2", "pdf")
+        object_uid("1.2.3", "ich-ct-head@2", "pdf", inputs="a1")
+    with pytest.raises(ValueError, match="inputs"):
+        object_uid("1.2.3", "ich-ct-head@2", "sr", inputs="")
 
 
 def test_objects_keep_their_uids_across_builds_and_change_with_the_model_version(
@@ -123,6 +130,84 @@ def test_objects_keep_their_uids_across_builds_and_change_with_the_model_version
     assert len(sop_uids) == len(series_uids) == len(KINDS)
     v3 = dataclasses.replace(ct, algorithm=algorithm("ich-ct-head", "3"))
     assert sop_uids.isdisjoint(o.sop_instance_uid for o in build_objects(v3))
+
+
+def partial(result: AIResult) -> AIResult:
+    """The result as a first run on part of the series would have made it (SR only)."""
+    keep = result.source_instances[: len(result.source_instances) // 2]
+    return dataclasses.replace(result, source_instances=keep, key_images=(), mask=None)
+
+
+def revised(result: AIResult) -> AIResult:
+    """``result`` as the version that replaces :func:`partial`'s SR."""
+    first = build_sr(partial(result))
+    prior = PriorVersion(
+        task_id="t-first",
+        study_instance_uid=str(first.StudyInstanceUID),
+        sr_series_instance_uid=str(first.SeriesInstanceUID),
+        sr_sop_instance_uid=str(first.SOPInstanceUID),
+        sr_sop_class_uid=str(first.SOPClassUID),
+        report_id="0b5c7a8e-2f43-5d7e-9a1b-3c4d5e6f7a8b",
+        model="ich-ct-head@2",
+    )
+    return dataclasses.replace(result, replaces=prior)
+
+
+def test_input_digest_names_what_the_model_read(ct: AIResult) -> None:
+    uids = [i.sop_instance_uid for i in ct.source_instances]
+    digest = input_digest(uids, "ich-ct-head@2")
+    assert ct.input_digest == digest
+    assert input_digest([*reversed(uids), uids[0]], "ich-ct-head@2") == digest  # a set
+    assert input_digest(uids[:-1], "ich-ct-head@2") != digest
+    assert input_digest(uids, "ich-ct-head@3") != digest
+
+
+def test_more_input_or_another_model_version_makes_new_uids(ct: AIResult) -> None:
+    full = build_sr(ct)
+    again = build_sr(dataclasses.replace(ct, completed_at=ct.completed_at))
+    assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (
+        full.SOPInstanceUID,
+        full.SeriesInstanceUID,
+    )
+    first = build_sr(partial(ct))
+    assert first.SOPInstanceUID != full.SOPInstanceUID
+    assert first.SeriesInstanceUID != full.SeriesInstanceUID
+    assert first.SeriesNumber == full.SeriesNumber
+    v3 = build_sr(dataclasses.replace(ct, algorithm=algorithm("ich-ct-head", "3")))
+    assert v3.SOPInstanceUID not in (full.SOPInstanceUID, first.SOPInstanceUID)
+    # A finding keeps its tracking UID across versions of the same model version.
+    assert _tracking_uids(first) == _tracking_uids(full)
+
+
+def _tracking_uids(sr: pydicom.Dataset) -> set[str]:
+    found = set()
+    stack = list(sr.ContentSequence)
+    while stack:
+        item = stack.pop()
+        if item.get("ValueType") == "UIDREF":
+            found.add(str(item.UID))
+        stack.extend(item.get("ContentSequence", []))
+    return found
+
+
+def test_a_revised_sr_names_its_predecessor(ct: AIResult) -> None:
+    assert "PredecessorDocumentsSequence" not in build_sr(ct)
+    result = revised(ct)
+    assert result.replaces is not None
+    sr = build_sr(result)
+    assert sr.SOPInstanceUID == build_sr(ct).SOPInstanceUID  # the version is the input's
+    (study,) = sr.PredecessorDocumentsSequence
+    assert study.StudyInstanceUID == result.replaces.study_instance_uid
+    (series,) = study.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == result.replaces.sr_series_instance_uid
+    (instance,) = series.ReferencedSOPSequence
+    assert instance.ReferencedSOPInstanceUID == result.replaces.sr_sop_instance_uid
+    assert instance.ReferencedSOPClassUID == result.replaces.sr_sop_class_uid
+    assert len(
+        sr.CurrentRequestedProcedureEvidenceSequence[0]
+        .ReferencedSeriesSequence[0]
+        .ReferencedSOPSequence
+    ) == len({i.sop_instance_uid for i in ct.source_instances})
 
 
 # --- identity, series, equipment --------------------------------------------------------------
@@ -360,7 +445,7 @@ def test_write_objects_is_atomic_and_idempotent(ct: AIResult, tmp_path: Path) ->
 
 # --- real validators --------------------------------------------------------------------------
 
-VALIDATED = ["ct-sr", "ct-gsps", "ct-sc", "ct-seg", "absent-sr", "cxr-sr"]
+VALIDATED = ["ct-sr", "ct-gsps", "ct-sc", "ct-seg", "absent-sr", "cxr-sr", "revised-sr"]
 
 
 def _run(tool: Path, path: Path) -> subprocess.CompletedProcess[str]:

@@ -305,10 +305,16 @@ def test_every_result_object_reaches_orthanc_with_the_source_identity(
         assert _first(found, PATIENT_NAME)["Alphabetic"] == str(source.PatientName)
 
 
-# ---- 2. a re-run never duplicates an object at the PACS -----------------------------------------
+# ---- 2. a re-run on more images is a new version the PACS keeps; the same input sends nothing ----
 
 
-def test_a_rerun_after_a_late_instance_replaces_and_never_duplicates(tmp_path: Path) -> None:
+def test_a_rerun_after_a_late_instance_sends_a_new_version_naming_its_predecessor(
+    tmp_path: Path,
+) -> None:
+    """Generation 0 reads 32 of 33 slices; the late slice makes generation 1, whose objects
+    have new UIDs (a PACS keeps the first object under a UID), so Orthanc holds both versions
+    and the newest SR references all 33 images and names the first SR as its predecessor.
+    The same instances sent again are duplicates and send nothing."""
     study = generate_study("ct-head", tmp_path / "in", seed=42, finding=True, slices=33, matrix=256)
     *first_files, late = study.files  # the last slice arrives after the study was handled
     with orthanc_server(tmp_path / "orthanc") as pacs:
@@ -346,16 +352,45 @@ def test_a_rerun_after_a_late_instance_replaces_and_never_duplicates(tmp_path: P
             assert all(t.state is TaskState.DONE for t in tasks), [t.error for t in tasks]
             wait_for(lambda: _all_delivered(service, 8), what="generation 1 delivered")
             wait_for(lambda: _study_in(service, study.study_uid, StudyState.DONE), what="done")
-            [rerun] = [t for t in tasks if t.generation == 1]
+            initial, rerun = sorted(tasks, key=lambda t: t.generation)
             rerun_series = service.store.instances_of(rerun.series_instance_uid)
             assert len(rerun_series) == len(study.files)
             rerun_items = [i for i in _items(service) if i.task_id == rerun.task_id]
-            assert _payload_uids(rerun_items) == first  # the same objects, sent again
+            new = _payload_uids(rerun_items)
+            assert set(new).isdisjoint(first)  # a new version: new UIDs
+            assert rerun.result is not None
+            assert rerun.result["version"]["replaces"] == initial.task_id
 
-        after = _sop_uids(_pacs_objects(pacs, study.study_uid))
-        assert after == first
-        assert len(after) == 4
-        assert len(pacs.get(f"/studies/{_orthanc_study(pacs, study.study_uid)}/instances")) == 4
+        after = _sop_uids(_wait_pacs_objects(pacs, study.study_uid, count=8))
+        assert after == sorted([*first, *new])
+        srs = [
+            pacs.get(f"/instances/{_orthanc_instance(pacs, uid)}/tags?simplify") for uid in after
+        ]
+        srs = [tags for tags in srs if tags.get("Modality") == "SR"]
+        assert len(srs) == 2
+        [newest] = [tags for tags in srs if tags["SOPInstanceUID"] in new]
+        [oldest] = [tags for tags in srs if tags["SOPInstanceUID"] in first]
+        assert "PredecessorDocumentsSequence" not in oldest
+        [pre_study] = newest["PredecessorDocumentsSequence"]
+        assert pre_study["StudyInstanceUID"] == study.study_uid
+        [pre_series] = pre_study["ReferencedSeriesSequence"]
+        assert pre_series["SeriesInstanceUID"] == oldest["SeriesInstanceUID"]
+        [pre_sop] = pre_series["ReferencedSOPSequence"]
+        assert pre_sop["ReferencedSOPInstanceUID"] == oldest["SOPInstanceUID"]
+
+        def evidence(tags: dict[str, Any]) -> int:
+            [ev_study] = tags["CurrentRequestedProcedureEvidenceSequence"]
+            return sum(
+                len(s["ReferencedSOPSequence"]) for s in ev_study["ReferencedSeriesSequence"]
+            )
+
+        assert evidence(oldest) == len(first_files)
+        assert evidence(newest) == len(study.files)
+
+
+def _orthanc_instance(pacs: OrthancPeer, sop_uid: str) -> str:
+    [found] = pacs.post("/tools/lookup", sop_uid.encode())
+    return str(found["ID"])
 
 
 def test_a_late_instance_during_result_handling_reruns_the_whole_study(tmp_path: Path) -> None:

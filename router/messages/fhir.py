@@ -7,7 +7,10 @@ Entries (all POST, conditional on their identifier so a re-delivery creates noth
   (SNOMED), components probability (UCUM ``1``), volume (``mL``) and area (``mm2``),
   ``device`` → the Device, ``derivedFrom`` → the ImagingStudy;
 - one ``Flag`` per critical finding that is present;
-- the ``DiagnosticReport`` (status preliminary, category RAD, LOINC 18748-4) → Observations.
+- the ``DiagnosticReport`` (status preliminary, category RAD, LOINC 18748-4) → Observations;
+- for a result that replaces an earlier version, a ``Provenance`` (POST, no condition: it has
+  no identifier; the outbox delivers a bundle once) whose target is the new report and whose
+  entity (role ``revision``) is the replaced report, by its identifier.
 
 - the ``Patient``, identifier only (type MR, the site's MRN system; never a name), POSTed with
   ``ifNoneExist`` on that identifier so a server that knows the patient creates nothing; every
@@ -19,6 +22,17 @@ UID, the order by accession number (type ACSN) and, when an order arrived, by it
 and filler (FILL) order numbers; systems come from ``identifiers`` (``IdentifierSystems``).
 The patient's name is never written. Every id is a UUID derived from (study, device, part), so
 building twice gives identical JSON and a re-run of the same model version matches the first.
+The ids of the report, its Observations and Flags (and so their identifiers) also derive from
+the result's input digest (``AIResult.input_digest``): a re-run on the same input matches the
+first, while a new version (more images, another model version) makes new resources, because
+a conditional create on the old identifier would keep the old findings.
+
+Versions: R4B DiagnosticReport has no ``replaces`` element, and the core ``replaces``
+extension is defined for canonical resources only, not for DiagnosticReport. A new version is
+therefore a new DiagnosticReport with status ``amended`` ("modified subsequent to being
+final/preliminary"), linked to the report it replaces by a core ``Provenance`` resource: target
+the new report, ``entity.role`` ``revision`` and ``entity.what`` the replaced report (a logical
+reference by its identifier), ``agent.who`` the algorithm's Device.
 """
 
 from __future__ import annotations
@@ -111,12 +125,13 @@ def build_fhir_bundle(
         *(_entry(o) for o in observations),
         *map(_entry, flags),
     ]
+    revision = [] if result.replaces is None else [_entry(_provenance(result, report, device))]
     bundle: Json = {
         "resourceType": "Bundle",
         "id": _uuid(result, "bundle"),
         "type": "transaction",
         "timestamp": _instant(now),
-        "entry": [*entries, _entry(report)],
+        "entry": [*entries, _entry(report), *revision],
     }
     try:  # eager: a bundle that leaves here has passed the models and the bindings
         validate_bundle(bundle)
@@ -151,6 +166,12 @@ def validate_bundle(bundle: Json) -> None:
 
 
 def _entry(resource: Json) -> Json:
+    if "identifier" not in resource:  # a Provenance: nothing to match a conditional create on
+        return {
+            "fullUrl": f"urn:uuid:{resource['id']}",
+            "resource": resource,
+            "request": {"method": "POST", "url": resource["resourceType"]},
+        }
     identifier = resource["identifier"][0]
     return {
         "fullUrl": f"urn:uuid:{resource['id']}",
@@ -287,8 +308,8 @@ def _report(
         code["text"] = described
     report: Json = {
         "resourceType": "DiagnosticReport",
-        "id": _uuid(result, "report"),
-        "status": "preliminary",
+        "id": report_id(result),
+        "status": "preliminary" if result.replaces is None else "amended",
         "category": [_concept(Code("RAD", "", "Radiology"), V2_0074)],
         "code": code,
         "subject": _reference(patient),
@@ -307,6 +328,41 @@ def _report(
     if present:
         report["conclusionCode"] = present
     return _ordered(report)
+
+
+def report_id(result: AIResult) -> str:
+    """The logical id of the result's DiagnosticReport (a UUID; its identifier is
+    ``urn:uuid:<id>`` in system ``urn:ietf:rfc:3986``), recorded so a later version can name it."""
+    return _uuid(result, "report")
+
+
+def report_identifier(report_uuid: str) -> Json:
+    """The identifier of the DiagnosticReport whose logical id is ``report_uuid``."""
+    return {"system": RFC3986, "value": f"urn:uuid:{report_uuid}"}
+
+
+def _provenance(result: AIResult, report: Json, device: Json) -> Json:
+    """The new report is a revision of the one it replaces (R4B Provenance, entity role
+    ``revision``); the replaced report is named by its identifier."""
+    prior = result.replaces
+    assert prior is not None
+    return {
+        "resourceType": "Provenance",
+        "id": _uuid(result, "provenance"),
+        "target": [_reference(report)],
+        "recorded": _instant(result.completed_at),
+        "reason": [{"text": "AI result replaced: a run on more images or a new model version"}],
+        "agent": [{"who": _reference(device)}],
+        "entity": [
+            {
+                "role": "revision",
+                "what": {
+                    "type": "DiagnosticReport",
+                    "identifier": report_identifier(prior.report_id),
+                },
+            }
+        ],
+    }
 
 
 def _conclusion(result: AIResult) -> str:
@@ -387,8 +443,9 @@ def _identifier(resource: Json) -> Json:
 
 
 def _uuid(result: AIResult, part: str) -> str:
-    """Same study, same model version, same part → same UUID (re-runs do not duplicate)."""
-    key = f"{result.study.study_instance_uid}|{result.algorithm.device_uid}|{part}"
+    """Same study, model version, input and part → same UUID (re-runs do not duplicate)."""
+    study, device = result.study.study_instance_uid, result.algorithm.device_uid
+    key = f"{study}|{device}|{result.input_digest}|{part}"
     return str(uuid.uuid5(_NAMESPACE, key))
 
 

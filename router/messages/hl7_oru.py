@@ -10,10 +10,13 @@ Layout::
     MSH  ORU^R01^ORU_R01, 2.5.1
     PID  PID-3 Patient ID^^^assigning authority^MR, PID-5 name, PID-7 birth date, PID-8 sex
     ORC  RE, ORC-2 placer / ORC-3 filler order numbers (EI, with their namespaces)
-    OBR  OBR-2/3 as ORC-2/3, OBR-4 procedure, OBR-7 study date/time, OBR-18 accession, OBR-25 P
-    NTE  "AI result - preliminary, not verified"; the algorithm (name, version, maker, UID)
+    OBR  OBR-2/3 as ORC-2/3, OBR-4 procedure, OBR-7 study date/time, OBR-18 accession,
+         OBR-25 P (C for a corrected result)
+    NTE  "AI result - preliminary, not verified"; the algorithm (name, version, maker, UID);
+         for a corrected result, what it replaces (task, SR UID)
     OBX  per finding, sub-ID = finding number: presence (CWE), probability (NM, 1),
-         volume (NM, mL), area (NM, mm2); OBX-11 P, OBX-18 device UID, OBX-19 analysis time
+         volume (NM, mL), area (NM, mm2); OBX-11 P (C for a corrected result), OBX-18 device
+         UID, OBX-19 analysis time
     ZDS  ZDS-1 Study Instance UID^<MSH-3>^Application^DICOM (IHE RAD), the last segment
 
 The order's identifiers go back as received: placer and filler order numbers with their EI
@@ -21,8 +24,15 @@ namespace and universal ID, the patient ID's assigning authority (PID-3.4). With
 (or without a filler number) ORC-3/OBR-3 is statlane's own filler number, namespace
 ``STATLANE`` (``identifiers.statlane_filler_number``); without the order's PID-3.4 the
 authority is the study's IssuerOfPatientID. OBR-18 is the study's accession number (equal to
-the order's). hl7apy drops Z segments from its tree, so ZDS is appended to the ER7 text and
-``validate_oru`` checks it with a pattern of its own.
+the order's).
+
+A result that replaces an earlier version (``AIResult.replaces``: a re-run on more images, or
+another model version) is a correction: OBR-25 and every OBX-11 are ``C`` (HL7 tables 0123 and
+0085: "Correction to results"), with the same order numbers, so the RIS replaces the
+observations it holds for the order.
+
+hl7apy drops Z segments from its tree, so ZDS is appended to the ER7 text and ``validate_oru``
+checks it with a pattern of its own.
 """
 
 from __future__ import annotations
@@ -138,6 +148,13 @@ def build_oru(
             f"Algorithm {algorithm.name} version {algorithm.version}, manufacturer "
             f"{algorithm.manufacturer}, device UID {algorithm.device_uid}",
         )
+        if result.replaces is not None:
+            _nte(
+                order_observation,
+                3,
+                f"Corrected result: replaces the result of {result.replaces.model} "
+                f"(SR {result.replaces.sr_sop_instance_uid})",
+            )
     set_id = 0
     for number, finding in enumerate(result.findings, start=1):
         with _building(uid, f"OBX of finding {finding.name}"):
@@ -272,7 +289,8 @@ def _obr(obr: Segment, result: AIResult, order: OrderContext | None, filler: Ord
         obr.obr_18 = _st(study.accession_number)
     obr.obr_22.ts_1 = hl7_datetime(result.completed_at)
     obr.obr_24 = "RAD"
-    obr.obr_25 = "P"  # preliminary: an AI result is never a verified report
+    # Preliminary: an AI result is never a verified report; a new version corrects the last.
+    obr.obr_25 = result_status(result)
 
 
 def _nte(group: Group, set_id: int, text: str) -> None:
@@ -304,13 +322,19 @@ def _obx(value_type: str, code: Code, sub_id: int, result: AIResult) -> Segment:
     obx.obx_2 = value_type
     _set_code(obx.obx_3, code)
     obx.obx_4 = str(sub_id)
-    obx.obx_11 = "P"
+    obx.obx_11 = result_status(result)
     observed = study_datetime(result.study)
     if observed:
         obx.obx_14.ts_1 = observed
     obx.obx_18.ei_1 = _st(result.algorithm.device_uid)
     obx.obx_19.ts_1 = hl7_datetime(result.completed_at)
     return obx
+
+
+def result_status(result: AIResult) -> str:
+    """OBR-25 and OBX-11: ``P`` (preliminary), or ``C`` (correction) for a result that
+    replaces an earlier version of the same task lineage."""
+    return "C" if result.replaces is not None else "P"
 
 
 def _set_code(field: Field, code: Code) -> None:

@@ -1,9 +1,11 @@
 """DICOM result objects of one AI result: SR, GSPS, Secondary Capture and SEG (highdicom).
 
 Every object joins the source study (same patient, study and accession) in a new series per
-kind, with SOP Instance UIDs derived from (study, model version, kind), so a re-run replaces
-its objects at the PACS rather than adding copies. Whether an object may be *delivered* (see
-``router.result.Mode``) is the outbox's decision; building one touches nothing clinical.
+kind and result version, with SOP Instance UIDs derived from (study, model version, input
+digest, kind): a re-run on the same input repeats its objects exactly (nothing new at the
+PACS), a re-run on more images makes new ones, and the new SR names the one it replaces.
+Whether an object may be *delivered* (see ``router.result.Mode``) is the outbox's decision;
+building one touches nothing clinical.
 """
 
 from __future__ import annotations

@@ -102,14 +102,19 @@ class Window:
 
 
 def object_identity(result: AIResult, kind: str) -> ObjectIdentity:
-    """UIDs, series number and description of the ``kind`` object of ``result``."""
+    """UIDs, series number and description of the ``kind`` object of ``result``.
+
+    The UIDs are those of this result's version (its input digest): a new version is a new
+    series with a new instance; the Series Number stays that of the kind.
+    """
     study = result.study.study_instance_uid
+    inputs = result.input_digest
     model = model_ident(result.algorithm.name, result.algorithm.version)
     label = f"AI {_SERIES_LABELS[kind]} (preliminary) "
     detail = f"{result.algorithm.name} {result.algorithm.version}"
     return ObjectIdentity(
-        sop_instance_uid=object_uid(study, model, kind, "instance"),
-        series_instance_uid=object_uid(study, model, kind, "series"),
+        sop_instance_uid=object_uid(study, model, kind, "instance", inputs=inputs),
+        series_instance_uid=object_uid(study, model, kind, "series", inputs=inputs),
         series_number=SERIES_NUMBERS[kind],
         series_description=(label + detail)[:64],  # LO holds 64 characters
     )

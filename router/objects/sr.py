@@ -7,6 +7,10 @@ key slice as an image region, a tracking identifier and UID, and the algorithm (
 Observer is the model as a device. The document is PRELIMINARY and UNVERIFIED until a
 radiologist accepts it, and COMPLETE: it holds every result the task will ever produce, and a
 radiologist's verified report is a new document rather than a continuation of this one.
+
+A result that replaces an earlier version (a re-run on more images, or another model version;
+``AIResult.replaces``) is a new document in a new series that names the earlier SR in its
+Predecessor Documents Sequence.
 """
 
 from __future__ import annotations
@@ -98,10 +102,26 @@ def build_sr(result: AIResult) -> Dataset:
         series_description=identity.series_description,
         content_date=result.completed_at.date(),
         content_time=result.completed_at.time(),
+        previous_versions=predecessors(result),
         **equipment_kwargs(result),
     )
     finish(sr, result, identity)
     return sr
+
+
+def predecessors(result: AIResult) -> list[Dataset] | None:
+    """The SR this one replaces, as highdicom takes it for the Predecessor Documents Sequence
+    (0040,A360): its Study, Series and SOP Instance UIDs and SOP Class; None for a first
+    version (the sequence is type 1C: present only in a revision of a previous document)."""
+    prior = result.replaces
+    if prior is None:
+        return None
+    header = Dataset()
+    header.StudyInstanceUID = prior.study_instance_uid
+    header.SeriesInstanceUID = prior.sr_series_instance_uid
+    header.SOPInstanceUID = prior.sr_sop_instance_uid
+    header.SOPClassUID = prior.sr_sop_class_uid
+    return [header]
 
 
 def procedure_reported(result: AIResult) -> list[CodedConcept]:

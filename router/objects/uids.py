@@ -1,9 +1,14 @@
 """Deterministic UIDs for result objects, so a re-run never duplicates an object at the PACS.
 
 Every UID is ``2.25.<integer>``, the integer being the first 128 bits of a SHA-256 digest of
-(study, model ``name@version``, what the UID names). The same task re-run on the same study
-yields the same SOP Instance UIDs and the PACS replaces the object instead of adding a copy; a
-new model version yields new UIDs, so results of different versions sit side by side.
+(study, model ``name@version``, the input digest, what the UID names). The input digest
+(:func:`router.result.input_digest`) names what the model read: the sorted SOP Instance UIDs
+of the source instances and the model version. The same task re-run on the same input (a crash
+retry, a re-run after a late instance of another series) yields the same UIDs, so nothing new
+reaches the PACS; a re-run on more input (late instances of the series read) or with another
+model version yields new SOP Instance and Series Instance UIDs, because a PACS keeps the first
+object it received under a UID and would never show the corrected one. Tracking UIDs name a
+finding across versions and do not depend on the input.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ def model_ident(name: str, version: str) -> str:
     return f"{name}@{version}"
 
 
-def object_uid(study_uid: str, model: str, kind: str, part: Part = "instance") -> str:
+def object_uid(
+    study_uid: str, model: str, kind: str, part: Part = "instance", *, inputs: str
+) -> str:
     """SOP Instance UID (``part="instance"``) or Series Instance UID of one result object.
 
     Args:
@@ -37,17 +44,19 @@ def object_uid(study_uid: str, model: str, kind: str, part: Part = "instance") -
         model: Model identity ``"name@version"`` (see :func:`model_ident`).
         kind: One of :data:`KINDS` (``"sr"``, ``"gsps"``, ``"sc"``, ``"seg"``).
         part: ``"instance"`` or ``"series"``.
+        inputs: The result's input digest (``AIResult.input_digest``): each version of a
+            result gets its own objects in its own series.
 
     Raises:
-        ValueError: Unknown kind or part, or an empty study UID or model.
+        ValueError: Unknown kind or part, or an empty study UID, model or input digest.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown result object kind {kind!r}; expected one of {KINDS}")
     if part not in ("instance", "series"):
         raise ValueError(f"unknown UID part {part!r}; expected 'instance' or 'series'")
-    if not study_uid or not model:
-        raise ValueError("a result object UID needs a study UID and a model identity")
-    return _uid_of(study_uid, model, kind, part)
+    if not study_uid or not model or not inputs:
+        raise ValueError("a result object UID needs a study UID, a model identity and inputs")
+    return _uid_of(study_uid, model, inputs, kind, part)
 
 
 def tracking_uid(study_uid: str, model: str, finding: str) -> str:

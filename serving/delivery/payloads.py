@@ -5,9 +5,10 @@
 - assistant: DICOM objects (SR, GSPS, SC, SEG) to DICOM, STOW-RS and folder destinations,
   HL7 ORU to MLLP, a FHIR transaction bundle to FHIR, a result signal to webhooks.
 
-Outbox keys include the task's generation, so a re-run after late instances delivers again
-(the objects keep their SOP Instance UIDs, so the PACS replaces rather than duplicates them),
-while a task re-run after a crash finds its items already queued.
+Outbox keys name the result's version (``AIResult.input_digest``: the source instances read and
+the model version), not the task's generation: a re-run on more images delivers its new
+version (new SOP Instance UIDs, a correcting ORU, an amended FHIR report), while a re-run on the
+same input, or a task re-run after a crash, finds its items already queued and sends nothing.
 """
 
 from __future__ import annotations
@@ -201,8 +202,9 @@ class ResultDelivery:
         self.gate.step_aside()
         return nullcontext()
 
-    def _key(self, task: TaskRow, destination: str) -> str:
-        return f"{destination}:{task.study_instance_uid}:{task.model}:{task.generation}"
+    def _key(self, task: TaskRow, ai: AIResult, destination: str) -> str:
+        """Dedupe key prefix of one result version for one destination."""
+        return f"{destination}:{task.study_instance_uid}:{task.model}:{ai.input_digest}"
 
     def _enqueue_objects(
         self, task: TaskRow, ai: AIResult, destinations: list[str], kinds: tuple[str, ...]
@@ -224,7 +226,7 @@ class ResultDelivery:
                     name,
                     obj.kind,
                     payload_path=str(path),
-                    dedupe_key=f"{self._key(task, name)}:{obj.kind}",
+                    dedupe_key=f"{self._key(task, ai, name)}:{obj.kind}",
                     priority=task.priority,
                 )
 
@@ -239,7 +241,7 @@ class ResultDelivery:
         """Queue the HL7 ORU, FHIR bundle and webhook signal the destinations take."""
         for name in destinations:
             kind = self.destination_types[name]
-            key = self._key(task, name)
+            key = self._key(task, ai, name)
             try:
                 self._enqueue_message(task, ai, order, name, kind, key, mode)
             except MessageInvalid as error:  # one message, never the task nor other results

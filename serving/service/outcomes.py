@@ -13,6 +13,10 @@ them and, for each one (:meth:`ResultHandler.result_ready`):
   later, by delivery, for the SEG only); its deliveries are enqueued *before* the task is
   finished, so a crash in between re-runs the task and enqueues the same items again
   (deterministic objects, deduplicated keys) instead of losing them;
+- a result is a *version* (:mod:`serving.service.versions`): it names the sent version of an
+  earlier generation it replaces (``AIResult.replaces``), and an older generation's result
+  that finishes after a newer one is kept and audited (``result-superseded``) but neither
+  delivered nor shown on the worklist, so the newest generation's result always wins;
 - the task is finished exactly once: a second completion of the same attempt is audited and
   ignored; latency and deadline misses are measured, the worklist updated, and the study closed
   (*done*) when no task of it is queued or running.
@@ -50,6 +54,7 @@ from serving.service.finished import FinishedJobs, Launched
 from serving.service.records import result_json, summary_of
 from serving.service.results import build_result, mask_on_source, source_frames, study_identity
 from serving.service.stat_gate import StatGate
+from serving.service.versions import newer_result, prior_version, version_record, was_sent
 
 log = logging.getLogger(__name__)
 
@@ -182,12 +187,22 @@ class ResultHandler:
         with stage:
             ai, with_mask = self._ai_result(task, manifest, launched, job)
         ai = with_output_sanity(ai, job, manifest, launched.source.domain)
+        lineage = store.tasks(study_uid=task.study_instance_uid)
+        newer = newer_result(task, lineage)
+        if newer is None:  # a new version names the sent version it replaces
+            ai = dataclasses.replace(ai, replaces=prior_version(task, ai, lineage))
+        sent = newer is None and was_sent(task, ai)
         document = result_json(ai, job)
+        document["version"] = version_record(ai, sent=sent)
+        if newer is not None:
+            document["superseded_by"] = newer.task_id
         # Deliveries are enqueued before the task is finished: a crash in between re-runs the
         # task and enqueues the same items again (deterministic objects, deduplicated keys),
         # while a crash after finishing can no longer lose them.
         order = store.order_context(ai.study.accession_number)
-        if ai.unreliable is None:  # an unreliable result reaches no destination
+        # An unreliable result reaches no destination; nor does an older generation's result
+        # that finished after a newer one (it would bring back what the newer one corrected).
+        if ai.unreliable is None and newer is None:
             self.sink.enqueue_results(task, ai, order, with_mask)
         if not store.finish_task(task.task_id, launched.attempt, document):
             store.audit(
@@ -218,7 +233,14 @@ class ResultHandler:
                 "deadline_missed": job.deadline_missed,
             },
         )
-        if ai.unreliable is not None:
+        if newer is not None:
+            store.audit(
+                "result-superseded",
+                study_uid=task.study_instance_uid,
+                task_id=task.task_id,
+                detail={"generation": task.generation, "superseded_by": newer.task_id},
+            )
+        elif ai.unreliable is not None:
             record_unreliable(store, self.worklist, metrics, launched, ai)
         else:
             self.worklist.update_ai(

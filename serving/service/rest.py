@@ -24,6 +24,7 @@ from serving.gateway.routes import Request, Response, Role, Route
 from serving.gateway.stow import STOW_ROUTES
 from serving.jobstore import JobStore, OutboxState, StudyState, TaskState
 from serving.metrics import CONTENT_TYPE, Metrics
+from serving.service.versions import current_results
 
 __all__ = ["REST_ROUTES", "RestApi", "http_routes"]
 
@@ -119,19 +120,23 @@ class RestApi:
 
     @_value_error_is_400
     def study(self, request: Request) -> Response:
-        """``GET /studies/{uid}``: state, series counts, routing decisions, tasks."""
+        """``GET /studies/{uid}``: state, series counts, routing decisions, tasks, and the
+        current result of each rule and model (``results``: the newest generation's, which
+        the worklist shows; older generations stay listed under ``tasks``)."""
         uid = request.params["uid"]
         store = self.store
         study = store.study(uid)
         if study is None:
             return _json(404, {"error": "unknown study"})
+        tasks = store.tasks(study_uid=uid)
         return _json(
             200,
             {
                 "study": _study(study),
                 "series": store.series_of(uid),
                 "routing": store.routing_decisions(uid),
-                "tasks": store.tasks(study_uid=uid),
+                "tasks": tasks,
+                "results": current_results(tasks),
             },
         )
 

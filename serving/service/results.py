@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.multival import MultiValue
 from scipy import ndimage
 
 from models.manifest import Manifest
@@ -34,22 +35,32 @@ def study_identity(ds: pydicom.Dataset) -> StudyIdentity:
     """The identity of the study ``ds`` belongs to (copied verbatim into result objects).
 
     Carries the source's whole patient and study modules (``modules``) besides the fields.
+    A multi-valued element (e.g. a Patient Name with VM 2, which some sources write) gives
+    its first value, never pydicom's list text ``[A^B, C]``.
     """
     return StudyIdentity(
-        patient_id=str(ds.get("PatientID", "")),
-        patient_name=str(ds.get("PatientName", "")),
+        patient_id=first_value(ds, "PatientID"),
+        patient_name=first_value(ds, "PatientName"),
         study_instance_uid=str(ds.StudyInstanceUID),
-        accession_number=str(ds.get("AccessionNumber", "")),
-        patient_birth_date=str(ds.get("PatientBirthDate", "")),
-        patient_sex=str(ds.get("PatientSex", "")),
-        study_id=str(ds.get("StudyID", "")),
-        study_date=str(ds.get("StudyDate", "")),
-        study_time=str(ds.get("StudyTime", "")),
-        referring_physician_name=str(ds.get("ReferringPhysicianName", "")),
-        study_description=str(ds.get("StudyDescription", "")),
-        issuer_of_patient_id=str(ds.get("IssuerOfPatientID", "")),
+        accession_number=first_value(ds, "AccessionNumber"),
+        patient_birth_date=first_value(ds, "PatientBirthDate"),
+        patient_sex=first_value(ds, "PatientSex"),
+        study_id=first_value(ds, "StudyID"),
+        study_date=first_value(ds, "StudyDate"),
+        study_time=first_value(ds, "StudyTime"),
+        referring_physician_name=first_value(ds, "ReferringPhysicianName"),
+        study_description=first_value(ds, "StudyDescription"),
+        issuer_of_patient_id=first_value(ds, "IssuerOfPatientID"),
         modules=identity_modules(ds),
     )
+
+
+def first_value(ds: pydicom.Dataset, keyword: str) -> str:
+    """The text of the element's first value; "" when absent or empty."""
+    value = ds.get(keyword, "")
+    if isinstance(value, MultiValue):
+        return str(value[0]) if len(value) else ""
+    return "" if value is None else str(value)
 
 
 def source_instance(ds: pydicom.Dataset, path: str) -> SourceInstance:
