@@ -15,7 +15,10 @@ unexpected exception  0xC211   error: unable to process (details in our log)
 
 Callers are checked before negotiation: an unknown calling AE title, or a known one from an
 address it is not allowed to use, gets A-ASSOCIATE-RJ (permanent, "calling AE title not
-recognised"). Logs name AE titles, addresses and counts; SOP Instance UIDs only at debug level.
+recognised"). Only callers that passed that check count against ``maximum_associations``;
+connections are admitted through :mod:`serving.gateway.admission` (first PDU header checked
+before pynetdicom reads it, an association deadline, a per-address limit) on both servers.
+Logs name AE titles, addresses and counts; SOP Instance UIDs only at debug level.
 
 Two servers give the same statuses and spool the same bytes: the fast path
 (:mod:`serving.gateway.reactor` and :mod:`serving.gateway.fast_store`, which override pynetdicom
