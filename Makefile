@@ -47,7 +47,7 @@ pytest: $(STAMP) $(TRITON_STAMP)
 	exit $$rc
 
 # The DICOM gateway's tests once more on pynetdicom's standard server (dicom.fast_path off).
-DIMSE_TESTS := tests/test_gateway_dimse.py tests/test_gateway_fast_path.py
+DIMSE_TESTS := tests/test_gateway_dimse.py tests/test_gateway_fast_path.py tests/test_gateway_bounds.py
 pytest-standard-dimse: $(STAMP)
 	STATLANE_DICOM_FAST_PATH=0 $(BIN)/python -m pytest -q $(DIMSE_TESTS)
 

@@ -43,6 +43,13 @@ class DicomConfig(_Strict):
     internals (``serving/gateway/reactor.py``); it falls back to pynetdicom's standard server,
     with the same statuses and spool, when off, when the installed pynetdicom is not a tested
     release, or when the environment sets ``STATLANE_DICOM_FAST_PATH=0``.
+
+    Bounds against hostile or broken peers: a connection must be associated within
+    ``association_timeout_s`` (its first PDU must be an A-ASSOCIATE-RQ of at most 64 KiB, else
+    it is closed at once); one source address may hold ``max_connections_per_address``
+    connections; ``maximum_associations`` counts only callers that passed the AE title check;
+    an association silent for ``idle_timeout_s`` is ended; ``maximum_pdu_bytes`` is the PDU
+    length advertised (and, on the fast path, enforced).
     """
 
     ae_title: str = Field(default="STATLANE", min_length=1, max_length=16)
@@ -50,13 +57,26 @@ class DicomConfig(_Strict):
     port: int = Field(default=11112, ge=0, le=65535)
     allowed_callers: dict[str, list[str] | None] | None = None
     fast_path: bool = True
+    maximum_associations: int = Field(default=16, ge=1, le=1024)
+    max_connections_per_address: int = Field(default=8, ge=1, le=1024)
+    association_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    idle_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    maximum_pdu_bytes: int = Field(default=4 * 1024 * 1024, ge=4096, le=64 * 1024 * 1024)
 
 
 class HttpConfig(_Strict):
-    """REST API (health, worklist, metrics, studies) and DICOMweb STOW-RS."""
+    """REST API (health, worklist, metrics, studies) and DICOMweb STOW-RS.
+
+    ``header_timeout_s``: seconds a request has for its request line and headers (from accept,
+    or from the first byte of a later request on a kept-alive connection); ``idle_timeout_s``:
+    seconds a kept-alive connection may wait for its next request, and the longest a body read
+    or an answer write may stall.
+    """
 
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    idle_timeout_s: float = Field(default=60.0, gt=0, le=3600)
 
 
 def _field_path(text: str) -> str:
@@ -87,11 +107,18 @@ class OrderMappingConfig(_Strict):
 
 
 class Hl7Config(_Strict):
-    """HL7 v2 orders over MLLP."""
+    """HL7 v2 orders over MLLP.
+
+    ``idle_timeout_s``: seconds a connection may stay silent between messages;
+    ``frame_timeout_s``: seconds a message may take from its first byte to its end block (and a
+    new connection to its first message); bytes outside a frame count as unfinished.
+    """
 
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = Field(default=2575, ge=0, le=65535)
+    idle_timeout_s: float = Field(default=300.0, gt=0, le=86400)
+    frame_timeout_s: float = Field(default=10.0, gt=0, le=600)
     order_mapping: OrderMappingConfig = OrderMappingConfig()
 
 

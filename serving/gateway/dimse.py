@@ -15,7 +15,10 @@ unexpected exception  0xC211   error: unable to process (details in our log)
 
 Callers are checked before negotiation: an unknown calling AE title, or a known one from an
 address it is not allowed to use, gets A-ASSOCIATE-RJ (permanent, "calling AE title not
-recognised"). Logs name AE titles, addresses and counts; SOP Instance UIDs only at debug level.
+recognised"). Only callers that passed that check count against ``maximum_associations``;
+connections are admitted through :mod:`serving.gateway.admission` (first PDU header checked
+before pynetdicom reads it, an association deadline, a per-address limit) on both servers.
+Logs name AE titles, addresses and counts; SOP Instance UIDs only at debug level.
 
 Two servers give the same statuses and spool the same bytes: the fast path
 (:mod:`serving.gateway.reactor` and :mod:`serving.gateway.fast_store`, which override pynetdicom
@@ -62,8 +65,12 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
+from serving.gateway.admission import (
+    BoundedAssociationServer,
+    ConnectionLimits,
+    GatedRequestHandler,
+)
 from serving.gateway.errors import InvalidInstance, OutOfResources, UnknownCaller
 from serving.gateway.fast_store import (
     SOP_CLASS_MISMATCH,
@@ -72,13 +79,15 @@ from serving.gateway.fast_store import (
 )
 from serving.gateway.part10 import part10_header
 from serving.gateway.reactor import (
+    MAX_PDU_BYTES,
     TESTED_PYNETDICOM,
+    PromptRequestHandler,
     pynetdicom_is_tested,
-    start_fast_server,
 )
 from serving.gateway.spool import InstanceSource, Spool, StoredInstance
 
 __all__ = [
+    "DEFAULT_MAXIMUM_PDU_BYTES",
     "FAST_PATH_ENV",
     "STATUS_CANNOT_UNDERSTAND",
     "STATUS_OUT_OF_RESOURCES",
@@ -97,6 +106,17 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_UNABLE_TO_PROCESS = 0xC211
 _ERROR_COMMENT_MAX = 64  # (0000,0902) Error Comment is LO
+
+#: Largest P-DATA-TF PDU we advertise (Maximum Length Received), in bytes. The fast path
+#: handles a PDU's PDVs without pynetdicom's per-PDU machinery, so a bound this large keeps a
+#: 512x512 slice in one PDU (the ingest benchmark's reason for advertising no limit before)
+#: while a peer can no longer make us hold more than this per PDU.
+DEFAULT_MAXIMUM_PDU_BYTES = 4 * 1024 * 1024
+#: pynetdicom counts every open connection against its own association limit, before the
+#: caller is known; the gateway counts accepted callers itself and lifts pynetdicom's.
+_PYNETDICOM_ASSOCIATIONS = 100_000
+#: A-ASSOCIATE-RJ (transient, service provider (presentation), local limit exceeded), PS3.8 9.3.4.
+_REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 
 #: Environment variable that switches the fast path off (``0``, ``false``, ``no``, ``off``)
 #: whatever the configuration says: CI runs the gateway tests once more with it set to ``0``.
@@ -195,7 +215,17 @@ class DicomGateway:
         on_stored: Called in the association's thread after each durable store; it should be
             quick (enqueue). Its exceptions are logged, never returned as a failure status.
         on_released: Called once per accepted association when it is released or aborted.
-        maximum_associations: Concurrent associations before new ones are rejected (transient).
+        maximum_associations: Concurrent associations of accepted callers before new ones are
+            rejected (transient, local limit exceeded); connections not yet associated, and
+            callers refused by their AE title, do not count.
+        association_timeout_s: Seconds from connect to an established association; a
+            connection not associated by then is closed.
+        idle_timeout_s: Seconds an association may stay silent (pynetdicom's network timeout),
+            and the longest a read waits in the middle of a PDU.
+        max_connections_per_address: Open connections one source address may hold; more are
+            closed at accept.
+        maximum_pdu_bytes: Maximum PDU length we advertise; the fast path aborts an
+            association whose peer sends a larger PDU.
         fast_path: Serve with the fast path where it is usable (see :func:`fast_path_usable`,
             decided at :meth:`start`); False always runs pynetdicom's standard server.
     """
@@ -211,8 +241,18 @@ class DicomGateway:
         on_stored: Callable[[StoredInstance], None] = _ignore,
         on_released: Callable[[AssociationSummary], None] = _ignore,
         maximum_associations: int = 16,
+        association_timeout_s: float = 5.0,
+        idle_timeout_s: float = 60.0,
+        max_connections_per_address: int = 8,
+        maximum_pdu_bytes: int = DEFAULT_MAXIMUM_PDU_BYTES,
         fast_path: bool = True,
     ) -> None:
+        if not 0 < maximum_pdu_bytes <= MAX_PDU_BYTES:
+            raise ValueError(f"maximum_pdu_bytes must be 1-{MAX_PDU_BYTES}")
+        if min(association_timeout_s, idle_timeout_s) <= 0:
+            raise ValueError("association_timeout_s and idle_timeout_s must be positive")
+        if min(maximum_associations, max_connections_per_address) < 1:
+            raise ValueError("maximum_associations and max_connections_per_address must be >= 1")
         self.spool = spool
         self.ae_title = ae_title
         self.host = host
@@ -225,9 +265,16 @@ class DicomGateway:
         self._on_stored = on_stored
         self._on_released = on_released
         self._maximum_associations = maximum_associations
+        self._maximum_pdu_bytes = maximum_pdu_bytes
+        self._limits = ConnectionLimits(
+            association_timeout_s=association_timeout_s,
+            idle_timeout_s=idle_timeout_s,
+            max_connections_per_address=max_connections_per_address,
+        )
         self._open: dict[Association, _OpenAssociation] = {}
+        self._admitted: set[Association] = set()
         self._lock = threading.Lock()
-        self._server: ThreadedAssociationServer | None = None
+        self._server: BoundedAssociationServer | None = None
         self._fast_path_requested = fast_path
         self._fast_path = False
 
@@ -263,10 +310,13 @@ class DicomGateway:
         if self._server is not None:
             raise RuntimeError("the DICOM gateway is already running")
         ae = AE(ae_title=self.ae_title)
-        ae.maximum_associations = self._maximum_associations
-        # No limit on the PDUs a modality may send us: one 512x512 slice in a few PDUs instead
-        # of 32 (pynetdicom handles each PDU in Python).
-        ae.maximum_pdu_size = 0
+        # Counted in _handle_requested, after the caller check (see _PYNETDICOM_ASSOCIATIONS).
+        ae.maximum_associations = _PYNETDICOM_ASSOCIATIONS
+        # ARTIM: how long pynetdicom waits for a request, or for the peer to close after a
+        # rejection or abort; network timeout: how long an association may stay silent.
+        ae.acse_timeout = self._limits.association_timeout_s
+        ae.network_timeout = self._limits.idle_timeout_s
+        ae.maximum_pdu_size = self._maximum_pdu_bytes
         ae.add_supported_context(Verification)
         # An SCP may support any number of contexts: the 128 limit is on what a requestor
         # proposes, so every storage SOP class gets every transfer syntax we can decode.
@@ -283,20 +333,24 @@ class DicomGateway:
         address = (self.host, self._requested_port)
         evt_handlers = cast(list[EventHandlerType], handlers)
         self._fast_path = fast_path_usable(self._fast_path_requested)
-        if self._fast_path:
-            # C-STORE requests skip pynetdicom's per-message machinery.
-            server = start_fast_server(
-                ae,
+        # Both servers admit connections through serving.gateway.admission (public hooks).
+        server = cast(
+            BoundedAssociationServer,
+            ae.make_server(
                 address,
-                evt_handlers,
-                self.handle_fast_store,
-                thread_name=f"dicom-gateway-{self.ae_title}",
-            )
-        else:
-            server = cast(
-                ThreadedAssociationServer,
-                ae.start_server(address, block=False, evt_handlers=evt_handlers),
-            )
+                evt_handlers=evt_handlers,
+                server_class=BoundedAssociationServer,
+                # The fast path's handler makes reactors that skip pynetdicom's per-message
+                # machinery for C-STORE requests.
+                request_handler=PromptRequestHandler if self._fast_path else GatedRequestHandler,
+            ),
+        )
+        server.limits = self._limits
+        if self._fast_path:
+            server.raw_store_handler = self.handle_fast_store  # type: ignore[attr-defined]
+        threading.Thread(
+            target=server.serve_forever, name=f"dicom-gateway-{self.ae_title}", daemon=True
+        ).start()
         self._server = server
         LOGGER.info(
             "DICOM gateway %s listening on %s:%d (%s)",
@@ -344,6 +398,21 @@ class DicomGateway:
             # The same clean-up pynetdicom does after its own rejections: wait for the peer
             # to close (or the ARTIM timer), then stop the association's DUL thread.
             assoc.kill()
+            return
+        with self._lock:
+            self._admitted = {a for a in self._admitted if a.is_alive()}
+            full = len(self._admitted) >= self._maximum_associations
+            if not full:
+                self._admitted.add(assoc)
+        if full:
+            LOGGER.warning(
+                "association from %s at %s rejected: %d associations open",
+                calling_ae,
+                address,
+                self._maximum_associations,
+            )
+            assoc.acse.send_reject(*_REJECT_LOCAL_LIMIT)
+            assoc.kill()
 
     def _handle_established(self, event: Event) -> None:
         assoc = event.assoc
@@ -355,6 +424,10 @@ class DicomGateway:
         )
         with self._lock:
             self._open[assoc] = _OpenAssociation(source)
+        server = self._server
+        peer = getattr(assoc.dul.socket, "socket", None)
+        if server is not None and peer is not None:
+            server.deadlines.clear(peer)  # associated in time
         LOGGER.debug("association %s accepted from %s", source.association_id, source.calling_ae)
 
     def _handle_store(self, event: Event) -> Dataset | int:
@@ -439,6 +512,7 @@ class DicomGateway:
     def _finish(self, assoc: Association, *, aborted: bool) -> None:
         with self._lock:
             state = self._open.pop(assoc, None)
+            self._admitted.discard(assoc)
         if state is None:  # rejected, or already reported (release and abort both fired)
             return
         source = state.source

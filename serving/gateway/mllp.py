@@ -13,6 +13,7 @@ import logging
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 2575
 DEFAULT_IDLE_TIMEOUT_S = 300.0
+DEFAULT_FRAME_TIMEOUT_S = 10.0
 _STOP_JOIN_S = 5.0
 _DRAIN_S = 2.0
 _DRAIN_MAX_BYTES = 1024 * 1024
@@ -70,8 +72,13 @@ class MllpServer:
         port: TCP port; 0 picks a free one (read it from ``port`` after ``start``).
         max_message_bytes: Largest accepted payload; a larger frame gets an AR NAK and the
             connection is closed.
-        idle_timeout_s: Seconds a connection may stay silent before it is closed.
+        idle_timeout_s: Seconds a connection may stay silent between messages before it is
+            closed.
+        frame_timeout_s: Seconds a message may take from its first byte to its end block, and
+            a new connection to its first message; bytes outside a frame count as an
+            unfinished message, so an unframed or trickling peer is closed after it.
         clock: Wall-clock time for MSH-7 of the NAKs the server writes itself.
+        monotonic: Monotonic seconds for the timeouts (injected by tests).
     """
 
     def __init__(
@@ -82,18 +89,24 @@ class MllpServer:
         port: int = DEFAULT_PORT,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S,
         clock: Callable[[], datetime] = _utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0-65535, got {port}")
-        if max_message_bytes <= 0 or idle_timeout_s <= 0:
-            raise ValueError("max_message_bytes and idle_timeout_s must be positive")
+        if max_message_bytes <= 0 or min(idle_timeout_s, frame_timeout_s) <= 0:
+            raise ValueError(
+                "max_message_bytes, idle_timeout_s and frame_timeout_s must be positive"
+            )
         self._handler = handler
         self._host = host
         self._port = port
         self._max_message_bytes = max_message_bytes
         self._idle_timeout_s = idle_timeout_s
+        self._frame_timeout_s = frame_timeout_s
         self._clock = clock
+        self._monotonic = monotonic
         self._server: _TcpServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -172,13 +185,28 @@ class MllpServer:
                 self._connections.pop(connection, None)
 
     def _converse(self, connection: socket.socket, peer: str) -> None:
-        connection.settimeout(self._idle_timeout_s)
         decoder = MllpDecoder(self._max_message_bytes)
+        # A message is due by frame_deadline (None: none unfinished, only idle_timeout_s
+        # applies); a new connection owes its first message.
+        frame_deadline: float | None = self._monotonic() + self._frame_timeout_s
         while True:
+            wait_s = self._idle_timeout_s
+            if frame_deadline is not None:
+                wait_s = min(wait_s, frame_deadline - self._monotonic())
             try:
+                if wait_s <= 0:
+                    raise TimeoutError
+                connection.settimeout(wait_s)
                 data = connection.recv(RECV_BYTES)
             except TimeoutError:
-                logger.info("MLLP connection from %s idle, closing", peer)
+                if frame_deadline is not None and self._monotonic() >= frame_deadline:
+                    logger.info(
+                        "MLLP connection from %s sent no complete message in %.0f s, closing",
+                        peer,
+                        self._frame_timeout_s,
+                    )
+                else:
+                    logger.info("MLLP connection from %s idle, closing", peer)
                 return
             if not data:
                 if decoder.pending_bytes:
@@ -188,9 +216,12 @@ class MllpServer:
                         decoder.pending_bytes,
                     )
                 return
+            if frame_deadline is None:
+                frame_deadline = self._monotonic() + self._frame_timeout_s
             try:
                 for payload in decoder.feed(data):
                     connection.sendall(self._reply(payload))
+                    frame_deadline = None
             except MllpFrameTooLarge as exc:
                 logger.warning("MLLP peer %s: %s; closing", peer, exc)
                 # Table 0357 has no "too large"; 102 (data type error) covers length errors.
@@ -198,6 +229,8 @@ class MllpServer:
                 connection.sendall(frame(nak))
                 _close_after_reply(connection)
                 return
+            if decoder.pending_bytes and frame_deadline is None:
+                frame_deadline = self._monotonic() + self._frame_timeout_s
 
     def _reply(self, payload: bytes) -> bytes:
         text = decode_hl7(payload)

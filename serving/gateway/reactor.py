@@ -17,7 +17,12 @@ two threads wait:
 * :class:`PromptAssociation` blocks on the DIMSE message queue instead of sleeping.
 * :class:`BulkSocket` reads a PDU with ``recv_into`` into one buffer instead of 4 KiB
   ``recv`` calls joined together (a 512 KiB slice was ~128 calls and copies).
-* :class:`PromptRequestHandler` makes the server create these for every incoming association.
+* :class:`PromptRequestHandler` makes the server create these for every incoming association
+  (after :class:`~serving.gateway.admission.GatedRequestHandler` checked the first PDU header).
+* Every PDU is bounded before its buffer is allocated: before association at
+  :data:`~serving.gateway.admission.ASSOCIATE_RQ_MAX_BYTES`, afterwards at the maximum length
+  we advertised (``assoc.acceptor.maximum_length``, at most :data:`MAX_PDU_BYTES`); a larger
+  declared length is an invalid PDU (Evt19: the association is aborted), never allocated.
 * pynetdicom's standard logging handlers (a debug summary of every PDU) are not bound.
 * C-STORE requests take the fast path of :mod:`serving.gateway.fast_store` when the server
   has a :data:`RawStoreHandler`: the DUL thread routes P-DATA-TF PDUs itself while the
@@ -29,8 +34,10 @@ of pynetdicom, so this module is fenced: ``pyproject.toml`` pins pynetdicom to
 :data:`TESTED_PYNETDICOM`, the gateway's tests run every code path (negotiation, rejection,
 C-STORE, C-ECHO, release, abort) through them, and :class:`~serving.gateway.dimse.DicomGateway`
 uses them only while :func:`pynetdicom_is_tested` holds and ``dicom.fast_path`` is on; otherwise
-it runs pynetdicom's standard server. :func:`start_fast_server` is the one entry point. This
-module imports only pynetdicom's public modules, so it imports on any release.
+it runs pynetdicom's standard server. :class:`PromptRequestHandler` (the ``request_handler`` of
+:class:`~serving.gateway.admission.BoundedAssociationServer`, with the C-STORE handler set as the
+server's ``raw_store_handler``) is the one entry point. This module imports only pynetdicom's
+public modules, so it imports on any release.
 """
 
 from __future__ import annotations
@@ -48,14 +55,14 @@ from typing import Any, cast
 import pynetdicom
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.events import EventHandlerType
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket
 
+from serving.gateway.admission import ASSOCIATE_RQ_MAX_BYTES, GatedRequestHandler
 from serving.gateway.fast_store import (
     SOP_CLASS_MISMATCH,
     STATUS_SOP_CLASS_NOT_SUPPORTED,
@@ -73,8 +80,8 @@ __all__ = [
     "PromptDUL",
     "PromptRequestHandler",
     "RawStoreHandler",
+    "pdu_length_limit",
     "pynetdicom_is_tested",
-    "start_fast_server",
 ]
 
 #: The pynetdicom releases whose private names this module overrides and that the gateway's
@@ -87,9 +94,11 @@ _MODE_ACCEPTOR = "acceptor"  # pynetdicom._globals.MODE_ACCEPTOR
 RawStoreHandler = Callable[[Association, StoreRequest, str], tuple[int, str | None]]
 
 _P_DATA_TF = 0x04
-#: Largest PDU accepted on the fast path, in bytes (we advertise no limit; SCUs send 16 KiB to
-#: 128 KiB). A larger declared length is refused rather than allocated.
+#: Largest PDU the fast path ever accepts, in bytes: the ceiling of what may be advertised, and
+#: the bound when nothing was (a maximum length of 0). A larger declared length is refused
+#: rather than allocated.
 MAX_PDU_BYTES = 64 * 1024 * 1024
+_STA_AWAITING_REQUEST = "Sta2"  # transport open, awaiting A-ASSOCIATE-RQ
 _PDU_TYPES = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07)
 
 LOGGER = logging.getLogger(__name__)
@@ -127,7 +136,14 @@ class BulkSocket(AssociationSocket):
             super().send(bytestream)
 
     def recv(self, nr_bytes: int) -> bytearray:
-        """Read exactly ``nr_bytes`` (fewer only if the peer closed the connection)."""
+        """Read exactly ``nr_bytes`` (fewer only if the peer closed the connection).
+
+        Raises:
+            OSError: ``nr_bytes`` is above :data:`MAX_PDU_BYTES` (never allocated); the DUL
+                treats it as a broken connection.
+        """
+        if nr_bytes > MAX_PDU_BYTES:
+            raise OSError(f"refusing to read {nr_bytes} bytes (at most {MAX_PDU_BYTES})")
         sock = cast(socket.socket, self.socket)
         buffer = bytearray(nr_bytes)
         view = memoryview(buffer)
@@ -155,19 +171,24 @@ class PromptDUL(DULServiceProvider):
         self.event_queue = _WakingQueue(self._wake)
 
     def _read_pdu_data(self) -> None:
-        """Read one PDU; a P-DATA-TF of an established association with a fast C-STORE
-        handler is routed here, everything else goes through pynetdicom's state machine."""
-        handler = getattr(self.assoc, "raw_store_handler", None)
-        if handler is None or self.state_machine.current_state != "Sta6":
-            super()._read_pdu_data()
-            return
+        """Read one PDU, bounded by :func:`pdu_length_limit` before anything is allocated; a
+        P-DATA-TF of an established association with a fast C-STORE handler is routed here,
+        everything else goes through pynetdicom's state machine (as its ``_read_pdu_data``)."""
+        state = self.state_machine.current_state
+        limit = pdu_length_limit(state, self.assoc.acceptor.maximum_length or 0)
         sock = cast(BulkSocket, self.socket)
         try:
             header = sock.recv(6)
             length = int.from_bytes(header[2:6], "big") if len(header) == 6 else -1
-            if length >= 0 and (header[0] not in _PDU_TYPES or length > MAX_PDU_BYTES):
-                # READ_PDU_EXC_C, or a length no peer sends (the buffer is allocated up front)
-                LOGGER.error("Invalid PDU header: type 0x%02X, %d bytes", header[0], length)
+            if length >= 0 and (header[0] not in _PDU_TYPES or length > limit):
+                # READ_PDU_EXC_C, or a length above what we accept in this state
+                LOGGER.error(
+                    "Invalid PDU header in %s: type 0x%02X, %d bytes (at most %d)",
+                    state,
+                    header[0],
+                    length,
+                    limit,
+                )
                 self.event_queue.put("Evt19")
                 return
             body = sock.recv(length) if length >= 0 else bytearray()
@@ -179,8 +200,8 @@ class PromptDUL(DULServiceProvider):
             LOGGER.error("The received PDU is shorter than expected")
             self.event_queue.put("Evt17")
             return
-        pdu_type = header[0]
-        if pdu_type != _P_DATA_TF:
+        handler = getattr(self.assoc, "raw_store_handler", None)
+        if header[0] != _P_DATA_TF or handler is None or state != "Sta6":
             self._decode_standard(header + body)
             return
         try:
@@ -380,8 +401,9 @@ class PromptAssociation(Association):
         cast(BulkSocket, self.dul.socket).send(store_response_pdu(request, status, comment))
 
 
-class PromptRequestHandler(RequestHandler):
-    """Creates a :class:`PromptAssociation` on a :class:`BulkSocket` for each connection."""
+class PromptRequestHandler(GatedRequestHandler):
+    """Creates a :class:`PromptAssociation` on a :class:`BulkSocket` for each connection that
+    passed the gate of :class:`~serving.gateway.admission.GatedRequestHandler`."""
 
     def _create_association(self) -> Association:
         # As pynetdicom's RequestHandler._create_association, with our classes.
@@ -409,6 +431,20 @@ class PromptRequestHandler(RequestHandler):
         return assoc
 
 
+def pdu_length_limit(state: str, advertised: int) -> int:
+    """Largest PDU length (bytes, the header's length field) accepted in DUL ``state``:
+    :data:`~serving.gateway.admission.ASSOCIATE_RQ_MAX_BYTES` while an A-ASSOCIATE-RQ is
+    awaited, else the maximum length we ``advertised`` (0: none) within :data:`MAX_PDU_BYTES`.
+
+    Non-P-DATA PDUs of an association (release, abort) are a few bytes, well inside it.
+    """
+    if state == _STA_AWAITING_REQUEST:
+        return ASSOCIATE_RQ_MAX_BYTES
+    if advertised <= 0:
+        return MAX_PDU_BYTES
+    return min(advertised, MAX_PDU_BYTES)
+
+
 def pynetdicom_is_tested(version: str | None = None) -> bool:
     """True if ``version`` (default: the installed pynetdicom) is in :data:`TESTED_PYNETDICOM`."""
     try:
@@ -417,29 +453,3 @@ def pynetdicom_is_tested(version: str | None = None) -> bool:
         )
     except InvalidVersion:
         return False
-
-
-def start_fast_server(
-    ae: AE,
-    address: tuple[str, int],
-    evt_handlers: list[EventHandlerType],
-    raw_store_handler: RawStoreHandler,
-    *,
-    thread_name: str,
-) -> ThreadedAssociationServer:
-    """Serve ``ae`` on ``address`` with the reactors of this module, in a daemon thread.
-
-    As pynetdicom's ``AE.start_server(block=False)``, but every association is a
-    :class:`PromptAssociation` on a :class:`BulkSocket`, and C-STORE requests go to
-    ``raw_store_handler``. Stop it with ``server.shutdown()``.
-    """
-    server = ae.make_server(
-        address,
-        evt_handlers=evt_handlers,
-        server_class=ThreadedAssociationServer,
-        request_handler=PromptRequestHandler,
-    )
-    server.raw_store_handler = raw_store_handler  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, name=thread_name, daemon=True).start()
-    ae._servers.append(server)  # as start_server does: server.shutdown() removes it
-    return server

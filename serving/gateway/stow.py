@@ -27,10 +27,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BufferedReader
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
+from serving.gateway.deadlines import SocketDeadlines
 from serving.gateway.errors import InvalidInstance, MalformedRequest, OutOfResources, StudyMismatch
 from serving.gateway.multipart import (
     DEFAULT_MEMORY_BODY_BYTES,
@@ -152,6 +154,11 @@ class StowServer:
         memory_body_bytes: Bodies up to this size (bytes) are held in memory, larger ones in
             a temporary file.
         base_path: URL prefix of the DICOMweb service.
+        header_timeout_s: Seconds a request has for its request line and headers, from the
+            connection's accept (first request) or from its first byte (later ones); a slow or
+            silent client is disconnected after it.
+        idle_timeout_s: Seconds a kept-alive connection may wait for its next request, and the
+            longest one read or write of a body or answer may stall.
         routes: The port's route table with the other routes it serves (the REST API); the
             STOW-RS routes are added to it. Default: a table of the STOW-RS routes alone.
     """
@@ -168,8 +175,15 @@ class StowServer:
         memory_body_bytes: int = DEFAULT_MEMORY_BODY_BYTES,
         base_path: str = "/dicomweb",
         routes: RouteTable | None = None,
+        header_timeout_s: float = 10.0,
+        idle_timeout_s: float = 60.0,
     ) -> None:
+        if min(header_timeout_s, idle_timeout_s) <= 0:
+            raise ValueError("header_timeout_s and idle_timeout_s must be positive")
         self.spool = spool
+        self.header_timeout_s = header_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.deadlines = SocketDeadlines("http")
         self.host = host
         self.max_body_bytes = max_body_bytes
         self.memory_body_bytes = memory_body_bytes
@@ -207,6 +221,8 @@ class StowServer:
         if server is not None:
             server.shutdown()
             server.server_close()
+            self.deadlines.stop()
+            self.deadlines = SocketDeadlines("http")
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -415,6 +431,32 @@ class _StowRequestHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         LOGGER.debug("%s " + format, self.address_string(), *args)
 
+    def setup(self) -> None:
+        super().setup()
+        self._requests_read = 0
+
+    def handle_one_request(self) -> None:
+        """One request, with its request line and headers bounded by ``header_timeout_s``
+        (a deadline on the whole phase, so trickled bytes do not extend it) and every later
+        read or write by ``idle_timeout_s``."""
+        stow = self.stow
+        connection = self.connection
+        connection.settimeout(stow.idle_timeout_s)
+        if self._requests_read:  # kept alive: the next request may take idle_timeout_s
+            try:
+                waiting = cast(BufferedReader, self.rfile).peek(1)
+            except OSError:  # TimeoutError included: idle for idle_timeout_s
+                waiting = b""
+            if not waiting:
+                self.close_connection = True
+                return
+        self._requests_read += 1
+        stow.deadlines.arm(connection, stow.header_timeout_s, "HTTP request header")
+        try:
+            super().handle_one_request()
+        finally:
+            stow.deadlines.clear(connection)
+
     def do_GET(self) -> None:
         self._dispatch()
 
@@ -422,6 +464,7 @@ class _StowRequestHandler(BaseHTTPRequestHandler):
         self._dispatch()
 
     def _dispatch(self) -> None:
+        self.stow.deadlines.clear(self.connection)  # headers read in time; the body is not bound
         url = urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
         resolved = self.stow.routes.resolve(self.command, path)

@@ -151,6 +151,11 @@ class Service:
             allowed_callers=config.dicom.allowed_callers,
             on_stored=self.coordinator.instance_stored,
             on_released=self._association_released,
+            maximum_associations=config.dicom.maximum_associations,
+            association_timeout_s=config.dicom.association_timeout_s,
+            idle_timeout_s=config.dicom.idle_timeout_s,
+            max_connections_per_address=config.dicom.max_connections_per_address,
+            maximum_pdu_bytes=config.dicom.maximum_pdu_bytes,
             fast_path=config.dicom.fast_path,
         )
         self.rest = RestApi(
@@ -170,6 +175,8 @@ class Service:
             on_stored=self.coordinator.instance_stored,
             on_request_done=self._stow_done,
             routes=routes,
+            header_timeout_s=config.http.header_timeout_s,
+            idle_timeout_s=config.http.idle_timeout_s,
         )
         self.hl7: MllpServer | None = None
         if config.hl7.enabled:
@@ -179,7 +186,12 @@ class Service:
                 mapping=config.hl7.order_mapping.mapping(),
             )
             self.hl7 = MllpServer(
-                receiver.handle, host=config.hl7.host, port=config.hl7.port, clock=utc
+                receiver.handle,
+                host=config.hl7.host,
+                port=config.hl7.port,
+                idle_timeout_s=config.hl7.idle_timeout_s,
+                frame_timeout_s=config.hl7.frame_timeout_s,
+                clock=utc,
             )
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
