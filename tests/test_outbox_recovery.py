@@ -26,6 +26,7 @@ from serving.delivery.dicom import _AssociationEvents
 from serving.delivery.outbox import Outbox, RetryPolicy
 from serving.delivery.probes import DestinationMonitor
 from serving.delivery.workers import DeliveryWorkers
+from serving.gateway.spool import Spool
 from serving.jobstore import JobStore, OutboxState
 from serving.metrics import METRICS, Metrics
 from serving.service.app import publish_queue_depth
@@ -396,3 +397,14 @@ def test_a_pacs_down_for_ten_minutes_gets_everything_seconds_after_it_returns(
         assert workers.monitor.state("pacs").up is True
     finally:
         workers.stop()
+
+
+def test_the_spool_says_when_its_disk_is_low(tmp_path: Path) -> None:
+    mib = 2**20
+    free = {"bytes": 2048 * mib}
+    spool = Spool(tmp_path / "spool", min_free_bytes=512 * mib, free_bytes=lambda _: free["bytes"])
+    assert spool.low_disk() is None
+    free["bytes"] = 520 * mib
+    assert spool.low_disk() == (
+        "spool disk low: 520 MiB free, 512 MiB reserved; large instances are refused"
+    )
