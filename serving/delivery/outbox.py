@@ -302,6 +302,9 @@ class Outbox:
     def retry(self, item_id: int | None = None, *, all_dead: bool = False) -> list[OutboxItem]:
         """Dead → pending, due now, attempts reset: one item, or every dead item.
 
+        The retry window still counts from enqueueing: an item past it gets one attempt, and
+        a transient failure makes it dead again.
+
         Raises ``TransitionError`` if the one item named is not dead.
         """
         if (item_id is None) != all_dead:
