@@ -207,11 +207,24 @@ class RuntimeConfig(_Strict):
 
 
 class OutboxConfig(_Strict):
-    """Delivery retries: exponential backoff, then the dead-letter state."""
+    """Delivery retries and destination health (seconds).
 
-    max_attempts: int = Field(default=8, ge=1)
+    A transient failure is retried with exponential backoff (``base_delay_s`` doubling up to
+    ``max_delay_s``) until the item is ``retry_window_s`` old; only a permanent failure or an
+    expired window makes a dead letter. While a destination has items in backoff it is probed
+    every ``probe_interval_s`` and re-driven as soon as it answers. ``/health`` says
+    ``degraded`` when a destination is down or an item has waited over ``backlog_alert_s``.
+    ``max_attempts`` is deprecated: when given, an item is also dead after that many failed
+    attempts (the behaviour before the retry window; a 4-minute outage then still makes dead
+    letters), so leave it out.
+    """
+
+    max_attempts: int | None = Field(default=None, ge=1)
     base_delay_s: float = Field(default=2.0, gt=0)
     max_delay_s: float = Field(default=300.0, gt=0)
+    retry_window_s: float = Field(default=86400.0, gt=0)
+    probe_interval_s: float = Field(default=5.0, gt=0)
+    backlog_alert_s: float = Field(default=300.0, gt=0)
     workers: int = Field(default=2, ge=1, le=32)
 
 

@@ -124,10 +124,15 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "statlane_deadline_misses_total",
         Kind.COUNTER,
-        "Tasks finished after their deadline",
+        "Tasks finished after their deadline, by class and model",
+        ("priority", "model"),
+    ),
+    MetricSpec(
+        "statlane_queue_depth",
+        Kind.GAUGE,
+        "Tasks waiting in the scheduler's queue, by class (0 when none)",
         ("priority",),
     ),
-    MetricSpec("statlane_queue_depth", Kind.GAUGE, "Scheduler queue depth by class", ("priority",)),
     MetricSpec("statlane_engine_pending", Kind.GAUGE, "Jobs inside the engine"),
     MetricSpec(
         "statlane_stat_gate_waits_total",
@@ -171,6 +176,30 @@ METRICS: tuple[MetricSpec, ...] = (
         "statlane_delivery_seconds",
         Kind.HISTOGRAM,
         "Time to deliver one outbox item",
+        ("destination",),
+    ),
+    MetricSpec(
+        "statlane_outbox_backlog",
+        Kind.GAUGE,
+        "Outbox items not delivered yet (pending or being sent), by destination",
+        ("destination",),
+    ),
+    MetricSpec(
+        "statlane_outbox_oldest_pending_seconds",
+        Kind.GAUGE,
+        "Age of the oldest undelivered outbox item (seconds since enqueued; 0: none)",
+        ("destination",),
+    ),
+    MetricSpec(
+        "statlane_outbox_dead_letters",
+        Kind.GAUGE,
+        "Dead outbox items waiting for an operator (statlane outbox retry), by destination",
+        ("destination",),
+    ),
+    MetricSpec(
+        "statlane_destination_up",
+        Kind.GAUGE,
+        "1 unless the destination's last health probe failed (then 0)",
         ("destination",),
     ),
 )

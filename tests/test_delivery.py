@@ -213,7 +213,7 @@ def store_scp() -> Iterator[StoreScp]:
 
 def scp_destination(
     scp: StoreScp, ae_title: str = "TESTSCP", timeout_s: float = 5.0
-) -> Destination:
+) -> DicomStoreDestination:
     return DicomStoreDestination(ae_title, "127.0.0.1", scp.port, timeout_s=timeout_s)
 
 
@@ -271,14 +271,70 @@ def test_c_store_to_a_closed_port_is_retryable(ct_study: list[Path]) -> None:
     assert "cannot connect" in caught.value.message
 
 
-def test_rejected_association_is_retryable_and_says_why(
+def test_an_association_rejected_permanently_is_permanent_and_says_why(
     store_scp: StoreScp, ct_study: list[Path]
 ) -> None:
     with pytest.raises(DeliveryError) as caught:
         scp_destination(store_scp, ae_title="WRONGAET").deliver(Payload(INSTANCE, path=ct_study[0]))
-    assert caught.value.retryable
+    assert not caught.value.retryable  # rejected-permanent: the same answer until reconfigured
     assert "association rejected" in caught.value.message
     assert "Called AE title not recognised" in caught.value.message
+
+
+def test_dicom_probe_is_a_c_echo_that_fails_while_the_peer_is_down(store_scp: StoreScp) -> None:
+    scp_destination(store_scp).probe()  # no Verification context offered: it still answers
+    echo_scp = AE(ae_title="ECHO")
+    echo_scp.add_supported_context("1.2.840.10008.1.1", ImplicitVRLittleEndian)
+    server = echo_scp.start_server(("127.0.0.1", 0), block=False)
+    assert server is not None
+    try:
+        DicomStoreDestination("ECHO", "127.0.0.1", server.server_address[1]).probe()
+    finally:
+        server.shutdown()
+    with pytest.raises(DeliveryError, match="cannot connect"):
+        DicomStoreDestination("NOBODY", "127.0.0.1", free_port(), timeout_s=2.0).probe()
+    with pytest.raises(DeliveryError, match="association rejected"):
+        scp_destination(store_scp, ae_title="WRONGAET").probe()
+
+
+def test_http_mllp_and_folder_probes(tmp_path: Path) -> None:
+    closed = free_port()
+    for destination in (
+        HttpJsonDestination(f"http://127.0.0.1:{closed}/hook", timeout_s=2.0),
+        StowRsDestination(f"http://127.0.0.1:{closed}/dicom-web", timeout_s=2.0),
+        MllpDestination("127.0.0.1", closed, timeout_s=2.0),
+    ):
+        with pytest.raises(DeliveryError) as caught:
+            destination.probe()
+        assert caught.value.retryable
+    statuses = iter([405, 503])
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_OPTIONS(self) -> None:
+            self.send_response(next(statuses))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        try:
+            HttpJsonDestination(url).probe()  # 405: a server answers
+            with pytest.raises(DeliveryError, match="HTTP 503"):
+                HttpJsonDestination(url).probe()
+        finally:
+            server.shutdown()
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        MllpDestination("127.0.0.1", listening.getsockname()[1]).probe()
+    FolderDestination(tmp_path / "new" / "folder").probe()
+    assert (tmp_path / "new" / "folder").is_dir()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(DeliveryError, match="cannot create"):
+        FolderDestination(blocker / "sub").probe()
 
 
 def test_peer_that_never_answers_times_out_retryable(ct_study: list[Path]) -> None:

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from router.vocabulary import PriorityClass
 from router.worklist import WorklistEntry
 from serving.delivery.outbox import Outbox, RetryPolicy
-from serving.gateway.routes import Role, RouteTable
+from serving.gateway.routes import Request, Role, RouteTable
 from serving.gateway.spool import Spool
 from serving.gateway.stow import StowServer
 from serving.jobstore import JobStore
@@ -138,7 +139,7 @@ def _call(port: int, path: str, method: str = "GET") -> tuple[int, Any, bytes]:
 def test_rest_routes_answer_from_the_components(port: int) -> None:
     status, headers, body = _call(port, "/health")
     assert (status, headers["Content-Type"]) == (200, "application/json")
-    assert json.loads(body) == {"status": "ok", "inference": "unavailable"}
+    assert json.loads(body) == {"status": "ok", "reasons": [], "inference": "unavailable"}
     [study] = json.loads(_call(port, "/studies")[2])
     assert study["study_instance_uid"] == STUDY
     assert "patient_id_hash" not in study
@@ -156,6 +157,32 @@ def test_rest_routes_answer_from_the_components(port: int) -> None:
     status, headers, body = _call(port, "/metrics")
     assert (status, headers["Content-Type"]) == (200, CONTENT_TYPE)
     assert b'statlane_instances_received_total{modality="CT"} 1.0' in body
+
+
+def test_health_is_degraded_with_its_reasons_and_down_without_a_job_store(
+    tmp_path: Path,
+) -> None:
+    api = _api(tmp_path)
+    api.problems = lambda: ["destination pacs is down: cannot connect"]
+    answer = api.health(_request("/health"))
+    assert answer.status == 200  # degraded still takes and keeps every instance
+    assert json.loads(answer.body) == {
+        "status": "degraded",
+        "reasons": ["destination pacs is down: cannot connect"],
+        "inference": "unavailable",
+    }
+
+    def unreadable() -> list[str]:
+        raise OperationalError("SELECT", {}, Exception("database is locked"))
+
+    api.problems = unreadable
+    answer = api.health(_request("/health"))
+    assert answer.status == 503
+    assert json.loads(answer.body)["status"] == "down"
+
+
+def _request(path: str) -> Request:
+    return Request("GET", path, path)
 
 
 def test_rest_errors(port: int) -> None:

@@ -26,6 +26,7 @@ from pydicom.uid import generate_uid
 from models.synthetic import generate_study
 from router.messages import validate_rank_change_fhir, validate_rank_change_hl7
 from serving.cli import main
+from serving.gateway.routes import Request
 from serving.jobstore import OutboxState, StudyState, TaskState
 from serving.mllp import ack_code, send_message
 from serving.service.app import Service
@@ -451,10 +452,15 @@ def test_a_pacs_that_comes_up_late_gets_everything(tmp_path: Path) -> None:
         tmp_path,
         rules=str(_rules(tmp_path, ["pacs"])),
         destinations={"pacs": _dicom_destination(port)},
-        outbox=FAST_RETRY,
+        outbox={**FAST_RETRY, "probe_interval_s": 0.2},
     )
     with running_service(config) as service:
         assert storescu(service.ports.dicom, study.files).returncode == 0
+        degraded = wait_for(
+            lambda: answer if (answer := _health(service))["status"] == "degraded" else None,
+            what="/health degraded while the PACS is down",
+        )
+        assert any(r.startswith("destination pacs is down") for r in degraded["reasons"])
         failing = wait_for(
             lambda: (
                 items
@@ -473,6 +479,15 @@ def test_a_pacs_that_comes_up_late_gets_everything(tmp_path: Path) -> None:
             assert {i.id for i in delivered} == {i.id for i in failing}
             stored = _wait_pacs_objects(pacs, study.study_uid)
             assert _sop_uids(stored) == _payload_uids(delivered)
+            wait_for(lambda: _health(service)["status"] == "ok", what="/health ok again")
+
+
+def _health(service: Service) -> dict[str, Any]:
+    """What ``GET /health`` answers."""
+    answer: dict[str, Any] = json.loads(
+        service.rest.health(Request("GET", "/health", "/health")).body
+    )
+    return answer
 
 
 # ---- 4. dead letters, `statlane outbox list` and `statlane outbox retry --dead` -----------------

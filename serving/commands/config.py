@@ -33,6 +33,13 @@ def run(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"{args.file}: {problem}", file=sys.stderr)
         return 1
+    if config.outbox.max_attempts is not None:  # still valid, but it defeats the retry window
+        print(
+            f"{args.file}: warning: outbox.max_attempts is deprecated: items die after "
+            f"{config.outbox.max_attempts} failed attempts instead of retrying for "
+            "outbox.retry_window_s; remove it",
+            file=sys.stderr,
+        )
     print(f"{args.file}: ok ({len(config.destinations)} destinations, job store {config.db_url})")
     return 0
 

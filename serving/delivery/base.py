@@ -92,13 +92,40 @@ class Destination(Protocol):
         ...
 
 
+@runtime_checkable
+class Probeable(Protocol):
+    """A destination that can say whether it answers, without delivering anything.
+
+    Every built-in destination is one: DICOM C-ECHO, HTTP ``OPTIONS``, an MLLP TCP connect, a
+    writable folder.
+    """
+
+    name: str
+
+    def probe(self) -> None:
+        """Return when the peer answers; raise ``DeliveryError`` saying why it does not."""
+        ...
+
+
+def probe_timeout_s(timeout_s: float) -> float:
+    """A probe's timeout (seconds): the destination's own, at most 5 s (probes are frequent)."""
+    return min(timeout_s, PROBE_TIMEOUT_CAP_S)
+
+
+PROBE_TIMEOUT_CAP_S = 5.0
+"""Longest wait of one health probe, seconds."""
+
+
 class DeliveryError(Exception):
     """A payload did not reach its destination.
 
     Args:
-        retryable: True when the same payload may succeed later unchanged (peer down, timeout,
-            out of resources); False when retrying cannot help (rejected content, bad
-            configuration), so the outbox moves it to the dead letters at once.
+        retryable: True when the same payload may succeed later unchanged (connection refused,
+            timeout, HTTP 408/425/429/5xx, DIMSE out of resources ``0xA7xx``/``0x0213``, a
+            transiently rejected association, no MLLP ACK or an ``AR``): the outbox retries it
+            within its retry window. False when retrying cannot help (HTTP 3xx/4xx otherwise,
+            DIMSE failure statuses refusing the object, an association rejected permanently,
+            an ``AE`` ACK, unreadable content): the outbox moves it to the dead letters at once.
         message: One line saying what went wrong, with the destination and the status the peer
             answered; never patient names or IDs.
     """

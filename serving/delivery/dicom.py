@@ -31,6 +31,7 @@ from pynetdicom.association import Association
 from serving.delivery.base import (
     DeliveryError,
     Payload,
+    probe_timeout_s,
     storage_status_ok,
     storage_status_retryable,
 )
@@ -47,6 +48,7 @@ RESULT_SOP_CLASSES: tuple[str, ...] = (
     "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation
 )
 UNCOMPRESSED: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 
 
 class DicomStoreDestination:
@@ -138,6 +140,36 @@ class DicomStoreDestination:
             for old in expired:
                 _close(old)
 
+    def probe(self) -> None:
+        """C-ECHO on a fresh association; ``DeliveryError`` unless the peer answers success."""
+        ae = AE(ae_title=self.calling_ae)
+        timeout_s = probe_timeout_s(self.timeout_s)
+        ae.connection_timeout = timeout_s
+        ae.acse_timeout = timeout_s
+        ae.dimse_timeout = timeout_s
+        ae.network_timeout = timeout_s
+        ae.add_requested_context(VERIFICATION_SOP_CLASS, list(UNCOMPRESSED))
+        events = _AssociationEvents()
+        assoc = ae.associate(
+            self.host, self.port, ae_title=self.ae_title, evt_handlers=events.handlers()
+        )
+        if not assoc.is_established:
+            if events.accepted():
+                return  # it answers, only not to Verification (some PACS do not offer it)
+            raise DeliveryError(
+                events.retryable(), f"{self.name}: {events.why_not_established(assoc)}"
+            )
+        try:
+            answer = assoc.send_c_echo()
+        except (RuntimeError, ValueError, OSError) as exc:
+            _close(assoc, status_known=False)
+            raise DeliveryError(True, f"{self.name}: C-ECHO failed ({exc})") from exc
+        status = answer.get("Status")
+        _close(assoc, status_known=status is not None)
+        if status != 0x0000:
+            answered = "no answer" if status is None else f"status 0x{status:04X}"
+            raise DeliveryError(True, f"{self.name}: C-ECHO {answered}")
+
     def close(self) -> None:
         """Release every association kept open."""
         with self._lock:
@@ -152,9 +184,12 @@ class DicomStoreDestination:
             self.host, self.port, ae_title=self.ae_title, evt_handlers=events.handlers()
         )
         if not assoc.is_established:
-            # Always retryable, even a permanent rejection: it is a configuration problem at
-            # one end, and the outbox's retry limit bounds the attempts until someone fixes it.
-            raise DeliveryError(True, f"{self.name}: {events.why_not_established(assoc)}")
+            # Retryable unless the peer rejected it permanently (rejected-permanent, e.g. our
+            # AE title unknown to it) or accepted none of our contexts: both answer the same
+            # until someone changes a configuration, so the item is a dead letter at once.
+            raise DeliveryError(
+                events.retryable(), f"{self.name}: {events.why_not_established(assoc)}"
+            )
         return assoc
 
     def _take_idle(self, expired: list[Association]) -> Association | None:
@@ -280,6 +315,19 @@ class _AssociationEvents:
 
     def _on_acse(self, event: Any) -> None:
         self.primitives.append(event.primitive)
+
+    def accepted(self) -> bool:
+        """Whether the peer accepted the association (A-ASSOCIATE-AC), with or without a
+        presentation context we proposed."""
+        return any(getattr(p, "result", None) == 0x00 for p in self.primitives)
+
+    def retryable(self) -> bool:
+        """Whether the failed association may succeed later: False for a permanent rejection
+        (result 0x01) or an association that accepted none of the proposed contexts."""
+        for primitive in self.primitives:
+            if getattr(primitive, "result", None) in (0x00, 0x01):
+                return False
+        return True
 
     def why_not_established(self, assoc: Any) -> str:
         if not self.connected:

@@ -56,6 +56,15 @@ class FolderDestination:
         self.root = Path(root)
         self.name = name or f"folder:{self.root}"
 
+    def probe(self) -> None:
+        """The folder exists (created if missing) and is writable; ``DeliveryError`` if not."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DeliveryError(True, f"{self.name}: cannot create the folder ({exc})") from exc
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise DeliveryError(True, f"{self.name}: the folder is not writable")
+
     def deliver(self, payload: Payload) -> None:
         """Write the payload atomically."""
         self.write(payload)

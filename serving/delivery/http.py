@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 
-from serving.delivery.base import FHIR_CONTENT_TYPE, DeliveryError, Payload
+from serving.delivery.base import FHIR_CONTENT_TYPE, DeliveryError, Payload, probe_timeout_s
 
 FHIR_JSON = FHIR_CONTENT_TYPE
 RETRYABLE_HTTP = frozenset({408, 425, 429})
@@ -104,6 +104,32 @@ def post(
         raise DeliveryError(True, f"{where}: cannot reach the server ({reason})") from exc
 
 
+def probe_url(
+    url: str, *, headers: Mapping[str, str] | None = None, timeout_s: float = 5.0, where: str = ""
+) -> int:
+    """``OPTIONS url``: the HTTP status when the server answers below 500, else ``DeliveryError``.
+
+    Any answer below 500 (even 401, 404 or 405) means a server is there and handling requests;
+    a 5xx, a refused connection or a timeout means it is not (yet) able to take deliveries.
+    """
+    request = urllib.request.Request(url, method="OPTIONS")
+    for key, value in (headers or {}).items():
+        request.add_header(key, value)
+    where = where or public_url(url)
+    try:
+        with _OPENER.open(request, timeout=timeout_s) as response:
+            response.read()
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        status = int(exc.code)
+        if status < 500:
+            return status
+        raise DeliveryError(True, f"{where}: probe answered HTTP {status}") from exc
+    except (OSError, http.client.HTTPException) as exc:  # URLError, refused, reset, timeout
+        reason = getattr(exc, "reason", exc)
+        raise DeliveryError(True, f"{where}: cannot reach the server ({reason})") from exc
+
+
 def _safe_detail(body: bytes) -> str:
     """The enumerated issue codes of a FHIR OperationOutcome answer, else nothing.
 
@@ -156,6 +182,15 @@ class HttpJsonDestination:
             self.headers.setdefault("Accept", FHIR_JSON)
         kind = "fhir" if content_type == FHIR_JSON else "webhook"
         self.name = name or f"{kind}:{public_url(url)}"
+
+    def probe(self) -> None:
+        """``OPTIONS`` on the URL; ``DeliveryError`` unless the server answers below 500."""
+        probe_url(
+            self.url,
+            headers=self.headers,
+            timeout_s=probe_timeout_s(self.timeout_s),
+            where=self.name,
+        )
 
     def deliver(self, payload: Payload) -> None:
         """POST the payload's JSON; returns on any 2xx answer."""

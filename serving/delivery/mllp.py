@@ -10,7 +10,7 @@ How the acknowledgment code (MSA-1) maps onto a retry, as read from HL7 v2.5 §2
 - ``AR`` / ``CR`` (application / commit reject): the receiver did not process the message,
   which HL7 allows for reasons unrelated to its content ("the system is down", an internal
   error) as well as for an unsupported message type or version. The transient reading wins
-  (``retryable=True``); the outbox's retry limit bounds the attempts when the cause is in fact
+  (``retryable=True``); the outbox's retry window bounds the attempts when the cause is in fact
   permanent.
 - Anything else: the receiver's answer cannot be read, so whether it kept the message is
   unknown; permanent, so a person decides rather than a retry possibly duplicating the result.
@@ -20,8 +20,10 @@ A connection failure or timeout (``MllpError``) means no ACK arrived: retryable.
 
 from __future__ import annotations
 
+import socket
+
 from router.vocabulary import DeliveryKind
-from serving.delivery.base import DeliveryError, Payload
+from serving.delivery.base import DeliveryError, Payload, probe_timeout_s
 from serving.mllp import MllpError, ack_code, ack_error_code, send_message
 
 ACCEPTED = frozenset({"AA", "CA"})
@@ -48,6 +50,16 @@ class MllpDestination:
         self.port = int(port)
         self.timeout_s = float(timeout_s)
         self.name = name or f"mllp:{host}:{self.port}"
+
+    def probe(self) -> None:
+        """A TCP connection to the receiver (closed at once, nothing sent)."""
+        try:
+            with socket.create_connection(
+                (self.host, self.port), timeout=probe_timeout_s(self.timeout_s)
+            ):
+                pass
+        except OSError as exc:
+            raise DeliveryError(True, f"{self.name}: cannot connect ({exc})") from exc
 
     def deliver(self, payload: Payload) -> None:
         """Send the ER7 message; return on AA/CA, raise ``DeliveryError`` otherwise."""

@@ -2,16 +2,20 @@
 
 An item is written (``pending``) in the job store before anyone tries to send it. A worker
 takes the items that are ``due``, ``claim``s one (pending → sending, atomic, so two workers never
-send the same item), and reports ``delivered`` or ``failed``. A failure schedules the next attempt
-after an exponential backoff; after ``max_attempts`` failures, or at once for a permanent
-failure, the item is ``dead`` until an operator runs ``statlane outbox retry``. On restart,
-``reset_sending`` returns the items of workers that died mid-send to ``pending``.
+send the same item), and reports ``delivered`` or ``failed``. A transient failure (the peer is
+down, timed out, out of resources) schedules the next attempt after an exponential backoff,
+capped at ``max_delay_s``, for as long as the item is younger than the policy's
+``retry_window_s`` (24 h by default). Only a permanent failure (the peer refused the content)
+or an expired window makes the item ``dead``, until an operator runs ``statlane outbox retry``.
+``redrive`` makes a destination's items in backoff due now (its health probe answered again:
+``serving/delivery/probes.py``). On restart, ``reset_sending`` returns the items of workers that
+died mid-send to ``pending``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
@@ -26,29 +30,46 @@ logger = logging.getLogger(__name__)
 _BY_RANK = {p.rank: p for p in PriorityClass}
 
 
+DEFAULT_RETRY_WINDOW_S = 86400.0
+"""How long transient failures are retried by default, seconds from enqueueing (24 h)."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff between delivery attempts.
+    """Exponential backoff between delivery attempts, within a retry window.
 
     Attributes:
         base_delay_s: Wait after the first failure, seconds.
         factor: Each further failure multiplies the wait by this.
         max_delay_s: The wait never exceeds this, seconds.
-        max_attempts: After this many failed attempts the item is dead.
+        retry_window_s: Transient failures are retried while the item is younger than this
+            (seconds since it was enqueued); a failure after that makes it dead.
+        max_attempts: Deprecated: when set, the item is also dead after this many failed
+            attempts (the behaviour before ``retry_window_s``); None (default) sets no limit.
     """
 
     base_delay_s: float = 2.0
     factor: float = 2.0
     max_delay_s: float = 300.0
-    max_attempts: int = 8
+    retry_window_s: float = DEFAULT_RETRY_WINDOW_S
+    max_attempts: int | None = None
 
     def __post_init__(self) -> None:
         if self.base_delay_s <= 0 or self.factor < 1 or self.max_delay_s < self.base_delay_s:
             raise ValueError(
                 "retry policy needs base_delay_s > 0, factor >= 1 and max_delay_s >= base_delay_s"
             )
-        if self.max_attempts < 1:
+        if self.max_attempts is not None and self.max_attempts < 1:
             raise ValueError(f"retry policy needs max_attempts >= 1, got {self.max_attempts}")
+        if self.retry_window_s <= 0:
+            raise ValueError(f"retry policy needs retry_window_s > 0, got {self.retry_window_s}")
+
+    def gives_up(self, attempts: int, age_s: float) -> bool:
+        """Whether a transient failure ends the retries: the item's ``age_s`` (seconds since it
+        was enqueued) is past the window, or ``attempts`` reached the deprecated limit."""
+        if age_s >= self.retry_window_s:
+            return True
+        return self.max_attempts is not None and attempts >= self.max_attempts
 
     def delay_after(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based), capped."""
@@ -59,6 +80,23 @@ class RetryPolicy:
         except OverflowError:
             return self.max_delay_s
         return min(delay, self.max_delay_s)
+
+
+@dataclass(frozen=True)
+class DestinationBacklog:
+    """What waits for one destination.
+
+    Attributes:
+        pending: Items not delivered yet (pending or being sent).
+        oldest_pending_s: Age of the oldest of them, seconds since enqueued (0 when none).
+        backing_off: Whether some pending item waits for a retry later than now.
+        dead: Dead letters.
+    """
+
+    pending: int = 0
+    oldest_pending_s: float = 0.0
+    backing_off: bool = False
+    dead: int = 0
 
 
 @dataclass(frozen=True)
@@ -225,16 +263,22 @@ class Outbox:
             return _item(get_entity(changes.session, OutboxEntry, EntityKind.OUTBOX, item_id))
 
     def failed(self, item_id: int, error: str, *, retryable: bool = True) -> OutboxItem:
-        """Sending → pending after the policy's delay, or → dead when attempts run out.
+        """Sending → pending after the policy's delay, or → dead when the retry window is over.
 
         ``retryable=False`` (the destination rejected the content) makes the item dead at once.
-        ``error`` is one line naming the destination and status, never patient data.
+        A retry is never scheduled past the window's end: the last one is at its end, and a
+        failure then makes the item dead. ``error`` is one line naming the destination and
+        status, never patient data.
         """
         with self.store.writing(self.now()) as changes:
             entry = get_entity(changes.session, OutboxEntry, EntityKind.OUTBOX, item_id)
             attempts = entry.attempts + 1
-            dead = not retryable or attempts >= self.policy.max_attempts
-            delay_s = None if dead else self.policy.delay_after(attempts)
+            age_s = (changes.at - _aware(entry.created_at)).total_seconds()
+            dead = not retryable or self.policy.gives_up(attempts, age_s)
+            delay_s = None
+            if not dead:
+                left_s = self.policy.retry_window_s - age_s
+                delay_s = min(self.policy.delay_after(attempts), left_s)
             changes.require(
                 OutboxEntry,
                 EntityKind.OUTBOX,
@@ -258,6 +302,9 @@ class Outbox:
     def retry(self, item_id: int | None = None, *, all_dead: bool = False) -> list[OutboxItem]:
         """Dead → pending, due now, attempts reset: one item, or every dead item.
 
+        The retry window still counts from enqueueing: an item past it gets one attempt, and
+        a transient failure makes it dead again.
+
         Raises ``TransitionError`` if the one item named is not dead.
         """
         if (item_id is None) != all_dead:
@@ -276,6 +323,54 @@ class Outbox:
                 )
             session = changes.session
             return [_item(get_entity(session, OutboxEntry, EntityKind.OUTBOX, i)) for i in ids]
+
+    def redrive(self, destination: str) -> list[int]:
+        """Make ``destination``'s pending items in backoff due now (it answers again).
+
+        Attempts and the retry window are unchanged. Returns the item ids.
+        """
+        with self.store.writing(self.now()) as changes:
+            query = select(OutboxEntry).where(
+                OutboxEntry.state == OutboxState.PENDING,
+                OutboxEntry.destination == destination,
+                OutboxEntry.next_attempt_at > changes.at,
+            )
+            entries = list(changes.session.scalars(query.order_by(OutboxEntry.id)))
+            for entry in entries:
+                entry.next_attempt_at = changes.at
+            ids = [e.id for e in entries]
+        if ids:
+            logger.info("outbox: %d item(s) to %s due now (it answers)", len(ids), destination)
+        return ids
+
+    def backlog(self, now: datetime | None = None) -> dict[str, DestinationBacklog]:
+        """Per destination with any pending, sending or dead item: what waits and since when."""
+        at = now if now is not None else self.now()
+        query = select(
+            OutboxEntry.destination,
+            OutboxEntry.state,
+            func.count(),
+            func.min(OutboxEntry.created_at),
+            func.max(OutboxEntry.next_attempt_at),
+        ).where(OutboxEntry.state.in_((OutboxState.PENDING, OutboxState.SENDING, OutboxState.DEAD)))
+        query = query.group_by(OutboxEntry.destination, OutboxEntry.state)
+        found: dict[str, DestinationBacklog] = {}
+        with self.store.reading() as session:
+            rows = list(session.execute(query))
+        for name, state, count, oldest, latest_due in rows:
+            now_b = found.get(name, DestinationBacklog())
+            if state == OutboxState.DEAD:
+                found[name] = replace(now_b, dead=now_b.dead + int(count))
+                continue
+            age_s = max((at - _aware(oldest)).total_seconds(), 0.0)
+            backing_off = state == OutboxState.PENDING and _aware(latest_due) > at
+            found[name] = replace(
+                now_b,
+                pending=now_b.pending + int(count),
+                oldest_pending_s=max(now_b.oldest_pending_s, age_s),
+                backing_off=now_b.backing_off or backing_off,
+            )
+        return found
 
     def reset_sending(self) -> list[int]:
         """Sending → pending (on restart: the sender is gone); returns the item ids."""
@@ -306,6 +401,11 @@ class Outbox:
     def _ids(changes: StateChanges, state: OutboxState) -> list[int]:
         query = select(OutboxEntry.id).where(OutboxEntry.state == state)
         return list(changes.session.scalars(query.order_by(OutboxEntry.id)))
+
+
+def _aware(at: datetime) -> datetime:
+    """``at`` as timezone-aware UTC (SQLite hands back naive datetimes in some queries)."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _item(entry: OutboxEntry) -> OutboxItem:

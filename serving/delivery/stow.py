@@ -12,8 +12,13 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from serving.delivery.base import DeliveryError, Payload, storage_status_retryable
-from serving.delivery.http import HttpAnswer, check_url, post, public_url
+from serving.delivery.base import (
+    DeliveryError,
+    Payload,
+    probe_timeout_s,
+    storage_status_retryable,
+)
+from serving.delivery.http import HttpAnswer, check_url, post, probe_url, public_url
 
 DICOM_JSON = "application/dicom+json"
 FAILED_SOP_SEQUENCE = "00081198"
@@ -45,6 +50,15 @@ class StowRsDestination:
         self.headers = dict(headers or {})
         self.headers.setdefault("Accept", DICOM_JSON)
         self.name = name or f"stow:{public_url(self.base_url)}"
+
+    def probe(self) -> None:
+        """``OPTIONS {base_url}/studies``; ``DeliveryError`` unless answered below 500."""
+        probe_url(
+            f"{self.base_url}/studies",
+            headers=self.headers,
+            timeout_s=probe_timeout_s(self.timeout_s),
+            where=self.name,
+        )
 
     def deliver(self, payload: Payload) -> None:
         """POST the instance as ``multipart/related; type="application/dicom"``."""

@@ -4,7 +4,8 @@
 due item (stat first) plus one that sends stat items only (a stat SR never waits for a routine
 object already on its way to a slow destination), and closes the destinations on ``stop``. A
 worker that found nothing sleeps until the earliest pending item comes due, or until ``wake``
-(new items were queued).
+(new items were queued). One more thread runs the ``DestinationMonitor`` (``probes.py``): it
+probes destinations with a backlog in backoff and re-drives them when they answer.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from serving.delivery.base import DeliveryError, Destination, Urgency, close_des
 from serving.delivery.config import DestinationConfig, build_destination
 from serving.delivery.outbox import Outbox, OutboxItem
 from serving.delivery.payloads import payload_of
+from serving.delivery.probes import DEFAULT_PROBE_INTERVAL_S, DestinationMonitor
 from serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class DeliveryWorkers:
         gate: Stat priority: a stat item is sent as a stat stage, any other steps aside first.
         mono: Monotonic clock, seconds (delivery time).
         workers: Threads that send any due item; one more sends stat items only.
+        probe_interval_s: Seconds between two health probes of a destination with a backlog.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class DeliveryWorkers:
         gate: Urgency,
         mono: Callable[[], float] = time.monotonic,
         workers: int = 2,
+        probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
     ) -> None:
         self.outbox = outbox
         self.metrics = metrics
@@ -65,6 +69,14 @@ class DeliveryWorkers:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.monitor = DestinationMonitor(
+            outbox,
+            self.destinations,
+            metrics=metrics,
+            mono=mono,
+            probe_interval_s=probe_interval_s,
+            on_redrive=self.wake,
+        )
 
     def start(self) -> None:
         """Start the workers (``workers`` threads, plus the stat-only one)."""
@@ -81,6 +93,9 @@ class DeliveryWorkers:
                 daemon=True,
             )
         )
+        self._threads.append(
+            threading.Thread(target=self._probe_loop, name="delivery-probe", daemon=True)
+        )
         for thread in self._threads:
             thread.start()
 
@@ -88,6 +103,7 @@ class DeliveryWorkers:
         """Stop the workers (each finishes the item in hand) and close the destinations."""
         self._stopping.set()
         self._wake.set()
+        self.monitor.wanted.set()
         for thread in self._threads:
             thread.join(timeout=_JOIN_S)
         self._threads = []
@@ -118,6 +134,16 @@ class DeliveryWorkers:
             if not sent:  # woken at once by new items; otherwise sleeps until one comes due
                 self._wake.wait(self.idle_wait_s(priority))
                 self._wake.clear()
+
+    def _probe_loop(self) -> None:
+        """Run the monitor every ``probe_interval_s``, or at once after a failed delivery."""
+        while not self._stopping.is_set():
+            try:
+                self.monitor.tick()
+            except Exception:  # the monitor never dies: the job store may be busy, next round
+                log.exception("destination monitor failed")
+            self.monitor.wanted.wait(self.monitor.probe_interval_s)
+            self.monitor.wanted.clear()
 
     def idle_wait_s(self, priority: PriorityClass | None) -> float:
         """How long an idle worker sleeps (seconds) unless woken by new items.
@@ -152,6 +178,7 @@ class DeliveryWorkers:
         except DeliveryError as error:
             updated = self.outbox.failed(item.id, str(error), retryable=error.retryable)
             self.metrics.inc("statlane_delivery_failures_total", destination=item.destination)
+            self.monitor.failed(item.destination, error)
             log.warning(
                 "delivery to %s failed (attempt %d, %s): %s",
                 item.destination,
@@ -165,6 +192,7 @@ class DeliveryWorkers:
             log.exception("delivery to %s raised", item.destination)
             return
         self.outbox.delivered(item.id)
+        self.monitor.delivered(item.destination)
         self.metrics.inc(
             "statlane_deliveries_total", destination=item.destination, kind=str(item.kind)
         )

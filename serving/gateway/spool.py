@@ -188,6 +188,10 @@ def _encode(instance: bytes | Dataset) -> bytes:
 # so pydicom never converts (or logs) a value we did not ask for.
 
 
+LOW_DISK_HEADROOM_BYTES = 64 * 2**20
+"""Free space above the reserve (bytes) under which ``Spool.low_disk`` reports the disk low."""
+
+
 class Spool:
     """Durable store of received instances, safe for concurrent associations and requests.
 
@@ -353,6 +357,20 @@ class Spool:
             path.unlink(missing_ok=True)
             removed += 1
         return removed
+
+    def low_disk(self) -> str | None:
+        """Why instances are (about to be) refused for space, one line; None when there is room.
+
+        Low means less than ``LOW_DISK_HEADROOM_BYTES`` above the ``min_free_bytes`` reserve:
+        a large instance would be refused with ``0xA700`` now.
+        """
+        free = self._free_bytes(self.instances_dir)
+        if free - self.min_free_bytes >= LOW_DISK_HEADROOM_BYTES:
+            return None
+        return (
+            f"spool disk low: {free // 2**20} MiB free, {self.min_free_bytes // 2**20} MiB "
+            "reserved; large instances are refused"
+        )
 
     def _check_space(self, needed_bytes: int) -> None:
         free = self._free_bytes(self.instances_dir)

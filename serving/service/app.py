@@ -89,11 +89,19 @@ class Service:
         self.rules, rules_text = _rules(config)
         self.metrics = Metrics()
         self.store = JobStore(config.db_url, clock=utc)
+        if config.outbox.max_attempts is not None:
+            log.warning(
+                "outbox.max_attempts is deprecated: items die after %d failed attempts instead "
+                "of retrying for outbox.retry_window_s (%.0f s); remove it",
+                config.outbox.max_attempts,
+                config.outbox.retry_window_s,
+            )
         self.outbox = Outbox(
             self.store,
             RetryPolicy(
                 base_delay_s=config.outbox.base_delay_s,
                 max_delay_s=config.outbox.max_delay_s,
+                retry_window_s=config.outbox.retry_window_s,
                 max_attempts=config.outbox.max_attempts,
             ),
             clock=utc,
@@ -111,6 +119,7 @@ class Service:
             gate=self.gate,
             mono=mono,
             workers=config.outbox.workers,
+            probe_interval_s=config.outbox.probe_interval_s,
         )
         self.results = ResultDelivery(
             store=self.store,
@@ -165,6 +174,7 @@ class Service:
             metrics=self.metrics,
             worklist_mode=config.worklist.mode,
             inference_up=lambda: self.runtime is not None,
+            problems=self._problems,
         )
         routes = RouteTable()
         routes.add(REST_ROUTES, self.rest)
@@ -389,15 +399,19 @@ class Service:
             self.delivery.wake()
         return len(changes)
 
+    def _problems(self) -> list[str]:
+        """Why the service is degraded (``/health``): destinations, backlog, spool disk."""
+        reasons = self.delivery.monitor.problems(self.config.outbox.backlog_alert_s)
+        low = self.spool.low_disk()
+        return [*reasons, low] if low else reasons
+
     def _update_gauges(self) -> None:
         waits, waited_s = self.gate.totals()  # cumulative: exported as counters
         self.metrics.set("statlane_stat_gate_waits_total", waits)
         self.metrics.set("statlane_stat_gate_wait_seconds_total", waited_s)
         if self.runtime is None:
             return
-        scheduler = self.runtime.engine.scheduler
-        for priority, depth in scheduler.queued_by_class().items():
-            self.metrics.set("statlane_queue_depth", depth, priority=str(priority))
+        publish_queue_depth(self.metrics, self.runtime.engine.scheduler.queued_by_class())
         self.metrics.set("statlane_engine_pending", self.runtime.engine.pending)
 
     # ---- gateway callbacks -------------------------------------------------------------------
@@ -409,6 +423,14 @@ class Service:
         self.coordinator.association_ended([i.study_instance_uid for i in summary.stored])
 
 
+def publish_queue_depth(metrics: Metrics, queued: dict[str, int]) -> None:
+    """Set ``statlane_queue_depth`` for every priority class from the scheduler's queue (tasks);
+    a class with nothing queued reads 0, not the last depth it had."""
+    for priority in PriorityClass:
+        depth = queued.get(priority.value, 0)
+        metrics.set("statlane_queue_depth", depth, priority=priority.value)
+
+
 def _rules(config: ServiceConfig) -> tuple[RuleSet, str]:
     if config.rules is None:
         from importlib import resources
@@ -418,4 +440,4 @@ def _rules(config: ServiceConfig) -> tuple[RuleSet, str]:
     return load_rules(Path(config.rules)), Path(config.rules).read_text(encoding="utf-8")
 
 
-__all__ = ["Ports", "Service"]
+__all__ = ["Ports", "Service", "publish_queue_depth"]

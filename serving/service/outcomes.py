@@ -221,7 +221,7 @@ class ResultHandler:
                 model=task.model,
             )
         if job.deadline_missed:
-            metrics.inc("statlane_deadline_misses_total", priority=priority)
+            metrics.inc("statlane_deadline_misses_total", priority=priority, model=task.model)
         store.audit(
             "task-done",
             study_uid=task.study_instance_uid,

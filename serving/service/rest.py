@@ -17,6 +17,8 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from router.result import Mode
 from router.worklist import Worklist, worklist_json
 from serving.delivery.outbox import Outbox
@@ -76,6 +78,7 @@ class RestApi:
         metrics: The service's metrics.
         worklist_mode: The configured worklist mode, the default of ``/worklist?mode=``.
         inference_up: Whether the inference runtime is running (``/health``).
+        problems: Why the service is degraded, one line each (``/health``); none by default.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class RestApi:
         metrics: Metrics,
         worklist_mode: str,
         inference_up: Callable[[], bool],
+        problems: Callable[[], list[str]] = list,
     ) -> None:
         self.store = store
         self.outbox = outbox
@@ -94,12 +98,25 @@ class RestApi:
         self.metrics = metrics
         self.worklist_mode = worklist_mode
         self.inference_up = inference_up
+        self.problems = problems
 
     @_value_error_is_400
     def health(self, request: Request) -> Response:
-        """``GET /health``: up, and whether inference is."""
+        """``GET /health``: ``ok``, ``degraded`` or ``down``, why, and whether inference is up.
+
+        ``degraded`` (HTTP 200: the service still takes and keeps every instance, so a load
+        balancer must not take it out) lists its ``reasons``: a destination down, a delivery
+        backlog older than ``outbox.backlog_alert_s``, dead letters, the spool disk low.
+        ``down`` (HTTP 503) when the job store cannot be read: nothing can be recorded.
+        """
         runtime = "up" if self.inference_up() else "unavailable"
-        return _json(200, {"status": "ok", "inference": runtime})
+        try:
+            reasons = self.problems()
+        except SQLAlchemyError as error:
+            reason = f"job store unreadable ({type(error).__name__})"
+            return _json(503, {"status": "down", "reasons": [reason], "inference": runtime})
+        status = "degraded" if reasons else "ok"
+        return _json(200, {"status": status, "reasons": reasons, "inference": runtime})
 
     @_value_error_is_400
     def metrics_text(self, request: Request) -> Response:
@@ -168,7 +185,7 @@ def _study(row: Any) -> dict[str, Any]:
 
 
 REST_ROUTES: tuple[Route[RestApi], ...] = (
-    Route("GET", "/health", Role.PUBLIC, RestApi.health, "Service liveness and inference status"),
+    Route("GET", "/health", Role.PUBLIC, RestApi.health, "ok, degraded (reasons) or down"),
     Route("GET", "/metrics", Role.VIEWER, RestApi.metrics_text, "Prometheus metrics"),
     Route("GET", "/worklist", Role.VIEWER, RestApi.worklist_orders, "Native and published order"),
     Route("GET", "/studies", Role.VIEWER, RestApi.studies, "Studies, by state"),
