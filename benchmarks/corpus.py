@@ -284,7 +284,8 @@ def send_file(storescu: Path, port: int, corpus_file: CorpusFile, folder: Path) 
         timeout=120,
         check=False,
     )
-    text = run.stdout + run.stderr
+    # the file by its corpus name, not by where this machine installed it
+    text = (run.stdout + run.stderr).replace(str(corpus_file.path), corpus_file.name)
     statuses = _STATUS.findall(text)
     comments = [c.strip() for c in _COMMENT.findall(text) if c.strip()]
     problems = [line[3:].strip() for line in text.splitlines() if line.startswith(("E: ", "F: "))]
