@@ -206,6 +206,45 @@ class RuntimeConfig(_Strict):
     )
 
 
+class SpoolConfig(_Strict):
+    """The durable spool of received instances (``var_dir/spool``): its disk reserve and
+    retention.
+
+    ``min_free_bytes``: free space (bytes) that must remain after a write; below it an instance
+    is refused (C-STORE ``0xA700``, STOW-RS failure reason ``0xA700``).
+
+    ``retention_grace_s``: an instance file is removed once every task of its study has ended
+    (done, failed or cancelled), every outbox item of those tasks is delivered or dead, and
+    this many seconds have passed since the last of those (and since the study's last
+    instance); 0 removes at once, null keeps every instance forever. The grace period is also
+    the window for late instances: one arriving within it re-runs the study on all of its
+    images; one arriving after its study was pruned re-runs it on the images still on disk,
+    and the audit trail says so (``spool-pruned-rerun``). ``prune_interval_s``: how often the
+    service looks for prunable studies, seconds.
+    """
+
+    min_free_bytes: int = Field(default=512 * 1024 * 1024, ge=0)
+    retention_grace_s: float | None = Field(default=3600.0, ge=0)
+    prune_interval_s: float = Field(default=30.0, gt=0)
+
+
+class MemoryConfig(_Strict):
+    """Bounds on memory.
+
+    ``inflight_budget_bytes``: bytes of received instance data the gateways may hold at once
+    before it is durably spooled (a C-STORE data set, a STOW-RS request body); over it a
+    C-STORE is answered ``0xA700`` (out of resources) and a STOW-RS request HTTP 503 with
+    ``Retry-After: retry_after_s``. ``trim_allocator``: return freed heap to the operating
+    system (glibc ``malloc_trim``) when the service goes idle, at most every
+    ``trim_interval_s`` seconds; Linux with glibc only, false switches it off.
+    """
+
+    inflight_budget_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024)
+    retry_after_s: int = Field(default=5, ge=1, le=3600)
+    trim_allocator: bool = True
+    trim_interval_s: float = Field(default=30.0, gt=0)
+
+
 class OutboxConfig(_Strict):
     """Delivery retries and destination health (seconds).
 
@@ -268,6 +307,8 @@ class ServiceConfig(_Strict):
     )
     destinations: dict[str, DestinationConfig] = Field(default_factory=_default_destinations)
     outbox: OutboxConfig = OutboxConfig()
+    spool: SpoolConfig = SpoolConfig()
+    memory: MemoryConfig = MemoryConfig()
     worklist: WorklistConfig = WorklistConfig()
     identifiers: IdentifiersConfig = IdentifiersConfig()
 

@@ -197,6 +197,36 @@ METRICS: tuple[MetricSpec, ...] = (
         ("destination",),
     ),
     MetricSpec(
+        "statlane_spool_bytes",
+        Kind.GAUGE,
+        "Bytes of instance files in the spool",
+        (),
+    ),
+    MetricSpec(
+        "statlane_spool_pruned_bytes_total",
+        Kind.COUNTER,
+        "Bytes of instance files removed from the spool by retention",
+        (),
+    ),
+    MetricSpec(
+        "statlane_spool_pruned_instances_total",
+        Kind.COUNTER,
+        "Instance files removed from the spool by retention",
+        (),
+    ),
+    MetricSpec(
+        "statlane_inflight_bytes",
+        Kind.GAUGE,
+        "Bytes of received instance data held by the gateways before it is spooled",
+        (),
+    ),
+    MetricSpec(
+        "statlane_inflight_refused_total",
+        Kind.MIRRORED_COUNTER,
+        "Instances or STOW-RS requests refused because the in-flight memory budget was full",
+        (),
+    ),
+    MetricSpec(
         "statlane_destination_up",
         Kind.GAUGE,
         "1 unless the destination's last health probe failed (then 0)",

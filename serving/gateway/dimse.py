@@ -71,6 +71,7 @@ from serving.gateway.admission import (
     ConnectionLimits,
     GatedRequestHandler,
 )
+from serving.gateway.budget import MemoryBudget, OverBudget
 from serving.gateway.errors import InvalidInstance, OutOfResources, UnknownCaller
 from serving.gateway.fast_store import (
     SOP_CLASS_MISMATCH,
@@ -228,6 +229,8 @@ class DicomGateway:
             association whose peer sends a larger PDU.
         fast_path: Serve with the fast path where it is usable (see :func:`fast_path_usable`,
             decided at :meth:`start`); False always runs pynetdicom's standard server.
+        budget: The in-flight memory budget shared with STOW-RS: a data set is held against
+            it until it is spooled; over it the C-STORE is answered ``0xA700``.
     """
 
     def __init__(
@@ -246,6 +249,7 @@ class DicomGateway:
         max_connections_per_address: int = 8,
         maximum_pdu_bytes: int = DEFAULT_MAXIMUM_PDU_BYTES,
         fast_path: bool = True,
+        budget: MemoryBudget | None = None,
     ) -> None:
         if not 0 < maximum_pdu_bytes <= MAX_PDU_BYTES:
             raise ValueError(f"maximum_pdu_bytes must be 1-{MAX_PDU_BYTES}")
@@ -254,6 +258,7 @@ class DicomGateway:
         if min(maximum_associations, max_connections_per_address) < 1:
             raise ValueError("maximum_associations and max_connections_per_address must be >= 1")
         self.spool = spool
+        self.budget = budget if budget is not None else MemoryBudget()
         self.ae_title = ae_title
         self.host = host
         self._requested_port = port
@@ -476,8 +481,16 @@ class DicomGateway:
             if data_set is None:
                 raise InvalidInstance("the C-STORE request carries no data set")
             header = part10_header(sop_class_uid, sop_instance_uid, transfer_syntax)
-            part10 = b"".join((header, *data_set))  # the one copy of the received data set
-            stored = self.spool.store(part10, state.source)
+            # the received fragments and their one joined copy, held until spooled
+            held = 2 * (len(header) + sum(len(fragment) for fragment in data_set))
+            with self.budget.reserve(held):
+                part10 = b"".join((header, *data_set))  # the one copy of the received data set
+                stored = self.spool.store(part10, state.source)
+                del part10
+        except OverBudget as exc:
+            state.failed += 1
+            LOGGER.warning("association %s: %s", state.source.association_id, exc)
+            return STATUS_OUT_OF_RESOURCES, "in-flight memory budget exhausted"
         except OutOfResources as exc:
             state.failed += 1
             LOGGER.error("association %s: %s", state.source.association_id, exc)

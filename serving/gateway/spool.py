@@ -223,6 +223,54 @@ class Spool:
         self._clock = clock
         # One lock per hash stripe: two copies of one instance never race, others never wait.
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._bytes_lock = threading.Lock()
+        self._stored_bytes = 0  # of instance files, as far as this process knows (see count)
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of instance files in the spool: those found by :meth:`count_stored` plus those
+        written since, less those removed."""
+        with self._bytes_lock:
+            return self._stored_bytes
+
+    def _add_bytes(self, delta: int) -> None:
+        with self._bytes_lock:
+            self._stored_bytes = max(self._stored_bytes + delta, 0)
+
+    def count_stored(self, instances: Iterator[StoredInstance] | list[StoredInstance]) -> None:
+        """Start :attr:`stored_bytes` from the instances found at start-up (a rescan)."""
+        total = sum(i.size_bytes for i in instances)
+        with self._bytes_lock:
+            self._stored_bytes = total
+
+    def remove(self, path: Path | str) -> int:
+        """Remove one instance file (retention); the bytes removed, 0 when it was not there.
+
+        Only files below ``root/instances`` are touched; the series and study directories go
+        when they are left empty. Takes the instance's stripe lock, so a resend being checked
+        as a duplicate at the same moment either sees the file or writes it anew.
+        """
+        target = Path(path)
+        try:
+            target.relative_to(self.instances_dir)
+        except ValueError:
+            LOGGER.warning("spool retention skipped a path outside the spool")
+            return 0
+        if target.suffix != ".dcm" or len(target.stem) < 8:
+            return 0
+        with self._locks[int(target.stem[:8], 16) % _LOCK_STRIPES]:
+            try:
+                size = target.stat().st_size
+                target.unlink()
+            except FileNotFoundError:
+                return 0
+        self._add_bytes(-size)
+        for directory in (target.parent, target.parent.parent):
+            try:
+                directory.rmdir()  # only when empty
+            except OSError:
+                break
+        return size
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         """Where the instance with these (validated) UIDs is stored."""
@@ -274,18 +322,24 @@ class Spool:
                 identity.sop_instance_uid,
             )
             with self._locks[int(path.stem[:8], 16) % _LOCK_STRIPES]:
-                duplicate, replaced = False, False
+                duplicate, replaced, old_size = False, False, 0
                 if path.exists():
-                    if path.stat().st_size == len(data) and path.read_bytes() == data:
+                    old_size = path.stat().st_size
+                    if old_size == len(data) and path.read_bytes() == data:
                         duplicate = True
                     else:
                         replaced = True
                 if not duplicate:
                     self._ensure_directory(path.parent)
                     # rename(2): atomic, and it overwrites a replaced instance.
-                    os.replace(staged, path)
+                    try:
+                        os.replace(staged, path)
+                    except FileNotFoundError:  # retention removed the empty directory just now
+                        self._ensure_directory(path.parent)
+                        os.replace(staged, path)
                     renamed = True
                     _fsync_directory(path.parent)
+                    self._add_bytes(len(data) - old_size)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise OutOfResources(

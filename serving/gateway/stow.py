@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
+from serving.gateway.budget import MemoryBudget, OverBudget
 from serving.gateway.deadlines import SocketDeadlines
 from serving.gateway.errors import InvalidInstance, MalformedRequest, OutOfResources, StudyMismatch
 from serving.gateway.multipart import (
@@ -161,6 +162,10 @@ class StowServer:
             longest one read or write of a body or answer may stall.
         routes: The port's route table with the other routes it serves (the REST API); the
             STOW-RS routes are added to it. Default: a table of the STOW-RS routes alone.
+        budget: The in-flight memory budget shared with the DIMSE gateway: a request holds
+            what its body may keep in memory, and each part its bytes while it is spooled.
+            A request that does not fit is answered 503 with ``Retry-After: retry_after_s``
+            (seconds) before its body is read; a part that does not fit fails with ``0xA700``.
     """
 
     def __init__(
@@ -177,10 +182,14 @@ class StowServer:
         routes: RouteTable | None = None,
         header_timeout_s: float = 10.0,
         idle_timeout_s: float = 60.0,
+        budget: MemoryBudget | None = None,
+        retry_after_s: int = 5,
     ) -> None:
         if min(header_timeout_s, idle_timeout_s) <= 0:
             raise ValueError("header_timeout_s and idle_timeout_s must be positive")
         self.spool = spool
+        self.budget = budget if budget is not None else MemoryBudget()
+        self.retry_after_s = retry_after_s
         self.header_timeout_s = header_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.deadlines = SocketDeadlines("http")
@@ -247,7 +256,24 @@ class StowServer:
         """``POST {base}/studies[/{study}]``: store every part, report, then answer."""
         study_uid = request.params.get("study")
         request_id = uuid.uuid4().hex
-        response, close = self._receive(request, study_uid, request_id)
+        held = self._body_reservation(request.headers.get("Content-Length"))
+        if not self.budget.try_reserve(held):
+            LOGGER.warning(
+                "STOW request %s from %s refused: in-flight memory budget exhausted",
+                request_id,
+                request.client,
+            )
+            return Response(
+                503,
+                "text/plain; charset=utf-8",
+                b"in-flight memory budget exhausted; retry later\n",
+                headers=(("Retry-After", str(self.retry_after_s)),),
+                close_connection=True,  # the body was not read
+            )
+        try:
+            response, close = self._receive(request, study_uid, request_id)
+        finally:
+            self.budget.release(held)
         summary = StowSummary(
             request_id,
             request.client,
@@ -260,6 +286,12 @@ class StowServer:
         return Response(
             response.http_status, response.content_type, response.body, close_connection=close
         )
+
+    def _body_reservation(self, content_length: str | None) -> int:
+        """Bytes a request's body may hold in memory: its length up to the in-memory limit."""
+        if content_length is not None and content_length.strip().isdigit():
+            return min(int(content_length), self.memory_body_bytes)
+        return self.memory_body_bytes
 
     def _receive(
         self, request: Request, study_uid: str | None, request_id: str
@@ -357,7 +389,15 @@ class StowServer:
             reason = f"part is {media_type.essence}, not application/dicom"
             return FailedInstance(index, FAILURE_CANNOT_UNDERSTAND, reason)
         try:
-            stored = self.spool.store(part.content(body), source, expected_study_uid=study_uid)
+            content = part.content(body)
+            with self.budget.reserve(len(content)):
+                stored = self.spool.store(content, source, expected_study_uid=study_uid)
+            del content
+        except OverBudget as exc:
+            LOGGER.warning("STOW request %s: %s", source.association_id, exc)
+            return FailedInstance(
+                index, FAILURE_OUT_OF_RESOURCES, "in-flight memory budget exhausted"
+            )
         except StudyMismatch as exc:
             return FailedInstance(index, FAILURE_STUDY_MISMATCH, exc.reason, exc.sop_instance_uid)
         except InvalidInstance as exc:

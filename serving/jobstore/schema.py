@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Dialect,
     Engine,
@@ -122,6 +123,18 @@ class Instance(Base):
     seq: Mapped[int] = mapped_column(Integer)  # 1-based arrival position within the series
     path: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SpoolPrune(Base):
+    """A study whose instance files were removed from the spool (retention); its instance rows
+    keep their paths. A table of its own: ``create_tables`` never adds columns."""
+
+    __tablename__ = "spool_prunes"
+
+    study_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    pruned_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    instances: Mapped[int] = mapped_column(Integer)
+    bytes_removed: Mapped[int] = mapped_column(BigInteger)
 
 
 class Order(Base):
@@ -404,6 +417,16 @@ class InstanceRow:
     seq: int
     path: str
     received_at: datetime
+
+
+@dataclass(frozen=True)
+class SpoolPruneRow:
+    """When a study's instance files were last removed from the spool, how many, how many bytes."""
+
+    study_instance_uid: str
+    pruned_at: datetime
+    instances: int
+    bytes_removed: int
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from serving.jobstore.changes import (
     reject_phi,
     utc_now,
 )
+from serving.jobstore.retention import prunable_studies, record_prune
 from serving.jobstore.schema import (
     RELAXED_SYNC_OPTION,
     WRITE_OPTION,
@@ -47,6 +48,8 @@ from serving.jobstore.schema import (
     RoutingRow,
     Series,
     SeriesRow,
+    SpoolPrune,
+    SpoolPruneRow,
     Study,
     StudyRow,
     Task,
@@ -312,6 +315,30 @@ class JobStore:
         query = select(Instance).where(Instance.series_instance_uid == series_uid)
         with self.reading() as session:
             return [to_row(InstanceRow, i) for i in session.scalars(query.order_by(Instance.seq))]
+
+    # ---- spool retention ------------------------------------------------------------------
+
+    def prunable_studies(self, grace_s: float, limit: int = 100) -> list[str]:
+        """Done studies whose instance files may leave the spool now (oldest first).
+
+        Every task ended (done, failed, cancelled), every outbox item of those tasks delivered
+        or dead, and ``grace_s`` seconds passed since the last of those and since the study's
+        last instance; a study pruned before qualifies again only after a later instance.
+        """
+        with self.reading() as session:
+            return prunable_studies(session, self.now(), grace_s, limit)
+
+    def record_spool_prune(self, study_uid: str, instances: int, bytes_removed: int) -> None:
+        """Record that ``instances`` files (``bytes_removed`` bytes) of the study were removed;
+        the instance rows keep their paths."""
+        with self.writing() as changes:
+            record_prune(changes, study_uid, instances, bytes_removed)
+
+    def spool_prune(self, study_uid: str) -> SpoolPruneRow | None:
+        """When the study's instance files were last removed from the spool, or None."""
+        with self.reading() as session:
+            row = session.get(SpoolPrune, study_uid)
+            return None if row is None else to_row(SpoolPruneRow, row)
 
     # ---- orders ---------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from serving.config import ServiceConfig
 from serving.delivery.outbox import Outbox, RetryPolicy
 from serving.delivery.payloads import ResultDelivery, rank_change_item
 from serving.delivery.workers import DeliveryWorkers
+from serving.gateway.budget import MemoryBudget
 from serving.gateway.dimse import AssociationSummary, DicomGateway
 from serving.gateway.hl7_orders import OrderReceiver
 from serving.gateway.mllp import MllpServer
@@ -35,6 +36,7 @@ from serving.metrics import Metrics
 from serving.service.coordinator import Coordinator
 from serving.service.records import rules_digest
 from serving.service.rest import REST_ROUTES, RestApi
+from serving.service.retention import AllocatorTrim, SpoolRetention
 from serving.service.runtime import Runtime, build_runtime
 from serving.service.stat_gate import StatGate
 from serving.service.streaming import StreamingVolumes
@@ -151,7 +153,22 @@ class Service:
             streaming=self.streaming,
             gate=self.gate,
         )
-        self.spool = Spool(var / "spool", clock=utc)
+        self.spool = Spool(var / "spool", min_free_bytes=config.spool.min_free_bytes, clock=utc)
+        self.retention = SpoolRetention(
+            self.spool,
+            self.store,
+            self.metrics,
+            grace_s=config.spool.retention_grace_s,
+            interval_s=config.spool.prune_interval_s,
+            mono=mono,
+        )
+        self.trim = AllocatorTrim(
+            enabled=config.memory.trim_allocator,
+            interval_s=config.memory.trim_interval_s,
+            mono=mono,
+        )
+        # one budget for what both gateways hold in memory before it is spooled
+        self.budget = MemoryBudget(config.memory.inflight_budget_bytes)
         self.dicom = DicomGateway(
             self.spool,
             ae_title=config.dicom.ae_title,
@@ -166,6 +183,7 @@ class Service:
             max_connections_per_address=config.dicom.max_connections_per_address,
             maximum_pdu_bytes=config.dicom.maximum_pdu_bytes,
             fast_path=config.dicom.fast_path,
+            budget=self.budget,
         )
         self.rest = RestApi(
             store=self.store,
@@ -187,6 +205,8 @@ class Service:
             routes=routes,
             header_timeout_s=config.http.header_timeout_s,
             idle_timeout_s=config.http.idle_timeout_s,
+            budget=self.budget,
+            retry_after_s=config.memory.retry_after_s,
         )
         self.hl7: MllpServer | None = None
         if config.hl7.enabled:
@@ -242,7 +262,10 @@ class Service:
         """Recover from the job store and spool, then open every listener and worker."""
         removed = self.spool.discard_partial_writes()
         self.outbox.reset_sending()
-        resumed = self.coordinator.recover(list(self.spool.iter_instances()))
+        spooled = list(self.spool.iter_instances())
+        self.spool.count_stored(spooled)
+        resumed = self.coordinator.recover(spooled)
+        del spooled
         if removed or any(resumed.values()):
             log.info("recovered: %d partial writes removed, %s", removed, resumed)
         self.store.audit("service-started", detail={"resumed": resumed})
@@ -328,6 +351,8 @@ class Service:
                 self.coordinator.tick()
                 self.publish_worklist()
                 self._update_gauges()
+                self.retention.maybe_prune()
+                self._trim_when_idle()
             # The loop routes every study: one failing round is logged and the next one runs.
             except Exception:
                 log.exception("coordinator tick failed")
@@ -405,10 +430,25 @@ class Service:
         low = self.spool.low_disk()
         return [*reasons, low] if low else reasons
 
+    def _trim_when_idle(self) -> None:
+        """Return freed heap to the system once nothing is received, queued or running."""
+        busy = (
+            self.budget.in_use_bytes > 0
+            or not self.coordinator.ingest_idle()
+            or self.coordinator.has_work()
+            or (self.runtime is not None and self.runtime.engine.pending > 0)
+        )
+        if busy:
+            self.trim.note_busy()
+        else:
+            self.trim.idle()
+
     def _update_gauges(self) -> None:
         waits, waited_s = self.gate.totals()  # cumulative: exported as counters
         self.metrics.set("statlane_stat_gate_waits_total", waits)
         self.metrics.set("statlane_stat_gate_wait_seconds_total", waited_s)
+        self.metrics.set("statlane_inflight_bytes", self.budget.in_use_bytes)
+        self.metrics.set("statlane_inflight_refused_total", self.budget.refused)
         if self.runtime is None:
             return
         publish_queue_depth(self.metrics, self.runtime.engine.scheduler.queued_by_class())

@@ -31,6 +31,7 @@ checked; routing reuses that decision when nothing changed since.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -49,7 +50,14 @@ from router.worklist import AIStatus, Worklist, WorklistEntry
 from serving.engine import EngineBusy, InferenceJob, JobResult
 from serving.gateway.element_text import element_count, element_text
 from serving.gateway.spool import StoredInstance
-from serving.jobstore import InstanceArrival, JobStore, StudyState, TaskRow, TaskState
+from serving.jobstore import (
+    InstanceArrival,
+    InstanceRow,
+    JobStore,
+    StudyState,
+    TaskRow,
+    TaskState,
+)
 from serving.metrics import Metrics
 from serving.service import recovery
 from serving.service.assembly import Arrival, CompleteStudy, StudyAssembler
@@ -447,10 +455,24 @@ class Coordinator:
         Returns the decision, or None when the study was quarantined. Whichever way it ends
         (an error included), the study leaves memory.
         """
+        decision: Decision | None = None
         try:
-            return self._route(complete)
+            decision = self._route(complete)
+            return decision
         finally:
             self.forget(complete.study_uid)
+            self._drop_unread_volumes(complete, decision)
+
+    def _drop_unread_volumes(self, complete: CompleteStudy, decision: Decision | None) -> None:
+        """Free the volumes decoded while the study arrived that no task of it will read (a
+        series no rule runs a model on, a quarantined study): they would otherwise stay in
+        memory until newer series push them out."""
+        if self.streaming is None:
+            return
+        read = {t.series_instance_uid for t in decision.tasks} if decision is not None else set()
+        if "" in read:  # a study-level task: which series it reads is the model's business
+            return
+        self.streaming.discard([uid for uid in complete.series if uid not in read])
 
     def _route(self, complete: CompleteStudy) -> Decision | None:
         uid = complete.study_uid
@@ -563,6 +585,8 @@ class Coordinator:
     ) -> None:
         assert self.runtime is not None
         rows = self.store.instances_of(task.series_instance_uid)
+        if self.store.spool_prune(task.study_instance_uid) is not None:
+            rows = self._still_spooled(task, rows)
         paths = [row.path for row in rows]
         known: dict[str, tuple[pydicom.Dataset, str]] | None = None
         if headers is not None and all(r.sop_instance_uid in headers for r in rows):
@@ -588,6 +612,22 @@ class Coordinator:
                 self.lock.notify_all()
 
         future.add_done_callback(done)
+
+    def _still_spooled(self, task: TaskRow, rows: list[InstanceRow]) -> list[InstanceRow]:
+        """A re-run of a study whose files retention removed reads the instances still on disk
+        (those that came after the prune); the audit trail says how many it lacks."""
+        present = [row for row in rows if os.path.exists(row.path)]
+        if len(present) < len(rows):
+            self.store.audit(
+                "spool-pruned-rerun",
+                study_uid=task.study_instance_uid,
+                task_id=task.task_id,
+                detail={
+                    "instances_read": len(present),
+                    "instances_pruned": len(rows) - len(present),
+                },
+            )
+        return present
 
     def loader(self, series_uid: str, *, stat: bool = False) -> Callable[[Sequence[str]], Volume]:
         """Take the volume decoded while the series arrived, else read it from the spool.

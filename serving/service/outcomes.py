@@ -149,6 +149,8 @@ class ResultHandler:
             self.gate.step_aside()
         try:
             self.result_ready(launched, future.result())
+            # the result is handled: its volume (the source grid) is needed no more
+            launched.source.release()
         # Any failure (a model output the objects cannot take, a broken file, a bug) must fail
         # this one task, never the results thread that serves every other study.
         except Exception as error:
@@ -160,6 +162,7 @@ class ResultHandler:
             )
             set_ai_status(self.worklist, launched.task.study_instance_uid, AIStatus.UNAVAILABLE)
             self.store.finish_study(launched.task.study_instance_uid)
+            launched.source.release()
 
     def result_ready(self, launched: Launched, job: JobResult) -> None:
         """Finish a task exactly once and hand its result to delivery."""
@@ -291,13 +294,16 @@ class ResultHandler:
             mode=Mode(task.mode),
         )
 
+        # The mask needs the source grid, not its voxels: the closure (which delivery may keep
+        # until the SEG is built) holds no reference to the volume.
+        grid_affine, grid_shape, model_affine = volume.affine, volume.shape, source.affine_ras
+        del volume
+
         def with_mask(result: AIResult) -> AIResult:
             if manifest.task is Task.CLASSIFICATION or job.outputs is None:
                 return result
-            assert source.affine_ras is not None
-            mask = mask_on_source(
-                job.outputs, manifest, source.affine_ras, volume.affine, volume.shape
-            )
+            assert model_affine is not None
+            mask = mask_on_source(job.outputs, manifest, model_affine, grid_affine, grid_shape)
             if mask is None or mask.shape[0] != len(instances):
                 return result  # a slice whose header is missing: the planes are not the grid
             if not mask.any():

@@ -67,6 +67,11 @@ class SeriesSource:
             self.volume = self.loader(self.paths)
         return self.volume
 
+    def release(self) -> None:
+        """Drop the loaded volume (its voxels) once the task's result is handled; the geometry
+        the results needed was taken before. A later :meth:`load` reads it again."""
+        self.volume = None
+
 
 def _prepare_for(manifest: Manifest) -> Callable[[Any], tuple[np.ndarray, np.ndarray]]:
     pipeline = manifest.pipeline()

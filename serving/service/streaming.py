@@ -82,6 +82,25 @@ class StreamingVolumes:
         except PreprocessingError:
             return None  # the batch loader raises the same typed error with full context
 
+    def discard(self, series_uids: Sequence[str]) -> int:
+        """Drop what was decoded of these series (no task will take it); how many were held.
+
+        Instances of them still queued are decoded into a new entry, which the next
+        ``discard`` or newer series remove.
+        """
+        dropped = 0
+        with self._lock:
+            for series_uid in series_uids:
+                if self._series.pop(series_uid, None) is not None:
+                    dropped += 1
+        return dropped
+
+    @property
+    def held_series(self) -> int:
+        """Series whose decoded slices are held now."""
+        with self._lock:
+            return len(self._series)
+
     def stop(self) -> None:
         """Stop the decoding thread."""
         self._queue.put(_STOP)
