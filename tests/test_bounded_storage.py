@@ -8,6 +8,7 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
@@ -26,6 +27,7 @@ from serving.gateway.stow import StowServer
 from serving.jobstore import JobStore, StudyState
 from serving.metrics import Metrics
 from serving.service.retention import AllocatorTrim, SpoolRetention, glibc_malloc_trim
+from serving.service.streaming import StreamingVolumes
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 BOUNDARY = "bounded-boundary"
@@ -312,3 +314,17 @@ def test_config_keys_have_defaults_and_null_keeps_forever() -> None:
     assert config.spool.retention_grace_s is None
     with pytest.raises(ValueError, match="retention_grace_s"):
         ServiceConfig.model_validate({"spool": {"retention_grace_s": -1}})
+
+
+def test_streamed_slices_no_task_reads_can_be_dropped(head: SyntheticStudy) -> None:
+    streaming = StreamingVolumes()
+    try:
+        series_uid = str(pydicom.dcmread(head.files[0], stop_before_pixels=True).SeriesInstanceUID)
+        for path in head.files[:2]:
+            streaming.offer(series_uid, "CT", str(path))
+        assert streaming.take("no-such-series", [], timeout_s=30) is None  # waits for decoding
+        assert streaming.held_series == 1
+        assert streaming.discard([series_uid, "other"]) == 1
+        assert streaming.held_series == 0
+    finally:
+        streaming.stop()
