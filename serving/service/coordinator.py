@@ -484,10 +484,21 @@ class Coordinator:
         if flight is None or len(headers) < sum(len(p) for p in complete.series.values()):
             known = self.store.study(uid)
             flight = StudyInFlight(uid, known.calling_ae if known is not None else "")
+            pruned = 0
             for paths in complete.series.values():
                 for path in paths:
-                    header = pydicom.dcmread(path, stop_before_pixels=True)
+                    try:
+                        header = pydicom.dcmread(path, stop_before_pixels=True)
+                    except FileNotFoundError:  # removed by spool retention before a late one
+                        pruned += 1
+                        continue
                     flight.add(element_text(header, "SOPInstanceUID"), header)
+            if pruned:
+                self.store.audit(
+                    "spool-pruned-rerun",
+                    study_uid=uid,
+                    detail={"headers_read": len(flight.headers), "headers_pruned": pruned},
+                )
             headers = list(flight.headers.values())
         problem = identity_problem(headers)
         order = self._order_for(flight)
