@@ -58,6 +58,7 @@ bench: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m benchmarks.scheduling
 	$(BIN)/python -m benchmarks.ingest
 	$(BIN)/python -m benchmarks.e2e
+	$(BIN)/python -m benchmarks.memory_burst
 	$(BIN)/python -m benchmarks.bundles
 	$(BIN)/python -m benchmarks.result_objects
 	$(BIN)/python -m models.evaluate
@@ -67,6 +68,7 @@ bench-smoke: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m benchmarks.preprocess --smoke
 	$(BIN)/python -m benchmarks.scheduling --smoke
 	$(BIN)/python -m benchmarks.ingest --smoke
+	$(BIN)/python -m benchmarks.memory_burst --smoke --out var/bench-smoke
 	$(BIN)/python -m benchmarks.e2e --smoke
 	$(BIN)/python -m benchmarks.bundles --smoke --out var/bench-smoke
 	$(BIN)/python -m benchmarks.result_objects --smoke --out var/bench-smoke
