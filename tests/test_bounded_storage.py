@@ -328,3 +328,30 @@ def test_streamed_slices_no_task_reads_can_be_dropped(head: SyntheticStudy) -> N
         assert streaming.held_series == 0
     finally:
         streaming.stop()
+
+
+def test_a_stow_request_alone_is_never_refused_for_its_own_parts(
+    tmp_path: Path, head: SyntheticStudy
+) -> None:
+    body = _multipart(head.files[:3])
+    budget = MemoryBudget(len(body) + 1024)  # the body fits; body plus a part does not
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    with StowServer(spool, host="127.0.0.1", port=0, budget=budget) as server:
+        status, _, _ = _post(server, body)
+    assert status == 200
+    assert len(list(spool.instances_dir.rglob("*.dcm"))) == 3
+    assert budget.in_use_bytes == 0
+
+
+def test_a_part_over_the_budget_fails_with_a700_while_another_request_holds_it(
+    tmp_path: Path, head: SyntheticStudy
+) -> None:
+    budget = MemoryBudget(1024 * 1024)
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    server = StowServer(spool, host="127.0.0.1", port=0, budget=budget)
+    body = _multipart(head.files[:1])
+    assert budget.try_reserve(1024 * 1024 - 10)  # another request's body
+    answer = server.store_body(body, BOUNDARY, study_uid=None, address="127.0.0.1", request_id="r1")
+    assert answer.http_status == 409
+    failed = json.loads(answer.body)["00081198"]["Value"]
+    assert [item["00081197"]["Value"][0] for item in failed] == [0xA700]

@@ -63,11 +63,16 @@ class MemoryBudget:
         with self._lock:
             return self._refused
 
-    def try_reserve(self, size_bytes: int) -> bool:
-        """Reserve ``size_bytes`` if they fit (or nothing else is held); False if refused."""
+    def try_reserve(self, size_bytes: int, *, own_bytes: int = 0) -> bool:
+        """Reserve ``size_bytes`` if they fit (or nothing else is held); False if refused.
+
+        ``own_bytes``: bytes the caller holds already (a request's body while it stores one
+        of its parts): a caller holding everything reserved is never refused.
+        """
         size_bytes = max(size_bytes, 0)
         with self._lock:
-            if self._in_use and self._in_use + size_bytes > self.budget_bytes:
+            others = self._in_use - own_bytes
+            if others > 0 and self._in_use + size_bytes > self.budget_bytes:
                 self._refused += 1
                 return False
             self._in_use += size_bytes
@@ -79,13 +84,14 @@ class MemoryBudget:
             self._in_use = max(self._in_use - max(size_bytes, 0), 0)
 
     @contextmanager
-    def reserve(self, size_bytes: int) -> Iterator[None]:
-        """Hold ``size_bytes`` for the ``with`` block.
+    def reserve(self, size_bytes: int, *, own_bytes: int = 0) -> Iterator[None]:
+        """Hold ``size_bytes`` for the ``with`` block (``own_bytes`` as for
+        :meth:`try_reserve`).
 
         Raises:
             OverBudget: They do not fit; nothing is reserved.
         """
-        if not self.try_reserve(size_bytes):
+        if not self.try_reserve(size_bytes, own_bytes=own_bytes):
             raise OverBudget(
                 needed_bytes=size_bytes,
                 in_use_bytes=self.in_use_bytes,

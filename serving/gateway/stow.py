@@ -271,7 +271,7 @@ class StowServer:
                 close_connection=True,  # the body was not read
             )
         try:
-            response, close = self._receive(request, study_uid, request_id)
+            response, close = self._receive(request, study_uid, request_id, held)
         finally:
             self.budget.release(held)
         summary = StowSummary(
@@ -294,7 +294,7 @@ class StowServer:
         return self.memory_body_bytes
 
     def _receive(
-        self, request: Request, study_uid: str | None, request_id: str
+        self, request: Request, study_uid: str | None, request_id: str, held_bytes: int = 0
     ) -> tuple[StowResponse, bool]:
         """The answer, and whether to close the connection (the body was not fully read)."""
         headers = request.headers
@@ -313,6 +313,7 @@ class StowServer:
                     study_uid=study_uid,
                     address=request.client,
                     request_id=request_id,
+                    held_bytes=held_bytes,
                 )
                 return answer, False
         except MalformedRequest as exc:  # the body was not (fully) read: drop the connection
@@ -326,8 +327,13 @@ class StowServer:
         study_uid: str | None,
         address: str,
         request_id: str,
+        held_bytes: int = 0,
     ) -> StowResponse:
-        """Store every part of a multipart body and build the answer (no HTTP involved)."""
+        """Store every part of a multipart body and build the answer (no HTTP involved).
+
+        ``held_bytes``: what the request already holds of the memory budget (its body); a
+        request holding all of it is never refused for its own parts.
+        """
         try:
             parts = split_multipart(body, boundary)
             if not parts:
@@ -338,7 +344,7 @@ class StowServer:
         stored: list[StoredInstance] = []
         failed: list[FailedInstance] = []
         for index, part in enumerate(parts, start=1):
-            outcome = self._store_part(index, part, body, source, study_uid)
+            outcome = self._store_part(index, part, body, source, study_uid, held_bytes)
             if isinstance(outcome, StoredInstance):
                 stored.append(outcome)
             else:
@@ -380,6 +386,7 @@ class StowServer:
         body: Body,
         source: InstanceSource,
         study_uid: str | None,
+        held_bytes: int = 0,
     ) -> StoredInstance | FailedInstance:
         try:
             media_type = part.media_type
@@ -390,7 +397,7 @@ class StowServer:
             return FailedInstance(index, FAILURE_CANNOT_UNDERSTAND, reason)
         try:
             content = part.content(body)
-            with self.budget.reserve(len(content)):
+            with self.budget.reserve(len(content), own_bytes=held_bytes):
                 stored = self.spool.store(content, source, expected_study_uid=study_uid)
             del content
         except OverBudget as exc:
