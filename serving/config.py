@@ -217,7 +217,8 @@ class SpoolConfig(_Strict):
     (done, failed or cancelled), every outbox item of those tasks is delivered or dead, and
     this many seconds have passed since the last of those (and since the study's last
     instance); 0 removes at the next look (a late instance arriving in that same moment may
-    find its study's files gone), null keeps every instance forever. The grace period is also
+    find its study's files gone), null keeps every instance forever. A quarantined study
+    is kept (a person decides about it). The grace period is also
     the window for late instances: one arriving within it re-runs the study on all of its
     images; one arriving after its study was pruned re-runs it on the images still on disk,
     and the audit trail says so (``spool-pruned-rerun``). ``prune_interval_s``: how often the

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from serving.jobstore.changes import StateChanges
@@ -45,18 +45,19 @@ def prunable_studies(session: Session, now: datetime, grace_s: float, limit: int
         .where(Series.study_instance_uid == Study.study_instance_uid)
         .scalar_subquery()
     )
+    # in SQL: done, last instance before the cutoff, and not pruned since that instance
     query = (
-        select(Study.study_instance_uid, SpoolPrune.pruned_at, last_instance)
+        select(Study.study_instance_uid)
         .outerjoin(SpoolPrune, SpoolPrune.study_instance_uid == Study.study_instance_uid)
-        .where(Study.state == StudyState.DONE)
+        .where(
+            Study.state == StudyState.DONE,
+            last_instance <= cutoff,
+            or_(SpoolPrune.pruned_at.is_(None), SpoolPrune.pruned_at < last_instance),
+        )
         .order_by(Study.first_seen_at, Study.study_instance_uid)
     )
     found: list[str] = []
-    for uid, pruned_at, last_at in session.execute(query):
-        if last_at is None or last_at > cutoff:
-            continue
-        if pruned_at is not None and pruned_at >= last_at:
-            continue  # pruned, and nothing arrived since
+    for uid in session.scalars(query):
         settled = _settled_at(session, uid)
         if settled is None or settled > cutoff:
             continue

@@ -34,7 +34,7 @@ class SpoolRetention:
         grace_s: Seconds a study stays after it settled; None keeps everything forever.
         interval_s: Least seconds between two looks for prunable studies.
         mono: Monotonic clock, seconds.
-        batch: Most studies pruned per look.
+        batch: Most studies pruned per look (the look runs on the coordinator loop).
     """
 
     def __init__(
@@ -46,7 +46,7 @@ class SpoolRetention:
         grace_s: float | None,
         interval_s: float,
         mono: Callable[[], float],
-        batch: int = 50,
+        batch: int = 10,
     ) -> None:
         self.spool = spool
         self.store = store
