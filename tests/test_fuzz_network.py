@@ -49,7 +49,7 @@ from tests.fuzz_support import (
     store_command,
     watching_servers,
 )
-from tests.test_fuzz_parsers import CONTENT_TYPE, MULTIPART, OMI, ORM
+from tests.test_fuzz_parsers import BOUNDARY, CONTENT_TYPE, MULTIPART, OMI, ORM
 
 ALIVE_EVERY = 40  # cases between liveness checks
 READ_TIMEOUT_S = 10.0  # a server that neither answers nor closes in this time fails the case
@@ -331,6 +331,15 @@ def test_mutated_data_sets_get_a_dimse_status(
 # ---------------------------------------------------------------- STOW-RS
 
 
+STOW_BODY = (
+    f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    + PART10
+    + f"\r\n--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    + PART10[:-40]  # a truncated instance: reported as failed, the request goes on
+    + f"\r\n--{BOUNDARY}--\r\n".encode()
+)
+
+
 def _header_value(raw: bytes) -> str:
     """A header value http.client sends (it refuses line breaks itself)."""
     return raw.decode("latin-1").replace("\r", "").replace("\n", "")
@@ -338,7 +347,7 @@ def _header_value(raw: bytes) -> str:
 
 @fuzz_settings(150)
 @given(
-    mutated(MULTIPART[:-30] + PART10 + MULTIPART[-30:], 6),
+    mutated(STOW_BODY, 6),
     st.one_of(st.just(CONTENT_TYPE), mutated(CONTENT_TYPE.encode(), 3).map(_header_value)),
     st.sampled_from(["/dicomweb/studies", f"/dicomweb/studies/{'1.2.3'}"]),
 )
@@ -411,3 +420,52 @@ def test_each_mutated_order_gets_one_ack(servers: Servers, messages: list[bytes]
 
 def test_servers_still_answer_after_fuzzing(servers: Servers) -> None:
     servers.assert_alive()
+
+
+# ---------------------------------------------------------------- what fuzzing found
+
+
+def _command(*elements: tuple[int, bytes]) -> bytes:
+    body = b"".join(struct.pack("<HHI", 0, element, len(v)) + v for element, v in elements)
+    return struct.pack("<HHI", 0, 0, 4) + struct.pack("<I", len(body)) + body
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        _command((0x0002, b"1.2.840.10008.1.1\0"), (0x0110, b"\1\0"), (0x0800, b"\1\1")),
+        _command((0x0002, b"1.2.840.10008.1.1\0"), (0x0100, b"\3\0"), (0x0800, b"\1\1")),
+    ],
+    ids=["no-command-field", "unknown-command-field"],
+)
+def test_an_undecodable_dimse_command_aborts_the_association(
+    servers: Servers, command: bytes
+) -> None:
+    """pynetdicom's decoder raised AttributeError/KeyError in the DUL thread (logged with a
+    traceback as "Exception in DUL.run()"); the fast path now aborts it as a protocol error."""
+    if not servers.gateway.fast_path:
+        pytest.skip("pynetdicom's standard server logs this as an exception in DUL.run()")
+    pdus = associated_exchange(servers.gateway.port, p_data_tf(pdv(1, 0x03, command)))
+    assert [pdu_type for pdu_type, _ in pdus] == [A_ABORT]
+    servers.case_done()
+
+
+def test_a_non_ascii_sop_instance_uid_is_refused_as_not_understood(servers: Servers) -> None:
+    """part10_header could not encode it: 0xC211 and a traceback, now 0xC000."""
+    command = store_command(SOP_UID).replace(SOP_UID.encode(), SOP_UID[:-2].encode() + b"\xe9")
+    pdus = associated_exchange(servers.gateway.port, _store_pdus(command, DATA_SET))
+    assert [pdu_type for pdu_type, _ in pdus] == [P_DATA_TF, A_RELEASE_RP]
+    assert dimse_statuses(pdus[0][1]) == [0xC000]
+    servers.case_done()
+
+
+def test_standard_log_handlers_are_not_bound_to_fast_associations() -> None:
+    """pynetdicom's debug formatting handlers raised on malformed PDUs (an A-ASSOCIATE-RJ
+    result, a C-STORE-RQ without its UIDs), logged with a traceback on every such PDU."""
+    from pynetdicom._handlers import standard_dimse_recv_handler, standard_pdu_recv_handler
+
+    from serving.gateway.reactor import _is_standard_log_handler
+
+    assert _is_standard_log_handler(standard_pdu_recv_handler)
+    assert _is_standard_log_handler(standard_dimse_recv_handler)
+    assert not _is_standard_log_handler(lambda event: None)
