@@ -156,14 +156,15 @@ class Watch:
         self.logged_errors.clear()
 
 
+_WATCHED_LOGGERS = ("serving", "router", "pynetdicom", "pydicom")
+
+
 class _ErrorRecords(logging.Handler):
     def __init__(self, watch: Watch) -> None:
         super().__init__(logging.ERROR)
         self._watch = watch
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not record.name.startswith(("serving", "pynetdicom", "router")):
-            return
         unexpected_type = record.name == "serving.gateway.mllp" and "failed" in record.msg
         if record.exc_info is None and not unexpected_type:
             return  # a refusal logged as an error (an invalid PDU, a peer gone mid-PDU)
@@ -197,13 +198,20 @@ def watching_servers() -> Iterator[Watch]:
         watch.thread_errors.append(f"thread {name}: {args.exc_type.__name__}: {args.exc_value}")
 
     handler = _ErrorRecords(watch)
-    root = logging.getLogger()
+    # The servers log every refusal; kept from the root logger, where pytest would hold each
+    # record of a long run in memory (and count it against the RSS budget).
+    loggers = [logging.getLogger(name) for name in _WATCHED_LOGGERS]
+    propagate = [logger.propagate for logger in loggers]
     threading.excepthook = hook
-    root.addHandler(handler)
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.propagate = False
     try:
         yield watch
     finally:
-        root.removeHandler(handler)
+        for logger, was in zip(loggers, propagate, strict=True):
+            logger.removeHandler(handler)
+            logger.propagate = was
         threading.excepthook = previous_hook
 
 

@@ -51,6 +51,9 @@ from tests.fuzz_support import (
 )
 from tests.test_fuzz_parsers import BOUNDARY, CONTENT_TYPE, MULTIPART, OMI, ORM
 
+# pydicom warns about each odd value the servers decode; pytest would keep every warning.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
 ALIVE_EVERY = 40  # cases between liveness checks
 READ_TIMEOUT_S = 10.0  # a server that neither answers nor closes in this time fails the case
 NOW = datetime(2024, 3, 11, 8, 30, 5, tzinfo=UTC)
