@@ -128,14 +128,16 @@ def splits(data: bytes) -> st.SearchStrategy[list[bytes]]:
 
 #: (logger name, function name): errors logged with a traceback that are a refusal by design: a
 #: PDU that pynetdicom's decoder cannot decode aborts the association (A-ABORT), the fast path's
-#: reactor logging as pynetdicom's DUL does, and pynetdicom's text decoding logs each codec it
-#: tried on the way.
+#: reactor logging as pynetdicom's DUL does, and pynetdicom logs on the way.
 _REFUSALS_WITH_TRACEBACK = frozenset(
     {
         ("serving.gateway.reactor", "_decode_standard"),
         ("pynetdicom.dul", "_read_pdu_data"),
         ("pynetdicom.utils", "decode_bytes"),
         ("pynetdicom.dimse", "receive_primitive"),  # "Received an invalid DIMSE message"
+        # A state machine action failed on what the peer sent, logged and re-raised: the fast
+        # path's reactor aborts (an exception escaping pynetdicom's DUL thread is still seen).
+        ("pynetdicom.fsm", "do_action"),
     }
 )
 

@@ -81,7 +81,9 @@ class Servers:
 
     def case_done(self) -> None:
         """After each case: nothing escaped a server thread; every ALIVE_EVERY, all answer."""
-        assert not self.watch.problems(), self.watch.problems()
+        problems = self.watch.problems()
+        self.watch.clear()  # reported once: the next case starts clean
+        assert not problems, problems
         self.cases += 1
         if self.cases % ALIVE_EVERY == 0:
             self.assert_alive()
@@ -107,7 +109,9 @@ class Servers:
         assert ack_code(ack) == "AA"
         grown = rss_bytes() - self.rss_before
         assert grown < RSS_BUDGET_BYTES, f"RSS grew by {grown / 1024**2:.0f} MiB"
-        assert not self.watch.problems(), self.watch.problems()
+        problems = self.watch.problems()
+        self.watch.clear()
+        assert not problems, problems
 
 
 @pytest.fixture(scope="module")
@@ -450,6 +454,22 @@ def test_an_undecodable_dimse_command_aborts_the_association(
         pytest.skip("pynetdicom's standard server logs this as an exception in DUL.run()")
     pdus = associated_exchange(servers.gateway.port, p_data_tf(pdv(1, 0x03, command)))
     assert [pdu_type for pdu_type, _ in pdus] == [A_ABORT]
+    servers.case_done()
+
+
+def test_an_even_presentation_context_id_is_refused(servers: Servers) -> None:
+    """pynetdicom's A-ASSOCIATE-RQ action raised ValueError in the DUL thread, which died;
+    the fast path's reactor now aborts the association."""
+    if not servers.gateway.fast_path:
+        pytest.skip("pynetdicom's standard DUL thread dies with the ValueError")
+    request, offset, contexts = bytearray(ASSOCIATE_RQ), 74, 0  # variable items after byte 74
+    while contexts < 2:
+        contexts += request[offset] == 0x20  # a presentation context item
+        if contexts < 2:
+            offset += 4 + int.from_bytes(request[offset + 2 : offset + 4], "big")
+    request[offset + 4] = 2  # its presentation context ID (pynetdicom refuses to build it)
+    pdus = split_pdus(exchange(servers.gateway.port, bytes(request)))
+    assert [pdu_type for pdu_type, _ in pdus] in ([A_ABORT], [A_ASSOCIATE_RJ], [])
     servers.case_done()
 
 

@@ -311,24 +311,36 @@ class PromptDUL(DULServiceProvider):
     def _do_action(self, event: str) -> bool:
         """Run ``event`` through the state machine; False once the association was aborted.
 
-        pynetdicom's DUL lets an event the state table does not list end its thread with an
-        InvalidEventError. A local primitive can race an abort: the peer's invalid PDU moves the
-        machine to Sta13 (awaiting transport close) while the association thread is still
-        answering, say with its A-ASSOCIATE accept (Evt7). There it is dropped, as nothing is
-        sent in Sta13; any other invalid event aborts the association as an exception does.
+        pynetdicom's DUL lets an event the state table does not list, or an action that fails
+        on what the peer sent, end its thread with the exception. A local primitive can race an
+        abort: the peer's invalid PDU moves the machine to Sta13 (awaiting transport close)
+        while the association thread is still answering, say with its A-ASSOCIATE accept
+        (Evt7). There it is dropped, as nothing is sent in Sta13. Any other invalid event, and
+        an action that raises (an A-ASSOCIATE-RQ proposing an even presentation context ID
+        fails pynetdicom's conversion to a primitive), aborts the association instead.
         """
+        state = self.state_machine.current_state
         try:
             self.state_machine.do_action(event)
         except InvalidEventError:
-            if self.state_machine.current_state == _STA_AWAITING_CLOSE:
+            if state == _STA_AWAITING_CLOSE:
                 LOGGER.debug("%s ignored while awaiting the transport close", event)
                 return True
+            LOGGER.error("%s is invalid in %s, aborting association", event, state)
+        # pynetdicom's actions raise what its PDU and primitive classes raise for a value the
+        # peer sent that they refuse (ValueError, TypeError, ...): a protocol error, abort.
+        except Exception as exc:  # noqa: BLE001
             LOGGER.error(
-                "%s is invalid in %s, aborting association", event, self.state_machine.current_state
+                "%s in %s failed (%s: %s), aborting association",
+                event,
+                state,
+                type(exc).__name__,
+                exc,
             )
-            self._abort_without_state_machine()
-            return False
-        return True
+        else:
+            return True
+        self._abort_without_state_machine()
+        return False
 
     def _abort_without_state_machine(self) -> None:
         """Send an A-ABORT and stop both reactors (pynetdicom's DUL.run on an exception)."""
