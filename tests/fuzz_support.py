@@ -167,21 +167,33 @@ class _ErrorRecords(logging.Handler):
         self._watch = watch
 
     def emit(self, record: logging.LogRecord) -> None:
+        try:
+            problem = self._problem(record)
+        finally:
+            # The handlers after this one (pytest's capture, attached to every logger) keep the
+            # record for the test's report: without its traceback, whose frames would keep a
+            # whole association alive for the rest of the test.
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+        if problem is not None:
+            self._watch.logged_errors.append(problem)
+
+    @staticmethod
+    def _problem(record: logging.LogRecord) -> str | None:
         unexpected_type = record.name == "serving.gateway.mllp" and "failed" in record.msg
         if record.exc_info is None and not unexpected_type:
-            return  # a refusal logged as an error (an invalid PDU, a peer gone mid-PDU)
+            return None  # a refusal logged as an error (an invalid PDU, a peer gone mid-PDU)
+        where = ""
         if record.exc_info is not None:
             if (record.name, record.funcName) in _REFUSALS_WITH_TRACEBACK:
-                return
+                return None
             if isinstance(record.exc_info[1], OSError):  # the peer reset the connection
-                return
-        where = ""
-        if record.exc_info is not None and record.exc_info[2] is not None:
-            frames = traceback.extract_tb(record.exc_info[2])[-3:]
-            where = " at " + " < ".join(
-                f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames)
-            )
-        self._watch.logged_errors.append(f"{record.name}: {record.getMessage()}{where}")
+                return None
+            if record.exc_info[2] is not None:
+                frames = traceback.extract_tb(record.exc_info[2])[-3:]
+                where = " at " + " < ".join(
+                    f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames)
+                )
+        return f"{record.name}: {record.getMessage()}{where}"
 
 
 @contextmanager
@@ -200,20 +212,20 @@ def watching_servers() -> Iterator[Watch]:
         watch.thread_errors.append(f"thread {name}: {args.exc_type.__name__}: {args.exc_value}")
 
     handler = _ErrorRecords(watch)
-    # The servers log every refusal; kept from the root logger, where pytest would hold each
-    # record of a long run in memory (and count it against the RSS budget).
+    # The servers log every refusal, and pytest keeps each record of a test in memory (on every
+    # logger): only errors are logged while fuzzing, and those without their tracebacks.
     loggers = [logging.getLogger(name) for name in _WATCHED_LOGGERS]
-    propagate = [logger.propagate for logger in loggers]
+    levels = [logger.level for logger in loggers]
     threading.excepthook = hook
     for logger in loggers:
-        logger.addHandler(handler)
-        logger.propagate = False
+        logger.handlers.insert(0, handler)  # before pytest's capture, which gets it stripped
+        logger.setLevel(logging.ERROR)
     try:
         yield watch
     finally:
-        for logger, was in zip(loggers, propagate, strict=True):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.removeHandler(handler)
-            logger.propagate = was
+            logger.setLevel(level)
         threading.excepthook = previous_hook
 
 
