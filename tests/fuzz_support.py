@@ -171,8 +171,10 @@ class _ErrorRecords(logging.Handler):
             problem = self._problem(record)
         finally:
             # The handlers after this one (pytest's capture, attached to every logger) keep the
-            # record for the test's report: without its traceback, whose frames would keep a
-            # whole association alive for the rest of the test.
+            # record for the test's report: as text, without the exception (``LOGGER.exception
+            # (exc)`` logs the exception itself) and traceback whose frames would keep a whole
+            # association alive for the rest of the test.
+            record.msg, record.args = record.getMessage(), None
             record.exc_info, record.exc_text, record.stack_info = None, None, None
         if problem is not None:
             self._watch.logged_errors.append(problem)

@@ -101,6 +101,9 @@ _P_DATA_TF = 0x04
 MAX_PDU_BYTES = 64 * 1024 * 1024
 _STA_AWAITING_REQUEST = "Sta2"  # transport open, awaiting A-ASSOCIATE-RQ
 _STA_AWAITING_CLOSE = "Sta13"  # A-ABORT sent or received, awaiting the transport close
+#: Events of the local user's primitives (PS3.8 9.2.1): A-ASSOCIATE request, accept and reject,
+#: P-DATA, A-RELEASE request and response, A-ABORT.
+_LOCAL_PRIMITIVE_EVENTS = frozenset({"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
 _PDU_TYPES = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07)
 
 LOGGER = logging.getLogger(__name__)
@@ -315,16 +318,21 @@ class PromptDUL(DULServiceProvider):
         on what the peer sent, end its thread with the exception. A local primitive can race an
         abort: the peer's invalid PDU moves the machine to Sta13 (awaiting transport close)
         while the association thread is still answering, say with its A-ASSOCIATE accept
-        (Evt7). There it is dropped, as nothing is sent in Sta13. Any other invalid event, and
-        an action that raises (an A-ASSOCIATE-RQ proposing an even presentation context ID
-        fails pynetdicom's conversion to a primitive), aborts the association instead.
+        (Evt7). There it is dropped with its primitive, as nothing is sent in Sta13. Any other
+        invalid event, and an action that raises (an A-ASSOCIATE-RQ proposing an even
+        presentation context ID fails pynetdicom's conversion to a primitive), aborts the
+        association instead.
         """
         state = self.state_machine.current_state
         try:
             self.state_machine.do_action(event)
         except InvalidEventError:
-            if state == _STA_AWAITING_CLOSE:
-                LOGGER.debug("%s ignored while awaiting the transport close", event)
+            if state == _STA_AWAITING_CLOSE and event in _LOCAL_PRIMITIVE_EVENTS:
+                # The event stands for the primitive at the head of to_provider_queue (the
+                # action would have taken it): drop both, or the event comes back every loop.
+                with contextlib.suppress(queue.Empty):
+                    self.to_provider_queue.get(block=False)
+                LOGGER.debug("%s dropped while awaiting the transport close", event)
                 return True
             LOGGER.error("%s is invalid in %s, aborting association", event, state)
         # pynetdicom's actions raise what its PDU and primitive classes raise for a value the
