@@ -480,6 +480,9 @@ class DicomGateway:
         try:
             if data_set is None:
                 raise InvalidInstance("the C-STORE request carries no data set")
+            if not (sop_class_uid.isascii() and sop_instance_uid.isascii()):
+                # pynetdicom decodes any bytes of a UI element; a UID is digits and dots.
+                raise InvalidInstance("the C-STORE request's SOP UIDs are not ASCII")
             header = part10_header(sop_class_uid, sop_instance_uid, transfer_syntax)
             # the received fragments and their one joined copy, held until spooled
             held = 2 * (len(header) + sum(len(fragment) for fragment in data_set))

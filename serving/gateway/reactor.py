@@ -58,6 +58,7 @@ from packaging.version import InvalidVersion
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import InvalidEventError
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
@@ -99,6 +100,10 @@ _P_DATA_TF = 0x04
 #: rather than allocated.
 MAX_PDU_BYTES = 64 * 1024 * 1024
 _STA_AWAITING_REQUEST = "Sta2"  # transport open, awaiting A-ASSOCIATE-RQ
+_STA_AWAITING_CLOSE = "Sta13"  # A-ABORT sent or received, awaiting the transport close
+#: Events of the local user's primitives (PS3.8 9.2.1): A-ASSOCIATE request, accept and reject,
+#: P-DATA, A-RELEASE request and response, A-ABORT.
+_LOCAL_PRIMITIVE_EVENTS = frozenset({"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
 _PDU_TYPES = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07)
 
 LOGGER = logging.getLogger(__name__)
@@ -231,7 +236,15 @@ class PromptDUL(DULServiceProvider):
             def to_pynetdicom(context_id: int, pdv: bytes) -> None:
                 primitive = P_DATA()
                 primitive.presentation_data_value_list.append((context_id, pdv))
-                dimse.receive_primitive(primitive)  # what pynetdicom's DT-2 does
+                try:
+                    dimse.receive_primitive(primitive)  # what pynetdicom's DT-2 does
+                # pynetdicom's DIMSE decoder raises whatever a malformed command set makes
+                # pydicom and its tables raise (AttributeError without a Command Field, KeyError
+                # for an unknown one): all are the peer's protocol error, and abort.
+                except Exception as exc:
+                    raise DimseProtocolError(
+                        f"undecodable DIMSE message ({type(exc).__name__})"
+                    ) from exc
 
             def completed(request: StoreRequest) -> None:
                 dimse.msg_queue.put((request.context_id, request))  # type: ignore[arg-type]
@@ -284,25 +297,70 @@ class PromptDUL(DULServiceProvider):
                 except Exception as exc:  # as pynetdicom: abort without the state machine
                     LOGGER.error("Exception in DUL.run(), aborting association")
                     LOGGER.exception(exc)
-                    abort_pdu = A_ABORT_RQ()
-                    abort_pdu.source = 0x02
-                    abort_pdu.reason_diagnostic = 0x00
-                    cast(AssociationSocket, self.socket).send(abort_pdu.encode())
-                    self.assoc.is_aborted = True
-                    self.assoc.is_established = False
-                    self.assoc._kill = True
-                    self._kill_thread = True
+                    self._abort_without_state_machine()
                     return
                 try:
                     event = self.event_queue.get(block=False)
                 except queue.Empty:
                     sleep = True
                     continue
-                self.state_machine.do_action(event)
+                if not self._do_action(event):
+                    return
                 sleep = False
         finally:
             self._wake_writer.close()
             self._wake_reader.close()
+
+    def _do_action(self, event: str) -> bool:
+        """Run ``event`` through the state machine; False once the association was aborted.
+
+        pynetdicom's DUL lets an event the state table does not list, or an action that fails
+        on what the peer sent, end its thread with the exception. A local primitive can race an
+        abort: the peer's invalid PDU moves the machine to Sta13 (awaiting transport close)
+        while the association thread is still answering, say with its A-ASSOCIATE accept
+        (Evt7). There it is dropped with its primitive, as nothing is sent in Sta13. Any other
+        invalid event, and an action that raises (an A-ASSOCIATE-RQ proposing an even
+        presentation context ID fails pynetdicom's conversion to a primitive), aborts the
+        association instead.
+        """
+        state = self.state_machine.current_state
+        try:
+            self.state_machine.do_action(event)
+        except InvalidEventError:
+            if state == _STA_AWAITING_CLOSE and event in _LOCAL_PRIMITIVE_EVENTS:
+                # The event stands for the primitive at the head of to_provider_queue (the
+                # action would have taken it): drop both, or the event comes back every loop.
+                with contextlib.suppress(queue.Empty):
+                    self.to_provider_queue.get(block=False)
+                LOGGER.debug("%s dropped while awaiting the transport close", event)
+                return True
+            LOGGER.error("%s is invalid in %s, aborting association", event, state)
+        # pynetdicom's actions raise what its PDU and primitive classes raise for a value the
+        # peer sent that they refuse (ValueError, TypeError, ...): a protocol error, abort.
+        except Exception as exc:  # noqa: BLE001
+            LOGGER.error(
+                "%s in %s failed (%s: %s), aborting association",
+                event,
+                state,
+                type(exc).__name__,
+                exc,
+            )
+        else:
+            return True
+        self._abort_without_state_machine()
+        return False
+
+    def _abort_without_state_machine(self) -> None:
+        """Send an A-ABORT and stop both reactors (pynetdicom's DUL.run on an exception)."""
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = 0x02
+        abort_pdu.reason_diagnostic = 0x00
+        with contextlib.suppress(OSError):  # the peer may be gone already
+            cast(AssociationSocket, self.socket).send(abort_pdu.encode())
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
 
 
 class PromptAssociation(Association):
@@ -427,8 +485,20 @@ class PromptRequestHandler(GatedRequestHandler):
                 assoc.bind(event, *handlers[event])
             elif isinstance(event, evt.NotificationEvent):
                 for handler in cast(list[Any], handlers[event]):
-                    assoc.bind(event, handler[0], handler[1])
+                    if not _is_standard_log_handler(handler[0]):
+                        assoc.bind(event, handler[0], handler[1])
         return assoc
+
+
+def _is_standard_log_handler(handler: Callable[..., Any]) -> bool:
+    """True for pynetdicom's standard notification handlers, which the server binds for every
+    association (``LOG_HANDLER_LEVEL``): they format a debug summary of each PDU and DIMSE
+    message whatever the log level, and raise on some malformed ones (a bad A-ASSOCIATE-RJ
+    result, a C-STORE-RQ without its UIDs). :meth:`PromptAssociation._bind_defaults` leaves
+    them out; so does this."""
+    return getattr(handler, "__module__", "") == "pynetdicom._handlers" and getattr(
+        handler, "__name__", ""
+    ).startswith("standard_")
 
 
 def pdu_length_limit(state: str, advertised: int) -> int:
