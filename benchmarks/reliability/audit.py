@@ -21,8 +21,8 @@ from pathlib import Path
 import pydicom
 
 from benchmarks.reliability.peers import Pacs
-from serving.delivery.outbox import Outbox
-from serving.jobstore import JobStore, TaskState
+from serving.delivery.outbox import Outbox, OutboxItem
+from serving.jobstore import JobStore, TaskRow, TaskState
 from serving.jobstore.states import OutboxState
 
 TERMINAL_TASKS = {TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED}
@@ -95,17 +95,46 @@ def open_store(var_dir: Path) -> JobStore:
     return JobStore(f"sqlite:///{var_dir / 'statlane.db'}", clock=lambda: datetime.now(UTC))
 
 
-def job_state(store: JobStore, study_uid: str) -> tuple[int, int, int]:
-    """(tasks, not-terminal tasks and items, dead items) of one study."""
-    tasks = store.tasks(study_uid=study_uid)
-    ids = {t.task_id for t in tasks}
-    items = [i for i in Outbox(store).items() if i.task_id in ids]
-    open_count = sum(t.state not in TERMINAL_TASKS for t in tasks)
-    open_count += sum(i.state not in TERMINAL_ITEMS for i in items)
-    return len(tasks), open_count, sum(i.state is OutboxState.DEAD for i in items)
+@dataclass(frozen=True)
+class JobView:
+    """The job store at one moment: tasks of each study, outbox items of each task."""
+
+    tasks: dict[str, list[TaskRow]]
+    items: dict[str, list[OutboxItem]]
+
+    @classmethod
+    def read(cls, var_dir: Path) -> JobView:
+        """Read every task and outbox item once (cheap next to one query per study)."""
+        store = open_store(var_dir)
+        try:
+            tasks: dict[str, list[TaskRow]] = {}
+            for task in store.tasks():
+                tasks.setdefault(task.study_instance_uid, []).append(task)
+            items: dict[str, list[OutboxItem]] = {}
+            for item in Outbox(store).items():
+                items.setdefault(item.task_id, []).append(item)
+        finally:
+            store.close()
+        return cls(tasks, items)
+
+    def state(self, study_uid: str) -> tuple[int, int, int]:
+        """(tasks, not-terminal tasks and items, dead items) of one study."""
+        tasks = self.tasks.get(study_uid, [])
+        items = [i for t in tasks for i in self.items.get(t.task_id, [])]
+        open_count = sum(t.state not in TERMINAL_TASKS for t in tasks)
+        open_count += sum(i.state not in TERMINAL_ITEMS for i in items)
+        return len(tasks), open_count, sum(i.state is OutboxState.DEAD for i in items)
+
+    def quiet(self, studies: dict[str, set[str]]) -> bool:
+        """Every study has tasks, and they and their items are terminal."""
+        for uid in studies:
+            tasks, open_count, _ = self.state(uid)
+            if tasks == 0 or open_count:
+                return False
+        return True
 
 
-def judge(pacs: Pacs, store: JobStore, study_uid: str, acknowledged: set[str]) -> Verdict:
+def judge(pacs: Pacs, view: JobView, study_uid: str, acknowledged: set[str]) -> Verdict:
     """The verdict for one study now."""
     copies = srs_in_orthanc(pacs, study_uid)
     by_version: dict[frozenset[str], set[str]] = {}
@@ -117,7 +146,7 @@ def judge(pacs: Pacs, store: JobStore, study_uid: str, acknowledged: set[str]) -
     if copies:
         newest = max(copies, key=lambda c: (c.content, len(c.evidence)))
         stale = int(not acknowledged <= newest.evidence)
-    tasks, open_count, dead = job_state(store, study_uid)
+    tasks, open_count, dead = view.state(study_uid)
     stuck = open_count + int(bool(acknowledged) and tasks == 0)
     return Verdict(study_uid, len(acknowledged), len(copies), lost, duplicated, stale, stuck, dead)
 
@@ -129,11 +158,12 @@ def settle(
     the seconds waited."""
     started = time.monotonic()
     while True:
-        store = open_store(var_dir)
-        try:
-            verdicts = [judge(pacs, store, uid, ack) for uid, ack in studies.items()]
-        finally:
-            store.close()
+        view = JobView.read(var_dir)
+        waited = time.monotonic() - started
+        if not view.quiet(studies) and waited <= timeout_s:
+            time.sleep(0.5)  # Orthanc is asked only once the job store is quiet
+            continue
+        verdicts = [judge(pacs, view, uid, ack) for uid, ack in studies.items()]
         waited = time.monotonic() - started
         if all(v.clean() for v in verdicts) or waited > timeout_s:
             return verdicts, waited

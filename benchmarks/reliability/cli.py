@@ -6,6 +6,7 @@ import argparse
 import logging
 import random
 import shutil
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -242,6 +243,10 @@ def figure(runs: list[dict[str, Any]]) -> Figure:
     return fig
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; see the package docstring."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.reliability")
@@ -250,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("var/bench-reliability"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)  # so the peers are stopped on the way out
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     runs, workload = run(SMOKE if args.smoke else FULL, args.workdir, args.seed)
     report = Report("reliability", args.smoke, workload, runs, ratios(runs), dict(TARGETS))
