@@ -39,6 +39,7 @@ FULL = Sizes(
     stuck_after_s=120.0,
     quiet_s=1.0,
     bound_s=None,
+    rss_settle_s=10.0,
 )
 SMOKE = Sizes(
     trials=5,
@@ -52,6 +53,7 @@ SMOKE = Sizes(
     stuck_after_s=60.0,
     quiet_s=0.5,
     bound_s=2.0,
+    rss_settle_s=2.0,
 )
 
 TARGETS: dict[str, dict[str, float]] = {
@@ -147,6 +149,7 @@ def markdown(report: Report) -> str:
                 "trial",
                 "phase",
                 "kill +s",
+                "acked before kill",
                 "acknowledged",
                 "lost",
                 "dup",
@@ -160,6 +163,7 @@ def markdown(report: Report) -> str:
                     r["trial"],
                     r["phase"],
                     r["kill_delay_s"],
+                    r["acked_before_kill"],
                     r["acknowledged"],
                     r["lost"],
                     r["duplicated"],
@@ -201,7 +205,7 @@ def markdown(report: Report) -> str:
             ["scenario", "modality ok", "storescu s", "echoscu s", "hostile closed"],
             [
                 [
-                    r["scenario"],
+                    r["case"],
                     r["modality_ok"],
                     r["modality_s"],
                     r.get("echo_s", "n/a"),
@@ -211,6 +215,17 @@ def markdown(report: Report) -> str:
             ],
         )
     )
+    text += [
+        "",
+        "A trial's SIGKILL lands a seeded random delay (`kill +s`) after its phase is seen "
+        "from outside: storescu started (ingest), the last instance acknowledged (quiet), a "
+        "task running in the job store (inference), an outbox item present (delivery; often "
+        "the SR is already stored by then, settle ≈ 0 s), or the item's first failed attempt "
+        "with Orthanc killed (delivery-pacs-down; Orthanc restarts 1-3 s after the service). "
+        "`acked before kill`: instances the modality got Success for before the kill; it "
+        "resends the rest after the restart. `acknowledged`: in the end. Settled RSS is read "
+        f"{report.workload['sizes']['rss_settle_s']:.0f} s after the burst drained.",
+    ]
     return "\n".join(text)
 
 
@@ -233,7 +248,7 @@ def figure(runs: list[dict[str, Any]]) -> Figure:
     left.tick_params(axis="x", labelsize=6)
     hostile_rows = [r for r in runs if r["scenario"] == "hostile"]
     right.barh(
-        [r["scenario"] for r in hostile_rows],
+        [r["case"] for r in hostile_rows],
         [r["modality_s"] for r in hostile_rows],
         color=["tab:green" if r["modality_ok"] else "tab:red" for r in hostile_rows],
     )

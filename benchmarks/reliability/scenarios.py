@@ -45,6 +45,7 @@ class Sizes:
     stuck_after_s: float
     quiet_s: float
     bound_s: float | None
+    rss_settle_s: float
 
 
 def sop_uids(files: list[Path]) -> set[str]:
@@ -128,10 +129,11 @@ def kill_trial(
                 wait_until(
                     lambda: any(i.attempts >= 1 for i in _items_of(serve, study.study_uid)), 60
                 )
-            delay_s = rng.uniform(0.0, 0.5)
+            delay_s = rng.uniform(0.0, 0.1)
             time.sleep(delay_s)
         serve.kill()
         note = f"{len(acked)}/{len(files)} acknowledged"
+    acked_before = len(acked)
     restart_s = serve.start()
     if len(acked) < len(files):  # the modality sends again what was not acknowledged
         resent = storescu(serve.ports["dicom"], [f for f in files if f not in acked])
@@ -152,6 +154,7 @@ def kill_trial(
         "phase": phase,
         "kill_delay_s": round(delay_s, 3),
         "note": note,
+        "acked_before_kill": acked_before,
         "restart_s": round(restart_s, 2),
         "settle_s": round(waited, 2),
         **asdict(v),
@@ -274,7 +277,7 @@ def burst(serve: Serve, pacs: Pacs, sizes: Sizes, data: Path, rng: random.Random
     drained_s = time.monotonic() - started
     stop.set()
     sampler.join()
-    time.sleep(2.0)
+    time.sleep(sizes.rss_settle_s)
     settled_rss = serve.rss_bytes()
     result = {
         "studies": len(studies),
