@@ -218,7 +218,9 @@ def markdown(report: Report) -> str:
     text += [
         "",
         "A trial's SIGKILL lands a seeded random delay (`kill +s`) after its phase is seen "
-        "from outside: storescu started (ingest), the last instance acknowledged (quiet), a "
+        "from outside: the Success response for a random instance of the association "
+        "(ingest; `kill +s` is then that instance's number), the last instance acknowledged "
+        "(quiet), a "
         "task running in the job store (inference), an outbox item present (delivery; often "
         "the SR is already stored by then, settle ≈ 0 s), or the item's first failed attempt "
         "with Orthanc killed (delivery-pacs-down; Orthanc restarts 1-3 s after the service). "

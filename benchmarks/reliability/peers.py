@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,15 @@ class Sent:
     seconds: float = 0.0
 
 
-def storescu(port: int, files: list[Path], *, calling_ae: str = "MODALITY") -> Sent:
-    """Send ``files`` on one association and record which were acknowledged (Success)."""
+def storescu(
+    port: int,
+    files: list[Path],
+    *,
+    calling_ae: str = "MODALITY",
+    on_ack: Callable[[int], None] | None = None,
+) -> Sent:
+    """Send ``files`` on one association and record which were acknowledged (Success);
+    ``on_ack`` is called with the count so far after each Success response."""
     command = [str(dcmtk("storescu")), "-v", "-aet", calling_ae, "-aec", "STATLANE", "-to", "20"]
     command += ["127.0.0.1", str(port), *map(str, files)]
     started = time.monotonic()
@@ -80,6 +88,8 @@ def storescu(port: int, files: list[Path], *, calling_ae: str = "MODALITY") -> S
         elif "Received Store Response" in line and "Success" in line and current is not None:
             sent.acknowledged.append(current)
             current = None
+            if on_ack is not None:
+                on_ack(len(sent.acknowledged))
     sent.returncode = process.wait()
     sent.seconds = time.monotonic() - started
     return sent

@@ -97,22 +97,23 @@ def kill_trial(
     files = list(study.files)
     port = serve.ports["dicom"]
     delay_s = 0.0
+    kill_after = 0
     note = ""
     acked: list[Path] = []
     pacs_down = phase == "delivery-pacs-down"
     if pacs_down:
         pacs.crash()
     if phase == "ingest":
-        result: list[Sent] = []
-        sender = threading.Thread(target=lambda: result.append(storescu(port, files)))
-        sender.start()
-        wait_until(lambda: (serve.workdir / "var" / "spool").exists(), 5)
-        delay_s = rng.uniform(0.05, 0.6)
-        time.sleep(delay_s)
-        serve.kill()
-        sender.join()
-        acked = list(result[0].acknowledged)
-        note = f"{len(acked)}/{len(files)} acknowledged before the kill"
+        # Killed right after a random instance's Success response: mid-association.
+        kill_after = rng.randint(1, len(files) - 1)
+        delay_s = float(kill_after)
+
+        def kill_at(count: int) -> None:
+            if count == kill_after:
+                serve.kill()
+
+        acked = list(storescu(port, files, on_ack=kill_at).acknowledged)
+        note = f"killed after Success for instance {kill_after}; {len(acked)} acknowledged"
     else:
         sent = storescu(port, files)
         acked = list(sent.acknowledged)
@@ -146,7 +147,9 @@ def kill_trial(
     )
     [v] = verdicts
     say(
-        f"trial {index:2d} {phase:18s} kill +{delay_s:.2f} s: lost {v.lost} dup {v.duplicated} "
+        f"trial {index:2d} {phase:18s} "
+        + (f"kill after ack {kill_after}" if phase == "ingest" else f"kill +{delay_s:.2f} s")
+        + f": lost {v.lost} dup {v.duplicated} "
         f"stale {v.stale} stuck {v.stuck} ({waited:.1f} s to settle)"
     )
     return {
