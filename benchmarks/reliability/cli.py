@@ -247,7 +247,7 @@ def figure(runs: list[dict[str, Any]]) -> Figure:
     )
     left.set_ylabel("seconds from restart to settled")
     left.set_title("SIGKILL trials (green: nothing lost/dup/stale/stuck)")
-    left.tick_params(axis="x", labelsize=6)
+    left.tick_params(axis="x", labelsize=6, labelrotation=90)
     hostile_rows = [r for r in runs if r["scenario"] == "hostile"]
     right.barh(
         [r["case"] for r in hostile_rows],
