@@ -61,6 +61,7 @@ bench: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m benchmarks.memory_burst
 	$(BIN)/python -m benchmarks.bundles
 	$(BIN)/python -m benchmarks.result_objects
+	$(BIN)/python -m benchmarks.reliability
 	$(BIN)/python -m models.evaluate
 	$(BIN)/python -m benchmarks.corpus
 
@@ -72,6 +73,7 @@ bench-smoke: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m benchmarks.e2e --smoke
 	$(BIN)/python -m benchmarks.bundles --smoke --out var/bench-smoke
 	$(BIN)/python -m benchmarks.result_objects --smoke --out var/bench-smoke
+	$(BIN)/python -m benchmarks.reliability --smoke --out var/bench-smoke
 	$(BIN)/python -m benchmarks.corpus --smoke --out var/bench-smoke
 
 clean:
